@@ -1,0 +1,6 @@
+"""hitl-mcp: a human between an AI agent and the actions it must not take alone."""
+
+from hitl_mcp.errors import HitlError
+from hitl_mcp.models import Decision, Request, RequestPage, Status
+
+__all__ = ["Decision", "HitlError", "Request", "RequestPage", "Status"]

@@ -1,0 +1,3 @@
+from hitl_mcp.cli import main
+
+main()

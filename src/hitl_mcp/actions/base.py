@@ -1,0 +1,93 @@
+"""What an action is: a name, an argument model, a summary, a side-effect-free preview, and `execute`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
+
+from hitl_mcp.errors import ConfigError, InvalidArguments
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
+SettingsT = TypeVar("SettingsT", bound="ActionSettings")
+
+
+def _resolve_against_config(value: Path, info: ValidationInfo) -> Path:
+    base_dir = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if value.is_absolute() or base_dir is None:
+        return value
+    return Path(base_dir) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_against_config)]
+"""A path in the config file: relative ones resolve against the config file's folder."""
+
+
+class ActionSettings(BaseModel):
+    """One `[actions.NAME]` table of the config file. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What the gate hands an action when it runs: the request it runs for and what the approver saw."""
+
+    request_id: str
+    preview: Mapping[str, Any]
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per failing field: `field: rule`. Pydantic's own text names both; we keep it short."""
+    parts = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"]) or "(arguments)"
+        parts.append(f"{prefix}{location}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Action(ABC, Generic[ArgsT, SettingsT]):
+    """A gated tool. Subclasses set the class attributes and implement the four methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    arguments_model: ClassVar[type[BaseModel]]
+    settings_model: ClassVar[type[ActionSettings]]
+
+    def __init__(self, settings: SettingsT) -> None:
+        self.settings = settings
+
+    @classmethod
+    def configure(cls, raw: Mapping[str, Any], base_dir: Path) -> ActionSettings:
+        """Validate this action's config table; relative paths resolve against `base_dir`."""
+        try:
+            settings = cls.settings_model.model_validate(dict(raw), context={"base_dir": base_dir})
+        except ValidationError as error:
+            raise ConfigError(describe_validation_error(error, prefix=f"actions.{cls.name}.")) from None
+        return settings
+
+    def parse(self, raw: Mapping[str, Any]) -> ArgsT:
+        """Validate agent-supplied arguments; refuse with every failing field named."""
+        try:
+            return self.arguments_model.model_validate(dict(raw))  # type: ignore[return-value]
+        except ValidationError as error:
+            raise InvalidArguments(describe_validation_error(error)) from None
+
+    @abstractmethod
+    def summary(self, args: ArgsT) -> str:
+        """One human sentence saying what would happen."""
+
+    @abstractmethod
+    async def preview(self, args: ArgsT) -> dict[str, Any]:
+        """The impact, computed without side effects. May refuse with `InvalidArguments`."""
+
+    @abstractmethod
+    async def execute(self, args: ArgsT, execution: Execution) -> dict[str, Any]:
+        """Do the real thing, idempotently keyed by `execution.request_id`. Refuse with `ActionFailed`."""

@@ -1,0 +1,61 @@
+"""The exception hierarchy.
+
+A `HitlError` is a refusal written for the person or agent who caused it: faces show its message as is
+(an MCP `ToolError`, a CLI exit status with one line). Any other exception is a bug and is reported as one.
+"""
+
+from __future__ import annotations
+
+
+class HitlError(Exception):
+    """A refusal the caller should read."""
+
+    exit_code = 1
+
+
+class NotFound(HitlError):
+    """No request has this id (or prefix)."""
+
+    exit_code = 3
+
+
+class AmbiguousId(HitlError):
+    """An id prefix matches more than one request."""
+
+    exit_code = 3
+
+
+class NotPending(HitlError):
+    """The request is not in a state that allows this transition."""
+
+    exit_code = 4
+
+
+class Expired(HitlError):
+    """The request's time to be decided has passed."""
+
+    exit_code = 4
+
+
+class NotAllowed(HitlError):
+    """The principal may not do this (its own request, or not the requester)."""
+
+    exit_code = 5
+
+
+class InvalidArguments(HitlError):
+    """Arguments fail validation; the message names the field and the rule. Nothing was written."""
+
+    exit_code = 2
+
+
+class ConfigError(HitlError):
+    """The configuration is wrong; the message names the key."""
+
+    exit_code = 2
+
+
+class ActionFailed(HitlError):
+    """The real action refused or failed cleanly (insufficient cash, SMTP refusal, row count changed)."""
+
+    exit_code = 6

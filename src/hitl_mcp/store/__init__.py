@@ -1,0 +1,85 @@
+"""The storage seam: one small async interface, one implementation per database.
+
+Every method that changes a request is one transaction holding one conditional write and its audit record,
+so a transition is either wholly applied or not at all, and two processes can never both win it.
+Methods report honestly: a transition that did not apply returns `None` / `False`, never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hitl_mcp.models import AuditEvent, Request, Status
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    request_id: str
+    tool: str
+    arguments: dict[str, Any]
+    arguments_digest: str
+    summary: str
+    preview: dict[str, Any]
+    requested_by: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Page:
+    requests: list[Request]
+    next_cursor: str | None
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def insert(self, request: NewRequest) -> None:
+        """File a pending request with its `filed` audit record."""
+
+    async def decide(
+        self, request_id: str, principal: str, verdict: str, reason: str | None, now: float
+    ) -> bool:
+        """pending → approved/rejected if not expired and `principal` is not the requester."""
+
+    async def cancel(self, request_id: str, principal: str, now: float) -> bool:
+        """pending → cancelled if `principal` is the requester."""
+
+    async def claim(self, request_id: str, worker: str, now: float) -> Request | None:
+        """approved → executing if not expired; the one caller that gets the request runs it."""
+
+    async def finish(
+        self,
+        request_id: str,
+        status: Status,
+        actor: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        """executing → executed/failed with the outcome."""
+
+    async def expire_overdue(self, now: float, limit: int = 500) -> list[str]:
+        """pending/approved whose expiry passed → expired; returns their ids."""
+
+    async def get(self, request_id: str) -> Request | None: ...
+
+    async def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids that start with `prefix`, at most `limit` of them."""
+
+    async def page(
+        self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        """Requests oldest first, keyset-paginated; `statuses=None` means every status."""
+
+    async def approved_unclaimed(self, decided_before: float, limit: int = 100) -> list[str]:
+        """Approved requests nobody claimed since `decided_before` (their approver died)."""
+
+    async def audit_trail(self, request_id: str) -> list[AuditEvent]: ...
+
+    async def change_counter(self) -> int:
+        """A number that changes whenever any process commits to the store."""

@@ -1,0 +1,426 @@
+"""The embedded default store: one SQLite file in WAL mode, shared safely by any number of processes.
+
+Each public method runs one whole transaction in a worker thread, so the event loop never waits on a
+lock held by another process, and a transition costs one thread hop and one commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
+from hitl_mcp.store import NewRequest, Page
+
+T = TypeVar("T")
+
+Synchronous = Literal["full", "normal"]
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tool TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    arguments_digest TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    preview TEXT NOT NULL,
+    status TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    claimed_by TEXT,
+    result TEXT,
+    error TEXT
+);
+-- Partial indexes keep the open queues small however many finished requests pile up beside them.
+CREATE INDEX IF NOT EXISTS requests_pending ON requests (seq) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS requests_pending_tool ON requests (tool, seq) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS requests_approved ON requests (updated_at) WHERE status = 'approved';
+CREATE INDEX IF NOT EXISTS requests_open_expiry ON requests (expires_at)
+    WHERE status IN ('pending', 'approved');
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, seq);
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    decided_at REAL NOT NULL,
+    PRIMARY KEY (request_id, principal)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at REAL NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
+"""
+
+REQUEST_COLUMNS = (
+    "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
+    "created_at, expires_at, updated_at, result, error"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _audit(
+    conn: sqlite3.Connection,
+    request_id: str,
+    event: str,
+    actor: str,
+    at: float,
+    details: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (request_id, event, actor, at, details) VALUES (?, ?, ?, ?, ?)",
+        (request_id, event, actor, at, _dumps(details or {})),
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, synchronous: Synchronous = "full", busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._watch: sqlite3.Connection | None = None
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        # WAL lets readers in other processes go on while one process writes, and survives a crash of
+        # any process at any moment; switching needs no lock held by others, so do it before anything.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} was written by a newer hitl-mcp (schema {version}, this one knows "
+                    f"{SCHEMA_VERSION}); upgrade hitl-mcp"
+                )
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
+        self._watch = self._connect()
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open_sync)
+
+    async def close(self) -> None:
+        async with self._lock:
+            for conn in (self._conn, self._watch):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._watch = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("the store is not open")
+            return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def transaction(conn: sqlite3.Connection) -> T:
+            # IMMEDIATE takes the write lock up front, so the conditional UPDATE never meets a
+            # concurrent writer half-way and never needs a retry.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return outcome
+
+        return await self._run(transaction)
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    async def insert(self, request: NewRequest) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO requests (id, tool, arguments, arguments_digest, summary, preview, status, "
+                "requested_by, created_at, expires_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (
+                    request.request_id,
+                    request.tool,
+                    _dumps(request.arguments),
+                    request.arguments_digest,
+                    request.summary,
+                    _dumps(request.preview),
+                    request.requested_by,
+                    request.created_at,
+                    request.expires_at,
+                    request.created_at,
+                ),
+            )
+            _audit(
+                conn,
+                request.request_id,
+                "filed",
+                request.requested_by,
+                request.created_at,
+                {"tool": request.tool, "arguments_digest": request.arguments_digest},
+            )
+
+        await self._write(insert)
+
+    async def decide(
+        self, request_id: str, principal: str, verdict: str, reason: str | None, now: float
+    ) -> bool:
+        status = Status.APPROVED if verdict == "approve" else Status.REJECTED
+
+        def decide(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE requests SET status = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'pending' AND expires_at > ? AND requested_by != ?",
+                (status.value, now, request_id, now, principal),
+            ).rowcount
+            if not changed:
+                return False
+            conn.execute(
+                "INSERT INTO decisions (request_id, principal, verdict, reason, decided_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (request_id, principal, verdict, reason, now),
+            )
+            _audit(conn, request_id, status.value, principal, now, {"reason": reason} if reason else None)
+            return True
+
+        return await self._write(decide)
+
+    async def cancel(self, request_id: str, principal: str, now: float) -> bool:
+        def cancel(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE requests SET status = 'cancelled', updated_at = ? "
+                "WHERE id = ? AND status = 'pending' AND requested_by = ?",
+                (now, request_id, principal),
+            ).rowcount
+            if changed:
+                _audit(conn, request_id, "cancelled", principal, now)
+            return bool(changed)
+
+        return await self._write(cancel)
+
+    async def claim(self, request_id: str, worker: str, now: float) -> Request | None:
+        def claim(conn: sqlite3.Connection) -> Request | None:
+            row = conn.execute(
+                f"UPDATE requests SET status = 'executing', claimed_by = ?, updated_at = ? "
+                f"WHERE id = ? AND status = 'approved' AND expires_at > ? RETURNING {REQUEST_COLUMNS}",
+                (worker, now, request_id, now),
+            ).fetchone()
+            if row is None:
+                return None
+            _audit(conn, request_id, "claimed", worker, now)
+            return _request(row, _decisions(conn, [request_id]).get(request_id, []))
+
+        return await self._write(claim)
+
+    async def finish(
+        self,
+        request_id: str,
+        status: Status,
+        actor: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        def finish(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE requests SET status = ?, result = ?, error = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'executing'",
+                (status.value, None if result is None else _dumps(result), error, now, request_id),
+            ).rowcount
+            if changed:
+                _audit(conn, request_id, status.value, actor, now, {"error": error} if error else None)
+            return bool(changed)
+
+        return await self._write(finish)
+
+    async def expire_overdue(self, now: float, limit: int = 500) -> list[str]:
+        def expire(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "UPDATE requests SET status = 'expired', updated_at = ? WHERE seq IN ("
+                "  SELECT seq FROM requests WHERE status IN ('pending', 'approved') AND expires_at <= ?"
+                "  LIMIT ?) RETURNING id",
+                (now, now, limit),
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            for request_id in ids:
+                _audit(conn, request_id, "expired", "gate", now)
+            return ids
+
+        return await self._write(expire)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def get(self, request_id: str) -> Request | None:
+        def get(conn: sqlite3.Connection) -> Request | None:
+            row = conn.execute(
+                f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return _request(row, _decisions(conn, [request_id]).get(request_id, []))
+
+        return await self._run(get)
+
+    async def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        # GLOB is case-sensitive, so SQLite turns a literal prefix into a range scan of the unique index;
+        # the caller has already refused any character that is not part of an id.
+        return await self._run(
+            lambda conn: [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM requests WHERE id GLOB ? ORDER BY id LIMIT ?", (prefix + "*", limit)
+                )
+            ]
+        )
+
+    async def page(
+        self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        after = int(cursor) if cursor else 0
+        clauses = ["seq > ?"]
+        params: list[Any] = [after]
+        if statuses is not None:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(status.value for status in statuses)
+        if tool is not None:
+            clauses.append("tool = ?")
+            params.append(tool)
+        sql = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
+        params.append(limit + 1)
+
+        def page(conn: sqlite3.Connection) -> Page:
+            rows = conn.execute(sql, params).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            decisions = _decisions(conn, [row[1] for row in rows])
+            requests = [_request(row, decisions.get(row[1], [])) for row in rows]
+            return Page(requests, str(rows[-1][0]) if more else None)
+
+        return await self._run(page)
+
+    async def approved_unclaimed(self, decided_before: float, limit: int = 100) -> list[str]:
+        return await self._run(
+            lambda conn: [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM requests WHERE status = 'approved' AND updated_at < ? "
+                    "ORDER BY updated_at LIMIT ?",
+                    (decided_before, limit),
+                )
+            ]
+        )
+
+    async def audit_trail(self, request_id: str) -> list[AuditEvent]:
+        def trail(conn: sqlite3.Connection) -> list[AuditEvent]:
+            return [
+                AuditEvent(
+                    seq=seq, request_id=rid, event=event, actor=actor, at=utc(at), details=json.loads(details)
+                )
+                for seq, rid, event, actor, at, details in conn.execute(
+                    "SELECT seq, request_id, event, actor, at, details FROM audit "
+                    "WHERE request_id = ? ORDER BY seq",
+                    (request_id,),
+                )
+            ]
+
+        return await self._run(trail)
+
+    async def change_counter(self) -> int:
+        watch = self._watch
+        if watch is None:
+            raise RuntimeError("the store is not open")
+        # data_version moves when another connection commits; it reads shared memory only, so it is
+        # cheap enough to ask on the event loop itself.
+        value: int = watch.execute("PRAGMA data_version").fetchone()[0]
+        return value
+
+
+def _decisions(conn: sqlite3.Connection, request_ids: list[str]) -> dict[str, list[Decision]]:
+    if not request_ids:
+        return {}
+    found: dict[str, list[Decision]] = {}
+    placeholders = ", ".join("?" for _ in request_ids)
+    for request_id, principal, verdict, reason, decided_at in conn.execute(
+        f"SELECT request_id, principal, verdict, reason, decided_at FROM decisions "
+        f"WHERE request_id IN ({placeholders}) ORDER BY decided_at",
+        request_ids,
+    ):
+        found.setdefault(request_id, []).append(
+            Decision(principal=principal, verdict=verdict, reason=reason, decided_at=utc(decided_at))
+        )
+    return found
+
+
+def _request(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> Request:
+    (
+        _seq,
+        request_id,
+        tool,
+        arguments,
+        digest,
+        summary,
+        preview,
+        status,
+        requested_by,
+        created_at,
+        expires_at,
+        updated_at,
+        result,
+        error,
+    ) = row
+    return Request(
+        request_id=request_id,
+        tool=tool,
+        arguments=json.loads(arguments),
+        arguments_digest=digest,
+        status=Status(status),
+        summary=summary,
+        preview=json.loads(preview),
+        requested_by=requested_by,
+        created_at=utc(created_at),
+        expires_at=utc(expires_at),
+        updated_at=utc(updated_at),
+        decisions=decisions,
+        result=None if result is None else json.loads(result),
+        error=error,
+    )

@@ -1,0 +1,94 @@
+"""Fixtures shared by the suite: a real store file, a real SMTP server, a real target database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.gate import Gate, open_gate
+from tests.smtp_sink import SmtpSink
+
+USERS = [
+    (1, "ann@test.com", 25, "active", "2025-06-01", None),
+    (2, "bob@test.com", 41, "inactive", "2023-01-15", None),
+    (3, "cid@corp.com", 29, "inactive", "2023-11-30", "2024-02-01"),
+    (4, "dee@corp.com", 52, "active", "2025-09-09", None),
+]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def target_db(tmp_path: Path) -> Path:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, age INTEGER, status TEXT, "
+            "last_login TEXT, deleted_at TEXT)"
+        )
+        conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)", USERS)
+        conn.execute("CREATE TABLE sessions (id INTEGER PRIMARY KEY, user_id INTEGER)")
+        conn.execute("CREATE TABLE secrets (id INTEGER PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO secrets VALUES (1, 'keep me')")
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, smtp: SmtpSink, target_db: Path) -> Path:
+    path = tmp_path / "hitl.toml"
+    path.write_text(
+        f"""
+[gate]
+default_ttl_seconds = 3600
+sweep_interval_seconds = 0.2
+orphan_grace_seconds = 0.5
+
+[actions.buy_stock]
+ledger = "ledger.db"
+starting_cash = 100000.0
+
+[actions.send_email]
+smtp_host = "{smtp.host}"
+smtp_port = {smtp.port}
+sender = "agent@example.com"
+
+[actions.delete_database_records]
+database = "{target_db.name}"
+allowed_tables = ["users", "sessions"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, config_file: Path) -> dict[str, str]:
+    """The environment a `hitl` process gets: this test's store and config, nothing of the user's."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "HITL_DB": str(tmp_path / "hitl.db"),
+        "HITL_CONFIG": str(config_file),
+        "HITL_PRINCIPAL": "agent",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture
+async def gate(settings: Settings) -> AsyncIterator[Gate]:
+    async with open_gate(settings) as opened:
+        yield opened
