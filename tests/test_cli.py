@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import socket
 import sqlite3
 import subprocess
@@ -254,3 +257,48 @@ def file_request(settings: Settings, tool: str, arguments: dict[str, Any]) -> st
             return (await gate.file(tool, arguments, "agent")).request_id
 
     return anyio.run(run)
+
+
+def on_terminal(env: dict[str, str], *args: str, answer: str) -> tuple[int, str]:
+    """Run `hitl` on a pseudo-terminal, answer its first question, and return its exit status and screen."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([HITL, *args], env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    screen = b""
+    answered = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the process has finished writing
+                break
+            if not chunk:
+                break
+            screen += chunk
+            if not answered and b"[y/N]" in screen:
+                os.write(controller, answer.encode() + b"\n")
+                answered = True
+        return process.wait(timeout=30), screen.decode(errors="replace")
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+
+
+def test_approve_on_a_terminal_shows_the_preview_and_asks_first(
+    env: dict[str, str], settings: Settings
+) -> None:
+    request_id = file_request(settings, "buy_stock", BUY)
+
+    declined, screen = on_terminal(env, "approve", request_id, "--as", "alice", answer="n")
+    assert declined != 0
+    assert "Buy 100 GOOGL at $150.00" in screen and '"cash_after"' in screen
+    assert statuses(settings.db_path)[request_id] == "pending"
+
+    accepted, screen = on_terminal(env, "approve", request_id, "--as", "alice", answer="y")
+    assert accepted == 0, screen
+    assert statuses(settings.db_path)[request_id] == "executed"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,8 +12,10 @@ import pytest
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
 
-from hitl_mcp.config import Settings
+from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.gate import open_gate
 from hitl_mcp.ledger import Ledger
+from hitl_mcp.models import Status
 from hitl_mcp.server import build_server
 from tests.smtp_sink import SmtpSink
 
@@ -229,3 +232,47 @@ async def test_older_clients_with_the_initialize_handshake_work(settings: Settin
     async with Client(build_server(settings, principal="agent"), mode="legacy") as client:
         filed = ok(await client.call_tool("buy_stock", BUY))
     assert filed["status"] == "pending"
+
+
+async def deadline_poll(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Poll `check` until it holds; fail past the deadline."""
+    with anyio.fail_after(seconds):
+        # Another task or process changes the state; there is no event to wait on from here.
+        while not await check():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+async def test_running_server_releases_an_approval_whose_approver_died(settings: Settings) -> None:
+    async with open_gate(settings) as gate:
+        request = await gate.file("buy_stock", BUY, "agent")
+        # The approver recorded its decision and died before claiming: nobody runs it but the server.
+        assert await gate.store.decide(request.request_id, "alice", "approve", None, gate.clock())
+
+        async with session(settings, "agent") as agent:
+
+            async def executed() -> bool:
+                record = ok(await agent.call_tool("get_request", {"request_id": request.request_id}))
+                return bool(record["status"] == "executed")
+
+            await deadline_poll(executed)
+
+
+async def test_running_server_sweeps_overdue_requests_to_expired(settings: Settings, tmp_path: Path) -> None:
+    assert settings.config_path is not None
+    short = tmp_path / "short.toml"
+    short.write_text(
+        settings.config_path.read_text().replace(
+            "[actions.buy_stock]", "[actions.buy_stock]\nttl_seconds = 1"
+        )
+    )
+    quick = load_settings({"HITL_DB": str(settings.db_path), "HITL_CONFIG": str(short)})
+    async with session(quick, "agent") as agent:
+        request_id = ok(await agent.call_tool("buy_stock", BUY))["request_id"]
+
+        async with open_gate(quick) as gate:
+
+            async def expired() -> bool:
+                request = await gate.store.get(request_id)
+                return request is not None and request.status is Status.EXPIRED
+
+            await deadline_poll(expired)
