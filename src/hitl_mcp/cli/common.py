@@ -1,0 +1,113 @@
+"""What every `hitl` command shares: settings, the gate, who is acting, refusals, and rendering."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from hitl_mcp.config import Settings, check_principal, load_settings
+from hitl_mcp.errors import HitlError
+from hitl_mcp.gate import Gate, open_gate
+from hitl_mcp.models import Request
+
+T = TypeVar("T")
+
+
+def load(principal: str | None = None) -> Settings:
+    return load_settings(principal=principal)
+
+
+def with_gate(settings: Settings, work: Callable[[Gate], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with open_gate(settings) as gate:
+            return await work(gate)
+
+    return anyio.run(run)
+
+
+def refusals(command: Callable[..., None]) -> Callable[..., None]:
+    """Every refusal ends the command with one line on stderr and the refusal's exit status."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except HitlError as error:
+            click.echo(f"hitl: {error}", err=True)
+            sys.exit(error.exit_code)
+
+    return wrapper
+
+
+def acting_as(name: str | None) -> str:
+    return check_principal(name or getpass.getuser(), "--as")
+
+
+def report(request: Request, as_json: bool) -> None:
+    if as_json:
+        click.echo(request.model_dump_json(indent=2))
+        return
+    click.echo(f"{request.request_id} {request.status.value}: {request.summary}")
+    if request.result is not None:
+        click.echo(f"result: {json.dumps(request.result, sort_keys=True)}")
+    if request.error:
+        click.echo(f"error: {request.error}")
+
+
+def describe(request: Request) -> str:
+    lines = [
+        f"Request    {request.request_id}",
+        f"Tool       {request.tool}",
+        f"Status     {request.status.value}",
+        f"Summary    {request.summary}",
+        f"Requested  by {request.requested_by} at {request.created_at.isoformat(timespec='seconds')}",
+        f"Expires    {request.expires_at.isoformat(timespec='seconds')}",
+        "Arguments  "
+        + json.dumps(request.arguments, indent=2, sort_keys=True).replace("\n", "\n           "),
+        "Preview    " + json.dumps(request.preview, indent=2, sort_keys=True).replace("\n", "\n           "),
+    ]
+    for decision in request.decisions:
+        note = f" — note: {decision.reason!r}" if decision.reason else ""
+        lines.append(
+            f"Decision   {decision.verdict} by {decision.principal} "
+            f"at {decision.decided_at.isoformat(timespec='seconds')}{note}"
+        )
+    if request.result is not None:
+        lines.append("Result     " + json.dumps(request.result, sort_keys=True))
+    if request.error:
+        lines.append(f"Error      {request.error}")
+    return "\n".join(lines)
+
+
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def expires_in(request: Request, now: float) -> str:
+    if request.status.is_final:
+        return "-"
+    left = request.expires_at.timestamp() - now
+    return duration(left) if left > 0 else "overdue"
+
+
+def truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,150 @@
+"""Commands on requests: list, show, approve, reject, cancel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from hitl_mcp.cli.app import main
+from hitl_mcp.cli.common import (
+    acting_as,
+    describe,
+    duration,
+    expires_in,
+    load,
+    refusals,
+    report,
+    table,
+    truncate,
+    with_gate,
+)
+from hitl_mcp.errors import HitlError
+from hitl_mcp.gate import Gate
+from hitl_mcp.models import Request, Status
+
+# Another process that claimed the request is running it; say how it ended rather than "executing".
+OUTCOME_WAIT_SECONDS = 30.0
+LIST_PAGE = 200
+
+
+@main.command("list")
+@click.option(
+    "--status",
+    "status",
+    type=click.Choice([s.value for s in Status]),
+    help="Only requests in this status (default: pending).",
+)
+@click.option("--all", "all_statuses", is_flag=True, help="Requests in every status.")
+@click.option("--tool", help="Only requests for this gated tool.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1), help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of full records.")
+@refusals
+def list_requests(
+    status: str | None, all_statuses: bool, tool: str | None, limit: int, as_json: bool
+) -> None:
+    """List requests, oldest first (pending ones unless --status or --all)."""
+    if status and all_statuses:
+        raise click.UsageError("give --status or --all, not both")
+    statuses = None if all_statuses else (Status(status) if status else Status.PENDING,)
+
+    async def collect(gate: Gate) -> list[Request]:
+        found: list[Request] = []
+        cursor = None
+        while len(found) < limit:
+            page = await gate.list(statuses=statuses, tool=tool, limit=min(LIST_PAGE, limit), cursor=cursor)
+            found.extend(page.requests)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return found[:limit]
+
+    requests = with_gate(load(), collect)
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in requests], indent=2))
+        return
+    if not requests:
+        click.echo("No requests." if all_statuses or status else "Nothing is waiting for a decision.")
+        return
+    now = time.time()
+    rows = [
+        (
+            r.request_id[:10],
+            duration(now - r.created_at.timestamp()),
+            r.tool,
+            r.status.value,
+            truncate(r.summary, 60),
+            r.requested_by,
+            expires_in(r, now),
+        )
+        for r in requests
+    ]
+    click.echo(table(("ID", "AGE", "TOOL", "STATUS", "SUMMARY", "REQUESTED BY", "EXPIRES IN"), rows))
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
+@refusals
+def show(request_id: str, as_json: bool) -> None:
+    """Everything about one request (ID may be any unique prefix)."""
+    request = with_gate(load(), lambda gate: gate.get(request_id))
+    if as_json:
+        click.echo(request.model_dump_json(indent=2))
+    else:
+        click.echo(describe(request))
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--as", "as_name", metavar="NAME", help="Act as this principal (default: your OS user).")
+@click.option("--reason", help="Why you approve, kept in the audit trail.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record afterwards as JSON.")
+@refusals
+def approve(request_id: str, as_name: str | None, reason: str | None, yes: bool, as_json: bool) -> None:
+    """Approve a pending request; its action runs at once, exactly once."""
+    principal = acting_as(as_name)
+    settings = load(principal)
+
+    async def decide(gate: Gate) -> Request:
+        request = await gate.get(request_id)
+        if not yes and sys.stdin.isatty():
+            click.echo(describe(request))
+            if not click.confirm(f"Approve and run {request.tool} now as {principal}?", default=False):
+                raise HitlError("not approved; nothing was changed")
+        request = await gate.approve(request.request_id, principal, reason)
+        if request.status is Status.EXECUTING:
+            request = await gate.wait(request.request_id, OUTCOME_WAIT_SECONDS)
+        return request
+
+    request = with_gate(settings, decide)
+    report(request, as_json)
+    if request.status is Status.FAILED:
+        sys.exit(6)
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", required=True, help="Why, shown to the requester and kept in the audit trail.")
+@click.option("--as", "as_name", metavar="NAME", help="Act as this principal (default: your OS user).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record afterwards as JSON.")
+@refusals
+def reject(request_id: str, reason: str, as_name: str | None, as_json: bool) -> None:
+    """Reject a pending request; it will never run."""
+    principal = acting_as(as_name)
+    request = with_gate(load(principal), lambda gate: gate.reject(request_id, principal, reason))
+    report(request, as_json)
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--as", "as_name", metavar="NAME", help="Act as this principal (default: your OS user).")
+@refusals
+def cancel(request_id: str, as_name: str | None) -> None:
+    """Withdraw a pending request you filed yourself."""
+    principal = acting_as(as_name)
+    request = with_gate(load(principal), lambda gate: gate.cancel(request_id, principal))
+    report(request, False)
