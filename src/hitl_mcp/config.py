@@ -6,7 +6,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hitl_mcp.actions import ACTION_TYPES, ActionSettings
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
+from hitl_mcp.policy import ActionPolicy, load_policies
 
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
+TOP_LEVEL_TABLES = frozenset({"gate", "actions", "principals", "policy"})
 
 
 class GateSettings(BaseModel):
@@ -34,6 +36,15 @@ class GateSettings(BaseModel):
     synchronous: Literal["full", "normal"] = "full"
 
 
+class PrincipalSettings(BaseModel):
+    """One `[principals.NAME]` table: the roles a principal holds, and its HTTP token's SHA-256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: tuple[str, ...] = ()
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 @dataclass(frozen=True)
 class Settings:
     db_path: Path
@@ -41,10 +52,19 @@ class Settings:
     principal: str
     gate: GateSettings
     actions: Mapping[str, ActionSettings]
+    principals: Mapping[str, PrincipalSettings] = field(default_factory=dict)
+    policies: Mapping[str, ActionPolicy] = field(default_factory=dict)
+
+    def roles_of(self, principal: str) -> tuple[str, ...]:
+        known = self.principals.get(principal)
+        return known.roles if known else ()
 
     def ttl_for(self, tool: str) -> int:
-        override = self.actions[tool].ttl_seconds
-        return override if override is not None else self.gate.default_ttl_seconds
+        policy = self.policies.get(tool)
+        for override in (policy.ttl_seconds if policy else None, self.actions[tool].ttl_seconds):
+            if override is not None:
+                return override
+        return self.gate.default_ttl_seconds
 
 
 def data_dir() -> Path:
@@ -69,12 +89,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
     db_path = Path(env["HITL_DB"]).expanduser() if env.get("HITL_DB") else data_dir() / "hitl.db"
     if principal is None:
         principal = check_principal(env.get("HITL_PRINCIPAL") or DEFAULT_PRINCIPAL, "HITL_PRINCIPAL")
+    principals = _principals(raw.get("principals", {}))
     return Settings(
         db_path=db_path.resolve(),
         config_path=config_path,
         principal=principal,
         gate=_gate_settings(raw.get("gate", {})),
         actions=_action_settings(raw.get("actions", {}), base_dir),
+        principals=principals,
+        policies=load_policies(raw.get("policy", {}), principals),
     )
 
 
@@ -86,9 +109,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"HITL_CONFIG: {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    unknown = sorted(set(raw) - {"gate", "actions"})
+    unknown = sorted(set(raw) - TOP_LEVEL_TABLES)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; expected [gate] or [actions.NAME] tables")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; expected tables: {', '.join(sorted(TOP_LEVEL_TABLES))}"
+        )
     return raw
 
 
@@ -116,3 +141,18 @@ def _action_settings(raw: Any, base_dir: Path) -> dict[str, ActionSettings]:
             raise ConfigError(f"actions.{name}: must be a table")
         settings[name] = action_type.configure(table, base_dir)
     return settings
+
+
+def _principals(raw: Any) -> dict[str, PrincipalSettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError("principals: must be a table of [principals.NAME] tables")
+    principals = {}
+    for name, table in raw.items():
+        check_principal(name, f"principals.{name}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"principals.{name}: must be a table")
+        try:
+            principals[name] = PrincipalSettings.model_validate(table)
+        except ValidationError as error:
+            raise ConfigError(describe_validation_error(error, prefix=f"principals.{name}.")) from None
+    return principals

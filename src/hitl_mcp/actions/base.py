@@ -60,6 +60,8 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
     description: ClassVar[str]
     arguments_model: ClassVar[type[BaseModel]]
     settings_model: ClassVar[type[ActionSettings]]
+    preview_fields: ClassVar[frozenset[str]] = frozenset()
+    """Preview values that policy rules may name beside the arguments (e.g. `total`)."""
 
     def __init__(self, settings: SettingsT) -> None:
         self.settings = settings
@@ -72,6 +74,16 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
         except ValidationError as error:
             raise ConfigError(describe_validation_error(error, prefix=f"actions.{cls.name}.")) from None
         return settings
+
+    @classmethod
+    def policy_names(cls) -> frozenset[str]:
+        """The names a policy rule's `when` may use for this action."""
+        return frozenset(cls.arguments_model.model_fields) | cls.preview_fields
+
+    def policy_values(self, args: ArgsT, preview: Mapping[str, Any]) -> dict[str, object]:
+        values: dict[str, object] = {name: preview[name] for name in self.preview_fields if name in preview}
+        values.update(args.model_dump(mode="json"))
+        return values
 
     def parse(self, raw: Mapping[str, Any]) -> ArgsT:
         """Validate agent-supplied arguments; refuse with every failing field named."""

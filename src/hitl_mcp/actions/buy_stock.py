@@ -82,6 +82,9 @@ class BuyStock(Action[BuyArguments, BuyStockSettings]):
     )
     arguments_model = BuyArguments
     settings_model = BuyStockSettings
+    preview_fields = frozenset(
+        {"total", "cash_before", "cash_after", "position_before", "position_after", "sufficient_cash"}
+    )
 
     def __init__(self, settings: BuyStockSettings) -> None:
         super().__init__(settings)

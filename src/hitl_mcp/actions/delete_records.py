@@ -102,6 +102,7 @@ class DeleteRecords(Action[DeleteArguments, DeleteSettings]):
     )
     arguments_model = DeleteArguments
     settings_model = DeleteSettings
+    preview_fields = frozenset({"matching_rows"})
 
     def summary(self, args: DeleteArguments) -> str:
         condition = re.sub(r"[\r\n\t\f\v]+", " ", args.condition).strip()

@@ -132,6 +132,7 @@ class SendEmail(Action[EmailArguments, SendEmailSettings]):
     )
     arguments_model = EmailArguments
     settings_model = SendEmailSettings
+    preview_fields = frozenset({"size_bytes"})
 
     def summary(self, args: EmailArguments) -> str:
         return f'Email {args.to}: "{args.subject}"'

@@ -40,7 +40,12 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at REAL NOT NULL,
     claimed_by TEXT,
     result TEXT,
-    error TEXT
+    error TEXT,
+    policy TEXT NOT NULL DEFAULT '{}',
+    level INTEGER NOT NULL DEFAULT 0,
+    escalate_at REAL,
+    escalated_level INTEGER,
+    original_arguments TEXT
 );
 -- Partial indexes keep the open queues small however many finished requests pile up beside them.
 CREATE INDEX IF NOT EXISTS requests_pending ON requests (seq) WHERE status = 'pending';
@@ -49,12 +54,16 @@ CREATE INDEX IF NOT EXISTS requests_approved ON requests (updated_at) WHERE stat
 CREATE INDEX IF NOT EXISTS requests_open_expiry ON requests (expires_at)
     WHERE status IN ('pending', 'approved');
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status, seq);
+CREATE INDEX IF NOT EXISTS requests_escalation ON requests (escalate_at) WHERE escalate_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS decisions (
     request_id TEXT NOT NULL,
     principal TEXT NOT NULL,
     verdict TEXT NOT NULL,
     reason TEXT,
     decided_at REAL NOT NULL,
+    roles TEXT NOT NULL DEFAULT '[]',
+    level INTEGER,
+    edit TEXT,
     PRIMARY KEY (request_id, principal)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
@@ -63,7 +72,9 @@ CREATE TABLE IF NOT EXISTS audit (
     event TEXT NOT NULL,
     actor TEXT NOT NULL,
     at REAL NOT NULL,
-    details TEXT NOT NULL
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
 """

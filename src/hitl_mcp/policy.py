@@ -1,0 +1,189 @@
+"""Who must approve what: rules from the TOML file, matched against a request's arguments and preview.
+
+A policy is data. The rule that applied is stored with each request (a snapshot), so editing the config
+never changes what an open request needs. Approvals are counted against that snapshot, level by level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hitl_mcp import expr
+from hitl_mcp.errors import ConfigError, NotAllowed
+
+Approval = Literal["required", "none", "deny"]
+
+
+class Level(BaseModel):
+    """One step of approval: `count` distinct principals holding any of `roles` (no roles: anyone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: tuple[str, ...] = ()
+    count: int = Field(default=1, ge=1, le=100)
+    escalate_after_seconds: float | None = Field(default=None, gt=0)
+
+    def admits(self, roles: Iterable[str]) -> bool:
+        return not self.roles or any(role in self.roles for role in roles)
+
+    def describe(self) -> str:
+        who = " or ".join(self.roles) if self.roles else "anyone but the requester"
+        return f"{self.count} × {who}"
+
+
+class Rule(BaseModel):
+    """`when` (an expression over arguments and preview) selects the rule; the first that holds applies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when: str | None = None
+    approval: Approval = "required"
+    levels: tuple[Level, ...] = ()
+
+    @model_validator(mode="after")
+    def _levels_match_approval(self) -> Rule:
+        if self.approval == "required" and not self.levels:
+            raise ValueError("a rule that needs approval must name its levels, e.g. levels = [{ count = 1 }]")
+        if self.approval != "required" and self.levels:
+            raise ValueError(f'approval = "{self.approval}" takes no levels')
+        return self
+
+
+class ActionPolicy(BaseModel):
+    """One `[policy.TOOL]` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: tuple[Rule, ...] = Field(min_length=1)
+    ttl_seconds: int | None = Field(default=None, gt=0, le=366 * 86_400)
+
+
+DEFAULT_RULE = Rule(levels=(Level(),))
+
+
+class Snapshot(BaseModel):
+    """The rule that applied to one request, kept with it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: int | None = Field(description="Index of the rule in [policy.TOOL].rules; null for the default")
+    when: str | None = None
+    approval: Approval
+    levels: tuple[Level, ...] = ()
+
+    def describe(self) -> str:
+        source = "the default policy" if self.rule is None else f"rule {self.rule + 1}"
+        condition = f" (when {self.when})" if self.when else ""
+        if self.approval == "none":
+            return f"{source}{condition}: no approval needed"
+        if self.approval == "deny":
+            return f"{source}{condition}: denied"
+        steps = ", then ".join(level.describe() for level in self.levels)
+        return f"{source}{condition}: {steps}"
+
+
+def load_policies(raw: Any, principals: Mapping[str, Any]) -> dict[str, ActionPolicy]:
+    """Validate every `[policy.TOOL]`; expressions are parsed now so a bad one stops the start."""
+    from hitl_mcp.actions import ACTION_TYPES
+
+    if not isinstance(raw, dict):
+        raise ConfigError("policy: must be a table of [policy.TOOL] tables")
+    known_roles = {role for principal in principals.values() for role in principal.roles}
+    policies = {}
+    for tool, table in raw.items():
+        if tool not in ACTION_TYPES:
+            raise ConfigError(f"policy.{tool}: no such action; known: {', '.join(sorted(ACTION_TYPES))}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"policy.{tool}: must be a table")
+        try:
+            policy = ActionPolicy.model_validate(table)
+        except ValidationError as error:
+            from hitl_mcp.actions.base import describe_validation_error
+
+            raise ConfigError(describe_validation_error(error, prefix=f"policy.{tool}.")) from None
+        names = ACTION_TYPES[tool].policy_names()
+        for index, rule in enumerate(policy.rules):
+            where = f"policy.{tool}.rules[{index}]"
+            if rule.when is not None:
+                _check_expression(rule.when, names, f"{where}.when")
+            for number, level in enumerate(rule.levels):
+                missing = [role for role in level.roles if role not in known_roles]
+                if missing:
+                    raise ConfigError(
+                        f"{where}.levels[{number}].roles: no principal holds role {missing[0]!r}, so this "
+                        "level could never be satisfied; give a [principals.NAME] that role"
+                    )
+        policies[tool] = policy
+    return policies
+
+
+def _check_expression(text: str, names: frozenset[str], key: str) -> None:
+    try:
+        node = expr.parse(text)
+    except expr.ExpressionError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    unknown = sorted(expr.names(node) - names)
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown name {unknown[0]!r} in {text!r}; rules can use: {', '.join(sorted(names))}"
+        )
+
+
+def select(policy: ActionPolicy | None, values: Mapping[str, object]) -> Snapshot:
+    """The first rule whose `when` holds, as a snapshot; the default when none does."""
+    if policy is not None:
+        for index, rule in enumerate(policy.rules):
+            if rule.when is None or expr.holds(expr.parse(rule.when), values):
+                return Snapshot(rule=index, when=rule.when, approval=rule.approval, levels=rule.levels)
+    return Snapshot(rule=None, approval=DEFAULT_RULE.approval, levels=DEFAULT_RULE.levels)
+
+
+@dataclass(frozen=True)
+class Approver:
+    principal: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a request's approvals go: who counted at each level, and the level it waits on."""
+
+    counted: tuple[tuple[str, ...], ...]
+    waiting_on: int | None
+
+    @property
+    def complete(self) -> bool:
+        return self.waiting_on is None
+
+
+def progress(levels: Sequence[Level], approvers: Sequence[Approver]) -> Progress:
+    """Assign approvers to levels in order; each principal counts once, at the first level it fits."""
+    unused = list(approvers)
+    counted: list[tuple[str, ...]] = []
+    for index, level in enumerate(levels):
+        fits = [approver for approver in unused if level.admits(approver.roles)][: level.count]
+        counted.append(tuple(approver.principal for approver in fits))
+        for approver in fits:
+            unused.remove(approver)
+        if len(fits) < level.count:
+            counted.extend(() for _ in levels[index + 1 :])
+            return Progress(tuple(counted), index)
+    return Progress(tuple(counted), None)
+
+
+def check_eligible(
+    snapshot: Snapshot, waiting_on: int, principal: str, roles: Sequence[str], request_id: str
+) -> None:
+    """Refuse a decider whose roles the level the request waits on does not admit."""
+    level = snapshot.levels[waiting_on]
+    if level.admits(roles):
+        return
+    held = ", ".join(roles) if roles else "no roles"
+    raise NotAllowed(
+        f"request {request_id} waits on level {waiting_on + 1} of {len(snapshot.levels)}, which needs "
+        f"{' or '.join(level.roles)}; {principal} holds {held}"
+    )
