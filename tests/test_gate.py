@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -124,7 +125,7 @@ async def test_expiry_is_enforced_when_executing(gate: Gate, settings: Settings)
     gate.clock = clock
     request = await gate.file("buy_stock", BUY, "agent")
     # Approved, but the approver died before claiming; by the time anyone claims it, it is overdue.
-    assert await gate.store.decide(request.request_id, "alice", "approve", None, clock.now)
+    assert (await gate.decide(request.request_id, "alice", "approve")).status is Status.APPROVED
     clock.now += settings.ttl_for("buy_stock") + 1
 
     after = await gate.execute(request.request_id)
@@ -150,7 +151,9 @@ async def test_sweep_marks_overdue_requests_expired(gate: Gate, settings: Settin
 
 async def test_orphaned_approval_is_released_by_housekeeping(gate: Gate, settings: Settings) -> None:
     request = await gate.file("buy_stock", BUY, "agent")
-    assert await gate.store.decide(request.request_id, "alice", "approve", None, gate.clock() - 60)
+    gate.clock = Clock(gate.clock() - 60)
+    await gate.decide(request.request_id, "alice", "approve")
+    gate.clock = time.time
 
     assert await gate.release_orphans() == 1
 

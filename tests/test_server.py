@@ -89,6 +89,9 @@ async def test_approver_agent_releases_the_action_and_the_agent_sees_the_outcome
             "verdict": "approve",
             "reason": "within limits",
             "decided_at": record["decisions"][0]["decided_at"],
+            "roles": [],
+            "level": 0,
+            "changes": None,
         }
         assert set(record) >= {
             "request_id", "tool", "arguments", "status", "summary", "preview", "requested_by",
@@ -246,7 +249,7 @@ async def test_running_server_releases_an_approval_whose_approver_died(settings:
     async with open_gate(settings) as gate:
         request = await gate.file("buy_stock", BUY, "agent")
         # The approver recorded its decision and died before claiming: nobody runs it but the server.
-        assert await gate.store.decide(request.request_id, "alice", "approve", None, gate.clock())
+        assert (await gate.decide(request.request_id, "alice", "approve")).status is Status.APPROVED
 
         async with session(settings, "agent") as agent:
 

@@ -12,12 +12,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
+from hitl_mcp import decisions, policy
 from hitl_mcp.actions import Action, Execution
 from hitl_mcp.config import Settings
+from hitl_mcp.decisions import escalation_time
 from hitl_mcp.errors import (
     AmbiguousId,
     Expired,
@@ -27,8 +29,8 @@ from hitl_mcp.errors import (
     NotFound,
     NotPending,
 )
-from hitl_mcp.models import Request, RequestPage, Status
-from hitl_mcp.store import NewRequest, Store
+from hitl_mcp.models import Change, Request, RequestPage, Status
+from hitl_mcp.store import Edit, NewRequest, Store
 
 logger = logging.getLogger(__name__)
 
@@ -72,45 +74,132 @@ class Gate:
     # -- filing ----------------------------------------------------------------------------------
 
     async def file(self, tool: str, arguments: Mapping[str, Any], principal: str) -> Request:
-        """Validate, preview and store a pending request. Runs nothing; writes nothing on bad input."""
+        """Validate, preview and store a request. Runs nothing unless the policy needs no approval.
+
+        Bad input raises `InvalidArguments` and writes nothing; a policy denial is audited and refused."""
         action = self._action(tool)
         args = action.parse(arguments)
         preview = await action.preview(args)
+        snapshot = policy.select(self.settings.policies.get(tool), action.policy_values(args, preview))
         normalised = args.model_dump(mode="json")
+        digest = arguments_digest(tool, normalised)
         now = self.clock()
+        request_id = new_request_id()
+        if snapshot.approval == "deny":
+            details = {"arguments_digest": digest, "policy": snapshot.describe()}
+            await self.store.record_denial(request_id, tool, principal, details, now)
+            raise NotAllowed(
+                f"the policy for {tool} refuses this request ({snapshot.describe()}); nothing was filed"
+            )
         new = NewRequest(
-            request_id=new_request_id(),
+            request_id=request_id,
             tool=tool,
             arguments=normalised,
-            arguments_digest=arguments_digest(tool, normalised),
+            arguments_digest=digest,
             summary=action.summary(args),
             preview=preview,
             requested_by=principal,
             created_at=now,
             expires_at=now + self.settings.ttl_for(tool),
+            policy=snapshot,
+            escalate_at=escalation_time(snapshot, 0 if snapshot.levels else None, now),
         )
         await self.store.insert(new)
         self._signal()
-        return await self.get(new.request_id)
+        if new.auto_approved:
+            return await self.execute(request_id)
+        return await self.get(request_id)
 
     # -- deciding --------------------------------------------------------------------------------
 
-    async def approve(self, ref: str, principal: str, reason: str | None = None) -> Request:
-        """Record an approval, then claim and run the action at once. Returns the record afterwards."""
-        request_id = await self.resolve(ref)
-        if not await self.store.decide(request_id, principal, "approve", reason, self.clock()):
-            await self._refuse_decision(request_id, principal)
-        self._signal()
-        return await self.execute(request_id)
+    async def approve(
+        self,
+        ref: str,
+        principal: str,
+        reason: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Request:
+        """Record an approval — with edited arguments if given — and, once the policy's levels are all
+        satisfied, claim and run the action at once. Returns the record afterwards."""
+        request = await self.decide(ref, principal, "approve", reason, arguments)
+        if request.status is Status.APPROVED:
+            return await self.execute(request.request_id)
+        return request
 
     async def reject(self, ref: str, principal: str, reason: str) -> Request:
-        request_id = await self.resolve(ref)
         if not reason.strip():
             raise InvalidArguments("reason: a rejection needs a reason")
-        if not await self.store.decide(request_id, principal, "reject", reason, self.clock()):
-            await self._refuse_decision(request_id, principal)
+        return await self.decide(ref, principal, "reject", reason)
+
+    async def decide(
+        self,
+        ref: str,
+        principal: str,
+        verdict: Literal["approve", "reject"],
+        reason: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Request:
+        """Record one decision under the request's policy, and nothing more: `approve` also runs it."""
+        request_id = await self.resolve(ref)
+        edit = None if arguments is None else await self._prepare_edit(await self.get(request_id), arguments)
+        now = self.clock()
+        roles = self.settings.roles_of(principal)
+        try:
+            request = await self.store.decide(
+                request_id,
+                lambda current: decisions.plan(
+                    current,
+                    principal=principal,
+                    roles=roles,
+                    verdict=verdict,
+                    reason=reason,
+                    edit=edit,
+                    now=now,
+                ),
+                now,
+            )
+        except Expired:
+            await self.sweep()
+            raise
         self._signal()
-        return await self.get(request_id)
+        return request
+
+    async def _prepare_edit(self, request: Request, changes: Mapping[str, Any]) -> Edit:
+        """Validate an approver's changes like the original arguments, re-preview and re-select policy."""
+        if request.status is not Status.PENDING:
+            raise NotPending(
+                f"request {request.request_id} is {request.status}, not pending; nothing was changed"
+            )
+        action = self._action(request.tool)
+        unknown = sorted(set(changes) - set(action.arguments_model.model_fields))
+        if unknown:
+            raise InvalidArguments(f"{unknown[0]}: {request.tool} has no such argument")
+        args = action.parse({**request.arguments, **changes})
+        preview = await action.preview(args)
+        snapshot = policy.select(
+            self.settings.policies.get(request.tool), action.policy_values(args, preview)
+        )
+        if snapshot.approval == "deny":
+            raise NotAllowed(
+                f"the policy refuses the edited arguments ({snapshot.describe()}); nothing was changed"
+            )
+        normalised = args.model_dump(mode="json")
+        diff = {
+            name: Change(before=request.arguments.get(name), after=value)
+            for name, value in normalised.items()
+            if request.arguments.get(name) != value
+        }
+        if not diff:
+            raise InvalidArguments("arguments: the edit changes nothing; approve without it")
+        return Edit(
+            based_on_digest=request.arguments_digest,
+            arguments=normalised,
+            arguments_digest=arguments_digest(request.tool, normalised),
+            summary=action.summary(args),
+            preview=preview,
+            policy=snapshot,
+            changes=diff,
+        )
 
     async def cancel(self, ref: str, principal: str) -> Request:
         """The requester withdraws its own pending request."""
@@ -125,22 +214,6 @@ class Gate:
             raise NotPending(f"request {request_id} is {request.status}, not pending; nothing was changed")
         self._signal()
         return await self.get(request_id)
-
-    async def _refuse_decision(self, request_id: str, principal: str) -> None:
-        request = await self.get(request_id)
-        if request.status is not Status.PENDING:
-            raise NotPending(f"request {request_id} is {request.status}, not pending; nothing was changed")
-        if request.requested_by == principal:
-            raise NotAllowed(
-                f"{principal} filed request {request_id}; a principal may not decide its own request"
-            )
-        if request.expires_at.timestamp() <= self.clock():
-            await self.sweep()
-            raise Expired(
-                f"request {request_id} expired at {request.expires_at.isoformat()}; it will never run"
-            )
-        # The row changed between the refused write and this read: report it as not pending.
-        raise NotPending(f"request {request_id} changed while deciding; read it again")
 
     # -- executing -------------------------------------------------------------------------------
 
@@ -183,6 +256,13 @@ class Gate:
             self._signal()
         return expired
 
+    async def escalate(self) -> int:
+        """Mark requests whose level waited past `escalate_after_seconds`, with an audit event."""
+        escalated = await self.store.escalate_due(self.clock())
+        if escalated:
+            self._signal()
+        return len(escalated)
+
     async def release_orphans(self) -> int:
         """Run approved requests whose approver died between its decision and its claim."""
         grace = self.settings.gate.orphan_grace_seconds
@@ -197,6 +277,7 @@ class Gate:
         while True:
             try:
                 await self.sweep()
+                await self.escalate()
                 await self.release_orphans()
             except Exception:
                 logger.exception(

@@ -2,16 +2,18 @@
 
 Every method that changes a request is one transaction holding one conditional write and its audit record,
 so a transition is either wholly applied or not at all, and two processes can never both win it.
-Methods report honestly: a transition that did not apply returns `None` / `False`, never raises.
+Methods report honestly: a transition that did not apply returns `None` / `False`, never raises — except
+`decide`, whose plan (the gate's rules, run inside the transaction) raises the refusal it finds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from hitl_mcp.models import AuditEvent, Request, Status
+from hitl_mcp.models import AuditEvent, Change, Request, Status
+from hitl_mcp.policy import Snapshot
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,44 @@ class NewRequest:
     requested_by: str
     created_at: float
     expires_at: float
+    policy: Snapshot
+    escalate_at: float | None = None
+
+    @property
+    def auto_approved(self) -> bool:
+        return self.policy.approval == "none"
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An approver's change of arguments, validated and re-previewed before the decision's transaction."""
+
+    based_on_digest: str
+    arguments: dict[str, Any]
+    arguments_digest: str
+    summary: str
+    preview: dict[str, Any]
+    policy: Snapshot
+    changes: dict[str, Change]
+
+
+@dataclass(frozen=True)
+class DecisionPlan:
+    """What one decision does to a request, worked out by the gate from the request as it stands."""
+
+    principal: str
+    verdict: Literal["approve", "reject"]
+    reason: str | None
+    roles: tuple[str, ...]
+    level: int | None
+    status: Status
+    waiting_on: int | None
+    escalate_at: float | None
+    keep_escalation: bool = False
+    edit: Edit | None = None
+
+
+Planner = Callable[[Request], DecisionPlan]
 
 
 @dataclass(frozen=True)
@@ -39,12 +79,18 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def insert(self, request: NewRequest) -> None:
-        """File a pending request with its `filed` audit record."""
+        """File a request with its `filed` audit record: pending, or approved when its policy needs none."""
 
-    async def decide(
-        self, request_id: str, principal: str, verdict: str, reason: str | None, now: float
-    ) -> bool:
-        """pending → approved/rejected if not expired and `principal` is not the requester."""
+    async def record_denial(
+        self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
+    ) -> None:
+        """Audit a request the policy refused at filing time; nothing else is stored."""
+
+    async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
+        """Apply `plan(request as it stands)` in one transaction; the plan raises to refuse."""
+
+    async def escalate_due(self, now: float) -> list[str]:
+        """Mark pending requests whose current level waited past its escalation time; returns their ids."""
 
     async def cancel(self, request_id: str, principal: str, now: float) -> bool:
         """pending → cancelled if `principal` is the requester."""

@@ -15,8 +15,10 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
-from hitl_mcp.store import NewRequest, Page
+from hitl_mcp.errors import NotFound, NotPending
+from hitl_mcp.models import AuditEvent, Decision, Request, Status, approval_state, utc
+from hitl_mcp.policy import Snapshot
+from hitl_mcp.store import NewRequest, Page, Planner
 
 T = TypeVar("T")
 
@@ -64,8 +66,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     roles TEXT NOT NULL DEFAULT '[]',
     level INTEGER,
     edit TEXT,
-    PRIMARY KEY (request_id, principal)
-) WITHOUT ROWID;
+    -- One decision per principal per request: a principal counts once toward a quorum.
+    UNIQUE (request_id, principal)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL,
@@ -81,7 +84,7 @@ CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
 
 REQUEST_COLUMNS = (
     "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
-    "created_at, expires_at, updated_at, result, error"
+    "created_at, expires_at, updated_at, result, error, policy, level, escalated_level, original_arguments"
 )
 
 
@@ -184,11 +187,13 @@ class SQLiteStore:
     # -- transitions -----------------------------------------------------------------------------
 
     async def insert(self, request: NewRequest) -> None:
+        status = Status.APPROVED if request.auto_approved else Status.PENDING
+
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO requests (id, tool, arguments, arguments_digest, summary, preview, status, "
-                "requested_by, created_at, expires_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                "requested_by, created_at, expires_at, updated_at, policy, escalate_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request.request_id,
                     request.tool,
@@ -196,10 +201,13 @@ class SQLiteStore:
                     request.arguments_digest,
                     request.summary,
                     _dumps(request.preview),
+                    status.value,
                     request.requested_by,
                     request.created_at,
                     request.expires_at,
                     request.created_at,
+                    request.policy.model_dump_json(),
+                    request.escalate_at,
                 ),
             )
             _audit(
@@ -210,31 +218,107 @@ class SQLiteStore:
                 request.created_at,
                 {"tool": request.tool, "arguments_digest": request.arguments_digest},
             )
+            if request.auto_approved:
+                _audit(
+                    conn,
+                    request.request_id,
+                    "policy-auto-approved",
+                    "policy",
+                    request.created_at,
+                    {"policy": request.policy.describe()},
+                )
 
         await self._write(insert)
 
-    async def decide(
-        self, request_id: str, principal: str, verdict: str, reason: str | None, now: float
-    ) -> bool:
-        status = Status.APPROVED if verdict == "approve" else Status.REJECTED
+    async def record_denial(
+        self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
+    ) -> None:
+        await self._write(
+            lambda conn: _audit(conn, request_id, "denied", principal, now, {"tool": tool, **details})
+        )
 
-        def decide(conn: sqlite3.Connection) -> bool:
+    async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
+        def decide(conn: sqlite3.Connection) -> Request:
+            # The plan reads the row inside this IMMEDIATE transaction, which holds the write lock: no
+            # other process can change the request between what the plan saw and what is written here.
+            current = _fetch(conn, request_id)
+            if current is None:
+                raise NotFound(f"no request has id {request_id!r}")
+            decision = plan(current)
+            edit = decision.edit
+            if edit is not None:
+                conn.execute(
+                    "UPDATE requests SET original_arguments = COALESCE(original_arguments, arguments), "
+                    "arguments = ?, arguments_digest = ?, summary = ?, preview = ?, policy = ? "
+                    "WHERE id = ? AND status = 'pending' AND arguments_digest = ?",
+                    (
+                        _dumps(edit.arguments),
+                        edit.arguments_digest,
+                        edit.summary,
+                        _dumps(edit.preview),
+                        edit.policy.model_dump_json(),
+                        request_id,
+                        edit.based_on_digest,
+                    ),
+                )
+                changes = {name: change.model_dump(mode="json") for name, change in edit.changes.items()}
+                _audit(conn, request_id, "edited", decision.principal, now, {"changes": changes})
             changed = conn.execute(
-                "UPDATE requests SET status = ?, updated_at = ? "
-                "WHERE id = ? AND status = 'pending' AND expires_at > ? AND requested_by != ?",
-                (status.value, now, request_id, now, principal),
+                "UPDATE requests SET status = ?, level = ?, "
+                "escalate_at = CASE WHEN ? THEN escalate_at ELSE ? END, updated_at = ? "
+                "WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                (
+                    decision.status.value,
+                    -1 if decision.waiting_on is None else decision.waiting_on,
+                    decision.keep_escalation,
+                    decision.escalate_at,
+                    now,
+                    request_id,
+                    now,
+                ),
             ).rowcount
             if not changed:
-                return False
+                raise NotPending(f"request {request_id} changed while deciding; read it again")
             conn.execute(
-                "INSERT INTO decisions (request_id, principal, verdict, reason, decided_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (request_id, principal, verdict, reason, now),
+                "INSERT INTO decisions "
+                "(request_id, principal, verdict, reason, decided_at, roles, level, edit) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    decision.principal,
+                    decision.verdict,
+                    decision.reason,
+                    now,
+                    _dumps(list(decision.roles)),
+                    decision.level,
+                    None
+                    if edit is None
+                    else _dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
+                ),
             )
-            _audit(conn, request_id, status.value, principal, now, {"reason": reason} if reason else None)
-            return True
+            details: dict[str, Any] = {"level": decision.level, "status": decision.status.value}
+            if decision.reason:
+                details["reason"] = decision.reason
+            event = "approved" if decision.verdict == "approve" else "rejected"
+            _audit(conn, request_id, event, decision.principal, now, details)
+            updated = _fetch(conn, request_id)
+            assert updated is not None
+            return updated
 
         return await self._write(decide)
+
+    async def escalate_due(self, now: float) -> list[str]:
+        def escalate(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "UPDATE requests SET escalate_at = NULL, escalated_level = level, updated_at = ? "
+                "WHERE status = 'pending' AND escalate_at <= ? RETURNING id, level",
+                (now, now),
+            ).fetchall()
+            for request_id, level in rows:
+                _audit(conn, request_id, "escalated", "gate", now, {"level": level})
+            return [row[0] for row in rows]
+
+        return await self._write(escalate)
 
     async def cancel(self, request_id: str, principal: str, now: float) -> bool:
         def cancel(conn: sqlite3.Connection) -> bool:
@@ -302,15 +386,7 @@ class SQLiteStore:
     # -- reads -----------------------------------------------------------------------------------
 
     async def get(self, request_id: str) -> Request | None:
-        def get(conn: sqlite3.Connection) -> Request | None:
-            row = conn.execute(
-                f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return _request(row, _decisions(conn, [request_id]).get(request_id, []))
-
-        return await self._run(get)
+        return await self._run(lambda conn: _fetch(conn, request_id))
 
     async def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         # GLOB is case-sensitive, so SQLite turns a literal prefix into a range scan of the unique index;
@@ -386,18 +462,33 @@ class SQLiteStore:
         return value
 
 
+def _fetch(conn: sqlite3.Connection, request_id: str) -> Request | None:
+    row = conn.execute(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
+    if row is None:
+        return None
+    return _request(row, _decisions(conn, [request_id]).get(request_id, []))
+
+
 def _decisions(conn: sqlite3.Connection, request_ids: list[str]) -> dict[str, list[Decision]]:
     if not request_ids:
         return {}
     found: dict[str, list[Decision]] = {}
     placeholders = ", ".join("?" for _ in request_ids)
-    for request_id, principal, verdict, reason, decided_at in conn.execute(
-        f"SELECT request_id, principal, verdict, reason, decided_at FROM decisions "
-        f"WHERE request_id IN ({placeholders}) ORDER BY decided_at",
+    for request_id, principal, verdict, reason, decided_at, roles, level, edit in conn.execute(
+        f"SELECT request_id, principal, verdict, reason, decided_at, roles, level, edit FROM decisions "
+        f"WHERE request_id IN ({placeholders}) ORDER BY rowid",
         request_ids,
     ):
         found.setdefault(request_id, []).append(
-            Decision(principal=principal, verdict=verdict, reason=reason, decided_at=utc(decided_at))
+            Decision(
+                principal=principal,
+                verdict=verdict,
+                reason=reason,
+                decided_at=utc(decided_at),
+                roles=json.loads(roles),
+                level=level,
+                changes=None if edit is None else json.loads(edit),
+            )
         )
     return found
 
@@ -418,7 +509,12 @@ def _request(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> R
         updated_at,
         result,
         error,
+        policy,
+        level,
+        escalated_level,
+        original_arguments,
     ) = row
+    snapshot = Snapshot.model_validate_json(policy)
     return Request(
         request_id=request_id,
         tool=tool,
@@ -432,6 +528,10 @@ def _request(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> R
         expires_at=utc(expires_at),
         updated_at=utc(updated_at),
         decisions=decisions,
+        approval=approval_state(
+            snapshot, decisions, escalated=escalated_level is not None and escalated_level == level
+        ),
+        original_arguments=None if original_arguments is None else json.loads(original_arguments),
         result=None if result is None else json.loads(result),
         error=error,
     )

@@ -1,0 +1,86 @@
+"""The rules of one decision: who may decide, what an approval counts for, and where it leaves the request.
+
+`plan` is pure: the store runs it inside the transaction that applies it, on the request as it stands
+then, so the rules are judged on exactly the state they change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from hitl_mcp.errors import Expired, NotAllowed, NotPending
+from hitl_mcp.models import Request, Status
+from hitl_mcp.policy import Approver, Snapshot, check_eligible, progress
+from hitl_mcp.store import DecisionPlan, Edit
+
+
+def escalation_time(snapshot: Snapshot, waiting_on: int | None, since: float) -> float | None:
+    if waiting_on is None:
+        return None
+    after = snapshot.levels[waiting_on].escalate_after_seconds
+    return None if after is None else since + after
+
+
+def plan(
+    request: Request,
+    *,
+    principal: str,
+    roles: Sequence[str],
+    verdict: Literal["approve", "reject"],
+    reason: str | None,
+    edit: Edit | None,
+    now: float,
+) -> DecisionPlan:
+    request_id = request.request_id
+    if request.status is not Status.PENDING:
+        raise NotPending(f"request {request_id} is {request.status}, not pending; nothing was changed")
+    if request.expires_at.timestamp() <= now:
+        raise Expired(f"request {request_id} expired at {request.expires_at.isoformat()}; it will never run")
+    if request.requested_by == principal:
+        raise NotAllowed(
+            f"{principal} filed request {request_id}; a principal may not decide its own request"
+        )
+    if any(decision.principal == principal for decision in request.decisions):
+        raise NotAllowed(f"{principal} has already decided request {request_id}; a principal counts once")
+    if edit is not None and edit.based_on_digest != request.arguments_digest:
+        raise NotPending(f"request {request_id} was edited by someone else meanwhile; read it again")
+
+    snapshot = request.approval.policy
+    waiting_on = request.approval.waiting_on
+    if waiting_on is not None:
+        check_eligible(snapshot, waiting_on, principal, roles, request_id)
+
+    if verdict == "reject":
+        return DecisionPlan(
+            principal=principal,
+            verdict=verdict,
+            reason=reason,
+            roles=tuple(roles),
+            level=waiting_on,
+            status=Status.REJECTED,
+            waiting_on=None,
+            escalate_at=None,
+        )
+
+    # An edit is judged by the policy its new arguments select; approvals already given still count.
+    target = edit.policy if edit is not None else snapshot
+    approvers = [Approver(d.principal, tuple(d.roles)) for d in request.decisions if d.verdict == "approve"]
+    approvers.append(Approver(principal, tuple(roles)))
+    after = progress(target.levels, approvers)
+    complete = after.complete or target.approval == "none"
+    level = next((i for i, names in enumerate(after.counted) if principal in names), None)
+    moved = edit is not None or after.waiting_on != waiting_on
+    return DecisionPlan(
+        principal=principal,
+        verdict=verdict,
+        reason=reason,
+        roles=tuple(roles),
+        level=level,
+        status=Status.APPROVED if complete else Status.PENDING,
+        waiting_on=None if complete else after.waiting_on,
+        escalate_at=None if complete else escalation_time(target, after.waiting_on, now),
+        # Still waiting on the same level: its escalation clock keeps running from where it started.
+        keep_escalation=not complete and not moved,
+        edit=edit,
+    )
