@@ -17,7 +17,7 @@ from typing import Any, Literal
 import anyio
 
 from hitl_mcp import decisions, policy
-from hitl_mcp.actions import Action, Execution
+from hitl_mcp.actions import Action, Execution, find
 from hitl_mcp.config import Settings
 from hitl_mcp.decisions import escalation_time
 from hitl_mcp.errors import (
@@ -356,12 +356,7 @@ class Gate:
         self._changed = anyio.Event()
 
     def _action(self, tool: str) -> Action:  # type: ignore[type-arg]
-        try:
-            return self.actions[tool]
-        except KeyError:
-            raise InvalidArguments(
-                f"tool: no gated action is named {tool!r}; known: {', '.join(sorted(self.actions))}"
-            ) from None
+        return find(self.actions, tool)
 
 
 @asynccontextmanager

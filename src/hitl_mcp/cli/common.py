@@ -61,24 +61,40 @@ def report(request: Request, as_json: bool) -> None:
         click.echo(f"error: {request.error}")
 
 
+def indented(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n           ")
+
+
+def status_label(request: Request) -> str:
+    return f"{request.status.value} (escalated)" if request.approval.escalated else request.status.value
+
+
 def describe(request: Request) -> str:
+    approval = request.approval
     lines = [
         f"Request    {request.request_id}",
         f"Tool       {request.tool}",
-        f"Status     {request.status.value}",
+        f"Status     {status_label(request)}",
         f"Summary    {request.summary}",
         f"Requested  by {request.requested_by} at {request.created_at.isoformat(timespec='seconds')}",
         f"Expires    {request.expires_at.isoformat(timespec='seconds')}",
-        "Arguments  "
-        + json.dumps(request.arguments, indent=2, sort_keys=True).replace("\n", "\n           "),
-        "Preview    " + json.dumps(request.preview, indent=2, sort_keys=True).replace("\n", "\n           "),
+        f"Policy     {approval.description}",
     ]
+    if approval.waiting_on is not None and request.status.value == "pending":
+        of = len(approval.policy.levels)
+        lines.append(f"Waits on   level {approval.waiting_on + 1} of {of}: {approval.may_decide}")
+    lines.append("Arguments  " + indented(request.arguments))
+    if request.original_arguments is not None:
+        lines.append("As filed   " + indented(request.original_arguments))
+    lines.append("Preview    " + indented(request.preview))
     for decision in request.decisions:
         note = f" — note: {decision.reason!r}" if decision.reason else ""
         lines.append(
             f"Decision   {decision.verdict} by {decision.principal} "
             f"at {decision.decided_at.isoformat(timespec='seconds')}{note}"
         )
+        for name, change in (decision.changes or {}).items():
+            lines.append(f"  edited   {name}: {change.before!r} → {change.after!r}")
     if request.result is not None:
         lines.append("Result     " + json.dumps(request.result, sort_keys=True))
     if request.error:

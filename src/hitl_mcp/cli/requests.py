@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -17,6 +18,7 @@ from hitl_mcp.cli.common import (
     load,
     refusals,
     report,
+    status_label,
     table,
     truncate,
     with_gate,
@@ -74,14 +76,16 @@ def list_requests(
             r.request_id[:10],
             duration(now - r.created_at.timestamp()),
             r.tool,
-            r.status.value,
+            status_label(r),
             truncate(r.summary, 60),
             r.requested_by,
+            r.approval.may_decide if r.status is Status.PENDING and r.approval.may_decide else "-",
             expires_in(r, now),
         )
         for r in requests
     ]
-    click.echo(table(("ID", "AGE", "TOOL", "STATUS", "SUMMARY", "REQUESTED BY", "EXPIRES IN"), rows))
+    header = ("ID", "AGE", "TOOL", "STATUS", "SUMMARY", "REQUESTED BY", "WAITS ON", "EXPIRES IN")
+    click.echo(table(header, rows))
 
 
 @main.command()
@@ -101,21 +105,35 @@ def show(request_id: str, as_json: bool) -> None:
 @click.argument("request_id")
 @click.option("--as", "as_name", metavar="NAME", help="Act as this principal (default: your OS user).")
 @click.option("--reason", help="Why you approve, kept in the audit trail.")
+@click.option(
+    "--set",
+    "edits",
+    metavar="NAME=VALUE",
+    multiple=True,
+    help="Change an argument before approving (repeatable); VALUE is read as JSON when it parses, "
+    "else as text. The edit is validated, re-previewed, re-checked by policy and audited.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record afterwards as JSON.")
 @refusals
-def approve(request_id: str, as_name: str | None, reason: str | None, yes: bool, as_json: bool) -> None:
-    """Approve a pending request; its action runs at once, exactly once."""
+def approve(
+    request_id: str, as_name: str | None, reason: str | None, edits: tuple[str, ...], yes: bool, as_json: bool
+) -> None:
+    """Approve a pending request. Once its policy's approvals are complete, its action runs at once,
+    exactly once; until then the request waits on the next level."""
     principal = acting_as(as_name)
     settings = load(principal)
+    changes = parse_assignments(edits) if edits else None
 
     async def decide(gate: Gate) -> Request:
         request = await gate.get(request_id)
         if not yes and sys.stdin.isatty():
             click.echo(describe(request))
-            if not click.confirm(f"Approve and run {request.tool} now as {principal}?", default=False):
+            if changes:
+                click.echo(f"Edits      {json.dumps(changes, sort_keys=True)}")
+            if not click.confirm(f"Approve {request.tool} as {principal}?", default=False):
                 raise HitlError("not approved; nothing was changed")
-        request = await gate.approve(request.request_id, principal, reason)
+        request = await gate.approve(request.request_id, principal, reason, changes)
         if request.status is Status.EXECUTING:
             request = await gate.wait(request.request_id, OUTCOME_WAIT_SECONDS)
         return request
@@ -124,6 +142,19 @@ def approve(request_id: str, as_name: str | None, reason: str | None, yes: bool,
     report(request, as_json)
     if request.status is Status.FAILED:
         sys.exit(6)
+
+
+def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, raw = assignment.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{assignment!r} is not NAME=VALUE", param_hint="--set")
+        try:
+            changes[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[name.strip()] = raw
+    return changes
 
 
 @main.command()

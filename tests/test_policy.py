@@ -1,0 +1,318 @@
+"""Governance through the gate: the issue's own policy example, roles, quorum, edits and escalation."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.errors import ConfigError, InvalidArguments, NotAllowed
+from hitl_mcp.gate import Gate, open_gate
+from hitl_mcp.models import Status
+from tests.smtp_sink import SmtpSink
+
+POLICY = """
+[principals.alice]
+roles = ["trader"]
+[principals.bob]
+roles = ["risk_manager"]
+[principals.carol]
+roles = ["engineer"]
+[principals.dave]
+roles = ["engineer"]
+[principals.reviewer-bot]
+roles = ["trader"]
+
+[policy.buy_stock]
+rules = [
+  { when = "quantity * price < 1000", approval = "none" },
+  { when = "quantity * price <= 10000", levels = [{ roles = ["trader"], count = 1 }] },
+  { levels = [{ roles = ["trader"], count = 1 }, { roles = ["risk_manager"], count = 1 }] },
+]
+ttl_seconds = 3600
+
+[policy.delete_database_records]
+rules = [ { levels = [{ roles = ["engineer"], count = 2, escalate_after_seconds = 600 }] } ]
+
+[policy.send_email]
+rules = [
+  { when = "to LIKE '%@example.com'", approval = "none" },
+  { when = "to LIKE '%@competitor.com'", approval = "deny" },
+  { levels = [{ roles = ["trader", "engineer"], count = 1 }] },
+]
+"""
+
+
+@pytest.fixture
+def governed(env: dict[str, str], config_file: Path) -> Settings:
+    config_file.write_text(config_file.read_text() + POLICY)
+    return load_settings(env)
+
+
+@pytest.fixture
+async def gate(governed: Settings) -> AsyncIterator[Gate]:
+    async with open_gate(governed) as opened:
+        yield opened
+
+
+def buy(quantity: int, price: float = 150.0) -> dict[str, object]:
+    return {"symbol": "GOOGL", "quantity": quantity, "price": price}
+
+
+def orders(settings: Settings) -> int:
+    assert settings.config_path is not None
+    path = settings.config_path.parent / "ledger.db"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as conn:
+        count: int = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+        return count
+
+
+def events(settings: Settings, request_id: str) -> list[str]:
+    with sqlite3.connect(settings.db_path) as conn:
+        rows = conn.execute("SELECT event FROM audit WHERE request_id = ? ORDER BY seq", (request_id,))
+        return [row[0] for row in rows]
+
+
+async def test_below_the_threshold_nothing_waits_and_the_record_says_why(
+    gate: Gate, governed: Settings
+) -> None:
+    request = await gate.file("buy_stock", buy(5), "agent")
+
+    assert request.status is Status.EXECUTED
+    assert "rule 1" in request.approval.description and "no approval" in request.approval.description
+    assert events(governed, request.request_id) == [
+        "filed", "policy-auto-approved", "claimed", "executed",
+    ]  # fmt: skip
+    assert orders(governed) == 1
+
+
+async def test_one_trader_releases_a_medium_order_and_others_are_told_who_may(
+    gate: Gate, governed: Settings
+) -> None:
+    request = await gate.file("buy_stock", buy(50), "agent")
+    assert request.approval.may_decide == "1 × trader"
+
+    with pytest.raises(NotAllowed, match="needs trader; bob holds risk_manager"):
+        await gate.approve(request.request_id, "bob")
+    done = await gate.approve(request.request_id, "alice")
+
+    assert done.status is Status.EXECUTED
+    assert orders(governed) == 1
+
+
+async def test_a_large_order_needs_a_trader_and_then_a_risk_manager(gate: Gate, governed: Settings) -> None:
+    request = await gate.file("buy_stock", buy(100), "agent")
+
+    after_trader = await gate.approve(request.request_id, "alice")
+    assert after_trader.status is Status.PENDING
+    assert after_trader.approval.waiting_on == 1
+    assert after_trader.approval.approved_by == [["alice"], []]
+    with pytest.raises(NotAllowed, match="needs risk_manager"):
+        await gate.approve(request.request_id, "reviewer-bot")
+    with pytest.raises(NotAllowed, match="counts once"):
+        await gate.approve(request.request_id, "alice")
+    assert orders(governed) == 0
+
+    done = await gate.approve(request.request_id, "bob")
+
+    assert done.status is Status.EXECUTED
+    assert done.approval.approved_by == [["alice"], ["bob"]]
+    assert orders(governed) == 1
+
+
+async def test_two_distinct_engineers_are_needed_to_delete(gate: Gate, target_db: Path) -> None:
+    request = await gate.file("delete_database_records", {"table": "users", "condition": "age > 40"}, "agent")
+
+    first = await gate.approve(request.request_id, "carol")
+    assert first.status is Status.PENDING
+    with pytest.raises(NotAllowed, match="counts once"):
+        await gate.approve(request.request_id, "carol")
+    done = await gate.approve(request.request_id, "dave")
+
+    assert done.status is Status.EXECUTED
+    with sqlite3.connect(target_db) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE age > 40").fetchone()[0] == 0
+
+
+async def test_one_reject_by_an_eligible_principal_rejects_and_an_ineligible_one_is_refused(
+    gate: Gate, governed: Settings
+) -> None:
+    request = await gate.file("buy_stock", buy(100), "agent")
+    await gate.approve(request.request_id, "alice")
+
+    with pytest.raises(NotAllowed):
+        await gate.reject(request.request_id, "carol", "not my call")
+    rejected = await gate.reject(request.request_id, "bob", "too concentrated")
+
+    assert rejected.status is Status.REJECTED
+    assert orders(governed) == 0
+
+
+async def test_email_policy_sends_internal_mail_at_once_and_refuses_competitors(
+    gate: Gate, governed: Settings, smtp: SmtpSink
+) -> None:
+    internal = await gate.file("send_email", {"to": "team@example.com", "subject": "s", "body": "b"}, "agent")
+    assert internal.status is Status.EXECUTED
+    assert len(await smtp.wait_for_async(1)) == 1
+
+    with pytest.raises(NotAllowed, match="refuses"):
+        await gate.file("send_email", {"to": "ceo@competitor.com", "subject": "s", "body": "b"}, "agent")
+    with sqlite3.connect(governed.db_path) as conn:
+        denied = conn.execute("SELECT count(*) FROM audit WHERE event = 'denied'").fetchone()[0]
+        filed = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+    assert (denied, filed) == (1, 1)
+
+    other = await gate.file("send_email", {"to": "x@partner.org", "subject": "s", "body": "b"}, "agent")
+    assert other.status is Status.PENDING
+    assert other.approval.may_decide == "1 × trader or engineer"
+
+
+def relax(config_file: Path) -> None:
+    """Large orders need only a trader from now on."""
+    config_file.write_text(
+        config_file.read_text().replace(
+            '{ levels = [{ roles = ["trader"], count = 1 }, { roles = ["risk_manager"], count = 1 }] },',
+            '{ levels = [{ roles = ["trader"], count = 1 }] },',
+        )
+    )
+
+
+async def test_editing_the_config_never_changes_what_an_open_request_needs(
+    governed: Settings, env: dict[str, str], config_file: Path
+) -> None:
+    async with open_gate(governed) as gate:
+        request = await gate.file("buy_stock", buy(100), "agent")
+    relax(config_file)
+
+    async with open_gate(load_settings(env)) as gate:
+        after = await gate.approve(request.request_id, "alice")
+
+    assert after.status is Status.PENDING
+    assert after.approval.waiting_on == 1
+
+
+async def test_an_approver_edit_that_lowers_the_stakes_completes_with_fewer_approvals(
+    gate: Gate, governed: Settings
+) -> None:
+    request = await gate.file("buy_stock", buy(100), "agent")
+
+    done = await gate.approve(request.request_id, "alice", "halve it", {"quantity": 50})
+
+    assert done.status is Status.EXECUTED
+    assert done.arguments["quantity"] == 50
+    assert done.original_arguments is not None and done.original_arguments["quantity"] == 100
+    assert done.summary == "Buy 50 GOOGL at $150.00 — total $7,500.00"
+    assert done.preview["total"] == 7500.0
+    [decision] = done.decisions
+    assert decision.principal == "alice"
+    assert decision.changes is not None and decision.changes["quantity"].model_dump() == {
+        "before": 100,
+        "after": 50,
+    }
+    assert done.result is not None and done.result["quantity"] == 50
+    assert "edited" in events(governed, request.request_id)
+    assert orders(governed) == 1
+
+
+async def test_an_edit_that_raises_the_stakes_waits_on_the_missing_level(
+    gate: Gate, governed: Settings
+) -> None:
+    request = await gate.file("buy_stock", buy(30), "agent")
+
+    raised = await gate.approve(request.request_id, "alice", None, {"quantity": 100})
+
+    assert raised.status is Status.PENDING
+    assert raised.approval.waiting_on == 1
+    assert raised.approval.may_decide == "1 × risk_manager"
+    assert orders(governed) == 0
+    done = await gate.approve(request.request_id, "bob")
+    assert done.status is Status.EXECUTED
+    assert done.result is not None and done.result["quantity"] == 100
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"quantity": -1}, "quantity"),
+        ({"venue": "dark pool"}, "venue"),
+        ({"quantity": 100}, "changes nothing"),
+    ],
+)
+async def test_a_bad_edit_is_refused_and_changes_nothing(
+    gate: Gate, changes: dict[str, object], message: str
+) -> None:
+    request = await gate.file("buy_stock", buy(100), "agent")
+
+    with pytest.raises(InvalidArguments, match=message):
+        await gate.approve(request.request_id, "alice", None, changes)
+
+    after = await gate.get(request.request_id)
+    assert after.decisions == []
+    assert after.arguments == request.arguments
+
+
+async def test_an_edit_into_a_denied_request_is_refused(gate: Gate) -> None:
+    request = await gate.file("send_email", {"to": "x@partner.org", "subject": "s", "body": "b"}, "agent")
+
+    with pytest.raises(NotAllowed, match="refuses the edited arguments"):
+        await gate.approve(request.request_id, "alice", None, {"to": "spy@competitor.com"})
+    assert (await gate.get(request.request_id)).status is Status.PENDING
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_level_left_undecided_escalates_once_and_still_expires(
+    gate: Gate, governed: Settings
+) -> None:
+    clock = Clock(1_000_000.0)
+    gate.clock = clock
+    request = await gate.file("delete_database_records", {"table": "users", "condition": "age > 40"}, "agent")
+    clock.now += 599
+    assert await gate.escalate() == 0
+
+    clock.now += 2
+    assert await gate.escalate() == 1
+    assert await gate.escalate() == 0
+
+    escalated = await gate.get(request.request_id)
+    assert escalated.approval.escalated
+    assert events(governed, request.request_id) == ["filed", "escalated"]
+    clock.now += governed.ttl_for("delete_database_records")
+    await gate.sweep()
+    assert (await gate.get(request.request_id)).status is Status.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            '[{ when = "quantity * > 3", approval = "none" }]',
+            r"policy\.buy_stock\.rules\[0\]\.when: .*position 11",
+        ),
+        ('[{ when = "colour = 1", approval = "none" }]', "unknown name 'colour'"),
+        ('[{ levels = [{ roles = ["astronaut"] }] }]', r"rules\[0\]\.levels\[0\]\.roles: no principal holds"),
+        ('[{ approval = "maybe" }]', r"policy\.buy_stock\.rules\.0\.approval"),
+        ("[{ }]", "must name its levels"),
+    ],
+)
+def test_a_bad_policy_is_refused_at_load_naming_the_rule(
+    env: dict[str, str], config_file: Path, rules: str, message: str
+) -> None:
+    config_file.write_text(
+        config_file.read_text()
+        + f"\n[principals.alice]\nroles = ['trader']\n[policy.buy_stock]\nrules = {rules}\n"
+    )
+
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
