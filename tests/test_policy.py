@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from mcp import Client
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import ConfigError, InvalidArguments, NotAllowed
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Status
+from hitl_mcp.server import build_server
 from tests.smtp_sink import SmtpSink
 
 POLICY = """
@@ -316,3 +318,29 @@ def test_a_bad_policy_is_refused_at_load_naming_the_rule(
 
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+async def test_over_mcp_an_approver_edits_and_the_agent_reads_what_ran_and_what_was_filed(
+    governed: Settings,
+) -> None:
+    async with Client(build_server(governed, principal="agent")) as agent:
+        filed = await agent.call_tool("buy_stock", buy(100))
+        assert filed.structured_content is not None
+        request_id = filed.structured_content["request_id"]
+        async with Client(build_server(governed, principal="carol")) as carol:
+            refused = await carol.call_tool("approve", {"request_id": request_id})
+        async with Client(build_server(governed, principal="alice")) as alice:
+            edited = await alice.call_tool(
+                "approve", {"request_id": request_id, "reason": "smaller", "arguments": {"quantity": 50}}
+            )
+        record = await agent.call_tool("get_request", {"request_id": request_id})
+
+    assert refused.is_error
+    assert "needs trader" in str(refused.content)
+    assert not edited.is_error
+    assert record.structured_content is not None
+    assert record.structured_content["status"] == "executed"
+    assert record.structured_content["arguments"]["quantity"] == 50
+    assert record.structured_content["original_arguments"]["quantity"] == 100
+    assert record.structured_content["decisions"][0]["changes"] == {"quantity": {"before": 100, "after": 50}}
+    assert record.structured_content["result"]["quantity"] == 50

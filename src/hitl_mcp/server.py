@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,12 +11,14 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, Field
 
 from hitl_mcp.actions import Action
+from hitl_mcp.auth import PrincipalTokens, authenticated_principal
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Gate, open_gate
@@ -36,7 +39,9 @@ Nothing has run until get_request or wait_for_decision shows status "executed". 
 @dataclass(frozen=True)
 class ServerState:
     gate: Gate
-    principal: str
+    # Who a call acts as when it carries no bearer token: stdio, in-process, tokenless loopback HTTP.
+    # None when the server admits tokens only, so a call that lost its token fails instead of borrowing one.
+    principal: str | None
 
 
 class FiledRequest(BaseModel):
@@ -57,10 +62,18 @@ RequestId = Annotated[
 
 
 def build_server(
-    settings: Settings, *, principal: str | None = None, gate: Gate | None = None
+    settings: Settings,
+    *,
+    principal: str | None = None,
+    gate: Gate | None = None,
+    tokens: PrincipalTokens | None = None,
 ) -> MCPServer[ServerState]:
-    """The MCP server acting as `principal` (default: the settings' principal) over the configured store."""
-    acting_as = principal or settings.principal
+    """The MCP server acting as `principal` (default: the settings' principal) over the configured store.
+
+    With `tokens`, its HTTP app admits only requests bearing one of them, each call acting as the token's
+    principal; `principal` is then never used.
+    """
+    acting_as = None if tokens else principal or settings.principal
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
@@ -74,7 +87,17 @@ def build_server(
             finally:
                 tasks.cancel_scope.cancel()
 
-    app: MCPServer[ServerState] = MCPServer("hitl-mcp", instructions=INSTRUCTIONS, lifespan=lifespan)
+    app: MCPServer[ServerState] = MCPServer(
+        "hitl-mcp",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        token_verifier=tokens,
+        # The SDK requires an issuer URL with any verifier but reads it only for OAuth routes, which are
+        # not served: tokens here are configured, never issued.
+        auth=AuthSettings(issuer_url=AnyHttpUrl("http://localhost"), resource_server_url=None)
+        if tokens
+        else None,
+    )
     for action in _registered_actions(settings):
         app.add_tool(
             _gated_tool(action),
@@ -84,6 +107,19 @@ def build_server(
         )
     _add_companions(app)
     return app
+
+
+def serve_http(app: MCPServer[ServerState], *, host: str, port: int) -> None:
+    """Serve `app` at http://HOST:PORT/mcp until interrupted, every log line on stderr.
+
+    Not `app.run(transport="streamable-http")`: that keeps uvicorn's default of access lines on stdout."""
+    import uvicorn  # only the HTTP face pays for importing it
+
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    # `host` also decides the SDK's DNS-rebinding protection, which it enables for loopback hosts.
+    config = uvicorn.Config(app.streamable_http_app(host=host), host=host, port=port, log_config=log_config)
+    anyio.run(uvicorn.Server(config).serve)
 
 
 def _registered_actions(settings: Settings) -> list[Action]:  # type: ignore[type-arg]
@@ -96,6 +132,16 @@ def _state(ctx: Context[ServerState, Any]) -> ServerState:
     return ctx.request_context.lifespan_context
 
 
+def _principal(ctx: Context[ServerState, Any]) -> str:
+    """Who is calling: the principal of the HTTP request's bearer token, else the server's own.
+
+    Never a tool argument. The SDK carries the request's context (and so its token) into the handler."""
+    principal = authenticated_principal() or _state(ctx).principal
+    if principal is None:
+        raise ToolError("this call carries no authenticated principal; nothing was done")
+    return principal
+
+
 async def _call(work: Awaitable[T]) -> T:
     """Turn a refusal into a tool error the model reads; anything else stays a crash."""
     try:
@@ -106,8 +152,7 @@ async def _call(work: Awaitable[T]) -> T:
 
 def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # type: ignore[type-arg]
     async def file_request(ctx: Context[ServerState, Any], **arguments: Any) -> CallToolResult:
-        state = _state(ctx)
-        request = await _call(state.gate.file(action.name, arguments, state.principal))
+        request = await _call(_state(ctx).gate.file(action.name, arguments, _principal(ctx)))
         return _filed(request)
 
     # The input schema the model reads is the action's own argument model, field by field.
@@ -173,10 +218,18 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         ctx: Context[ServerState, Any],
         request_id: RequestId,
         reason: Annotated[str | None, Field(max_length=2000, description="Why, for the audit trail")] = None,
+        arguments: Annotated[
+            dict[str, Any] | None,
+            Field(
+                description="Changes to the request's arguments to approve instead of the filed ones "
+                "(same action, validated and re-checked by policy; recorded as a diff)"
+            ),
+        ] = None,
     ) -> Request:
-        """Approve someone else's pending request: its action then runs once; the record shows the outcome."""
-        state = _state(ctx)
-        return await _call(state.gate.approve(request_id, state.principal, reason))
+        """Approve someone else's pending request, optionally with edited arguments. Once its policy's
+        approvals are complete the action runs once and the record shows the outcome; until then it
+        waits on the next level."""
+        return await _call(_state(ctx).gate.approve(request_id, _principal(ctx), reason, arguments))
 
     @app.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def reject(
@@ -187,8 +240,7 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         ],
     ) -> Request:
         """Reject someone else's pending request; it will never run."""
-        state = _state(ctx)
-        return await _call(state.gate.reject(request_id, state.principal, reason))
+        return await _call(_state(ctx).gate.reject(request_id, _principal(ctx), reason))
 
     @app.tool(annotations=read_only)
     async def wait_for_decision(
@@ -210,5 +262,4 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
     @app.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def cancel_request(ctx: Context[ServerState, Any], request_id: RequestId) -> Request:
         """Withdraw a pending request you filed; it will never run."""
-        state = _state(ctx)
-        return await _call(state.gate.cancel(request_id, state.principal))
+        return await _call(_state(ctx).gate.cancel(request_id, _principal(ctx)))

@@ -18,19 +18,34 @@ from hitl_mcp.cli.common import load, refusals
 def serve(use_http: bool, host: str, port: int) -> None:
     """Run the MCP server: stdio by default, or HTTP at http://HOST:PORT/mcp.
 
-    The server acts as the principal named by HITL_PRINCIPAL (default: agent): requests it files are
-    requested by that principal, and it can never approve them itself.
+    Over stdio the server acts as the principal named by HITL_PRINCIPAL (default: agent): requests it
+    files are requested by that principal, and it can never approve them itself.
+
+    Over HTTP each client is the principal whose token it sends as `Authorization: Bearer TOKEN`
+    (`[principals.NAME] token_sha256` in the config file, made by `hitl token new NAME`); requests without a
+    known token get 401. With no token configured the server binds only a loopback address, and every
+    client acts as HITL_PRINCIPAL.
     """
-    from hitl_mcp.server import build_server
+    from hitl_mcp.server import build_server, serve_http
 
     settings = load()
-    app = build_server(settings)
-    if use_http:
+    if not use_http:
+        build_server(settings).run()
+        return
+
+    from hitl_mcp.auth import http_tokens
+
+    # Decided before anything binds: an exposed server without tokens never starts.
+    tokens = http_tokens(settings, host)
+    app = build_server(settings, tokens=tokens)
+    if tokens is None:
+        who = f"as {settings.principal!r}"
         click.echo(
-            f"hitl-mcp: serving MCP at http://{host}:{port}/mcp as {settings.principal!r}, "
-            f"store {settings.db_path}",
+            f"hitl-mcp: warning: no principal has a token_sha256, so every client that can connect acts as "
+            f"{settings.principal!r}; see `hitl token new --help` before serving anyone else",
             err=True,
         )
-        app.run(transport="streamable-http", host=host, port=port)
     else:
-        app.run()
+        who = "for the principals " + ", ".join(tokens.principals) + " (bearer tokens)"
+    click.echo(f"hitl-mcp: serving MCP at http://{host}:{port}/mcp {who}, store {settings.db_path}", err=True)
+    serve_http(app, host=host, port=port)

@@ -100,10 +100,11 @@ def _audit(
     at: float,
     details: dict[str, Any] | None = None,
 ) -> None:
-    conn.execute(
-        "INSERT INTO audit (request_id, event, actor, at, details) VALUES (?, ?, ?, ?, ?)",
-        (request_id, event, actor, at, _dumps(details or {})),
-    )
+    # Chained onto the previous record inside the caller's BEGIN IMMEDIATE transaction: see hitl_mcp.audit.
+    # Imported here to keep this change inside the one function (a cached module lookup, well under a µs).
+    from hitl_mcp.audit import append
+
+    append(conn, request_id, event, actor, at, _dumps(details or {}))
 
 
 class SQLiteStore:

@@ -1,0 +1,290 @@
+"""`hitl audit verify|export` and `hitl report`: read the audit trail, never write it.
+
+These commands open the store read-only and bypass the gate: opening a gate would create a missing store,
+and a reader must not be able to alter what it is checking. One SELECT is one read snapshot in WAL mode,
+so they can run beside a live server.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from hitl_mcp import report as reports
+from hitl_mcp.audit import COLUMNS, AuditRecord, read_records, verify
+from hitl_mcp.cli.app import main
+from hitl_mcp.cli.common import load, refusals, table
+from hitl_mcp.errors import AmbiguousId, ConfigError, HitlError, NotFound
+from hitl_mcp.models import utc
+
+AGE = re.compile(r"^(\d{1,9})([smhdw])$", re.IGNORECASE)
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+# Request ids are hex; refusing anything else also keeps GLOB's wildcards out of the prefix.
+REQUEST_PREFIX = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+EXPORT_FIELDS = ("seq", "request_id", "event", "actor", "at", "at_unix", "details", "prev_hash", "hash")
+TIME_HELP = (
+    "an ISO date or time (2026-11-01, 2026-11-01T10:00; UTC unless it gives an offset) "
+    "or an age (30m, 12h, 7d)"
+)
+
+
+def parse_moment(text: str, now: float) -> float:
+    """A point in time as a Unix timestamp: an ISO date/time, or an age such as 7d counted back from now."""
+    text = text.strip()
+    age = AGE.match(text)
+    if age:
+        return now - int(age[1]) * UNIT_SECONDS[age[2].lower()]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: give {TIME_HELP}") from None
+    # The trail and every other command show UTC, so a time without an offset is read as UTC too.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    # A callback rather than a click.ParamType subclass: ParamType is generic only in recent click.
+    if value is None:
+        return None
+    try:
+        return parse_moment(value, time.time())
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@contextmanager
+def reading() -> Iterator[sqlite3.Connection]:
+    """The configured store, opened read-only; a missing or foreign file is a refusal, not a traceback."""
+    path = load().db_path
+    if not path.is_file():
+        raise ConfigError(f"no store at {path}; HITL_DB names the store file (the one `hitl serve` uses)")
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute(f"SELECT {COLUMNS} FROM audit LIMIT 0")
+        yield conn
+    except sqlite3.DatabaseError as error:
+        raise HitlError(f"cannot read the audit trail in {path}: {error}") from None
+    finally:
+        conn.close()
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail: every step of every request, hash-chained so that tampering shows."""
+
+
+@audit.command("verify")
+@refusals
+def verify_command() -> None:
+    """Check that no audit record was changed, removed or inserted.
+
+    Prints "OK: N records, head HASH" and exits 0, or prints one line naming the first bad record and
+    exits 1. The chain cannot show records cut off its end: write the head hash down somewhere the
+    store's owner cannot rewrite, and check later that `hitl audit export` still shows it at that seq.
+    """
+    with reading() as conn:
+        result = verify(conn)
+    if result.broken is not None:
+        click.echo(f"FAILED: {result.broken.message} ({result.records} records before it are sound)")
+        sys.exit(1)
+    click.echo(f"OK: {result.records} records, head {result.head}")
+
+
+def _request_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not REQUEST_PREFIX.match(value):
+        raise click.BadParameter(f"{value!r} is not a request id or the start of one")
+    return value
+
+
+@audit.command("export")
+@click.option("--since", metavar="T", callback=_moment, help=f"Only records at or after T: {TIME_HELP}.")
+@click.option("--until", metavar="T", callback=_moment, help="Only records before T, given the same way.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="One JSON object per line, or CSV with a header row.",
+)
+@click.option(
+    "--request",
+    "request_prefix",
+    metavar="ID",
+    callback=_request_option,
+    help="Only the records of this request (ID may be any unique prefix).",
+)
+@refusals
+def export(since: float | None, until: float | None, fmt: str, request_prefix: str | None) -> None:
+    """Write audit records to stdout, oldest first, with their hashes.
+
+    Each record has seq, request_id, event, actor, at (ISO-8601, UTC), at_unix (the exact timestamp the
+    hash covers), details (JSON), prev_hash and hash, so the chain can be re-checked from the export.
+    """
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter("must be later than --since", param_hint="'--until'")
+    clauses: list[str] = []
+    params: list[Any] = []
+    with reading() as conn:
+        if request_prefix is not None:
+            clauses.append("request_id = ?")
+            params.append(_request_id(conn, request_prefix))
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("at < ?")
+            params.append(until)
+        records = read_records(conn, " AND ".join(clauses), params)
+        _to_stdout(lambda: _write_csv(records) if fmt == "csv" else _write_jsonl(records))
+
+
+def _request_id(conn: sqlite3.Connection, prefix: str) -> str:
+    # GLOB with a literal prefix is a range scan of the request_id index.
+    found = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT request_id FROM audit WHERE request_id GLOB ? LIMIT 2", (prefix + "*",)
+        )
+    ]
+    if not found:
+        raise NotFound(f"--request: no audit records for a request id starting {prefix!r}")
+    if len(found) > 1:
+        raise AmbiguousId(f"--request: {prefix!r} starts more than one request id; give more of it")
+    return str(found[0])
+
+
+def _iso(at: Any) -> str:
+    try:
+        return utc(at).isoformat(timespec="microseconds")
+    except (TypeError, ValueError, OverflowError, OSError):  # a tampered value: show it as it is
+        return str(at)
+
+
+def _write_jsonl(records: Iterator[AuditRecord]) -> None:
+    write = sys.stdout.write
+    for record in records:
+        try:
+            details: Any = json.loads(record.details)
+        except (TypeError, ValueError):  # exported as stored, for whoever investigates the damage
+            details = record.details
+        line = {
+            "seq": record.seq,
+            "request_id": record.request_id,
+            "event": record.event,
+            "actor": record.actor,
+            "at": _iso(record.at),
+            "at_unix": record.at,
+            "details": details,
+            "prev_hash": record.prev_hash,
+            "hash": record.hash,
+        }
+        write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _write_csv(records: Iterator[AuditRecord]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(EXPORT_FIELDS)
+    for r in records:
+        writer.writerow(
+            (r.seq, r.request_id, r.event, r.actor, _iso(r.at), repr(r.at), r.details, r.prev_hash, r.hash)
+        )
+
+
+def _to_stdout(write: Callable[[], None]) -> None:
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (`| head`) has what it wanted; point stdout at nothing so the interpreter's final
+        # flush does not complain, and stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+@main.command("report")
+@click.option(
+    "--since", metavar="T", callback=_moment, help=f"Only requests filed at or after T: {TIME_HELP}."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@refusals
+def report_command(since: float | None, as_json: bool) -> None:
+    """How requests fared: outcomes per tool, approval rate, time to decision, who decided what.
+
+    Counted from the audit trail over the requests filed since T (all of them by default), following
+    each to its latest state. The approval rate is approved / (approved + rejected) by people; requests
+    the policy approved by itself are counted apart. Time to decision runs from filing to the first
+    approve or reject.
+    """
+    with reading() as conn:
+        figures = reports.from_connection(conn, since)
+    if as_json:
+        click.echo(json.dumps(figures.to_json(), indent=2))
+    else:
+        click.echo(render(figures))
+
+
+def render(figures: reports.Report) -> str:
+    window = f"filed since {utc(figures.since).isoformat(timespec='seconds')}" if figures.since else ""
+    if not figures.requests:
+        return f"No requests {window}." if window else "No requests in the audit trail yet."
+    plural = "request" if figures.requests == 1 else "requests"
+    lines = [f"{figures.requests} {plural} {window or 'in the audit trail'}", ""]
+
+    outcomes = list(figures.outcomes)
+    rows = [
+        (tool, str(sum(counts.values())), *(str(counts.get(name, 0)) for name in outcomes))
+        for tool, counts in figures.tools.items()
+    ]
+    if len(rows) > 1:
+        rows.append(("all", str(figures.requests), *(str(n) for n in figures.outcomes.values())))
+    lines += [table(("TOOL", "REQUESTS", *(name.upper() for name in outcomes)), rows), ""]
+
+    rate = figures.approval_rate
+    timed = figures.decisions_timed
+    summary = [
+        (
+            "Approval rate",
+            "-"
+            if rate is None
+            else f"{rate:.0%} ({figures.approved} approved of {figures.decided} decided by people)",
+        ),
+        (
+            "Time to decision",
+            "-"
+            if not timed
+            else f"p50 {_seconds(figures.decision_seconds_p50)}, p95 {_seconds(figures.decision_seconds_p95)}"
+            f" over {timed} request{'s' if timed != 1 else ''}",
+        ),
+        ("Auto-approved", str(figures.auto_approved)),
+        ("Expired", str(figures.expired)),
+        ("Escalated", str(figures.escalated)),
+    ]
+    width = max(len(label) for label, _ in summary)
+    lines += [*(f"{label.ljust(width)}  {value}" for label, value in summary), ""]
+
+    if figures.approvers:
+        approvers = [(name, str(c["approved"]), str(c["rejected"])) for name, c in figures.approvers.items()]
+        lines += [table(("APPROVER", "APPROVED", "REJECTED"), approvers), ""]
+    lines.append("Events: " + ", ".join(f"{event} {count}" for event, count in figures.events.items()))
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("d", 86_400.0), ("h", 3600.0), ("m", 60.0)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.1f}s"

@@ -1,0 +1,229 @@
+"""What the audit trail says about how requests fare: outcomes per tool, approval rate, time to decision.
+
+Everything is computed from audit records alone, in one pass in seq order, so the figures agree with the
+trail `hitl audit verify` vouches for and the computation can be tested on records made up by hand.
+A report covers the requests *filed* in its window (all of their records, however late), so that every
+rate and duration is over the same set of requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hitl_mcp.audit import AuditRecord, read_records
+
+# The status a request is in after each event. `approved` is not here: under a quorum one approval may
+# leave the request pending, and the record says which (`details.status`). Events absent from this table
+# (edited, escalated, and any added later) do not move the status but are still counted.
+STATUS_AFTER = {
+    "filed": "pending",
+    "policy-auto-approved": "approved",
+    "rejected": "rejected",
+    "claimed": "executing",
+    "executed": "executed",
+    "failed": "failed",
+    "expired": "expired",
+    "cancelled": "cancelled",
+    "denied": "denied",
+}
+# The order a person reads outcomes in: still open first, then how they ended.
+OUTCOME_ORDER = (
+    "pending",
+    "approved",
+    "executing",
+    "executed",
+    "failed",
+    "rejected",
+    "denied",
+    "expired",
+    "cancelled",
+)
+DECISIONS = ("approved", "rejected")
+UNKNOWN_TOOL = "(unknown)"
+
+
+@dataclass
+class _Progress:
+    """What one pass needs to remember about a request; kept small, one per request in the window."""
+
+    tool: str
+    status: str
+    filed_at: float | None
+    verdict: str | None = None
+    decided: bool = False
+    escalated: bool = False
+    expired: bool = False
+
+
+@dataclass(frozen=True)
+class Report:
+    since: float | None
+    tools: dict[str, dict[str, int]]
+    """Per tool, how many requests are in each status now."""
+    approved: int
+    """Requests a human approved (every level of a quorum), whatever happened to them afterwards."""
+    rejected: int
+    auto_approved: int
+    """Requests the policy approved without a human; not counted in the approval rate."""
+    decision_seconds_p50: float | None
+    decision_seconds_p95: float | None
+    decisions_timed: int
+    """Requests whose time from filing to their first human decision went into the percentiles."""
+    approvers: dict[str, dict[str, int]]
+    """Per principal, how many approve and reject decisions it made (each quorum vote counts)."""
+    expired: int
+    escalated: int
+    """Requests escalated at least once."""
+    events: dict[str, int] = field(default_factory=dict)
+    """Every event present in the window, by name."""
+
+    @property
+    def requests(self) -> int:
+        return sum(sum(outcomes.values()) for outcomes in self.tools.values())
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for outcomes in self.tools.values():
+            total.update(outcomes)
+        return ordered(total)
+
+    @property
+    def decided(self) -> int:
+        return self.approved + self.rejected
+
+    @property
+    def approval_rate(self) -> float | None:
+        return self.approved / self.decided if self.decided else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "requests": self.requests,
+            "outcomes": self.outcomes,
+            "tools": {tool: {"requests": sum(o.values()), "outcomes": o} for tool, o in self.tools.items()},
+            "approval": {
+                "approved": self.approved,
+                "rejected": self.rejected,
+                "decided": self.decided,
+                "rate": self.approval_rate,
+            },
+            "auto_approved": self.auto_approved,
+            "time_to_decision": {
+                "requests": self.decisions_timed,
+                "p50_seconds": self.decision_seconds_p50,
+                "p95_seconds": self.decision_seconds_p95,
+            },
+            "approvers": self.approvers,
+            "expired": self.expired,
+            "escalated": self.escalated,
+            "events": self.events,
+        }
+
+
+def build(records: Iterable[AuditRecord], since: float | None = None) -> Report:
+    """The report over `records` in seq order, for requests filed at or after `since` (all when None)."""
+    progress: dict[str, _Progress] = {}
+    # Requests filed before the window: their later records are skipped, not mistaken for new requests.
+    earlier: set[str] = set()
+    approvers: dict[str, Counter[str]] = {}
+    events: Counter[str] = Counter()
+    auto_approved = 0
+    waits: list[float] = []
+
+    for record in records:
+        request_id, event = record.request_id, record.event
+        state = progress.get(request_id)
+        if state is None:
+            if request_id in earlier:
+                continue
+            if since is not None and record.at < since:
+                earlier.add(request_id)
+                continue
+            tool = _details(record).get("tool")
+            state = progress[request_id] = _Progress(
+                tool=tool if isinstance(tool, str) and tool else UNKNOWN_TOOL,
+                status=STATUS_AFTER.get(event, "pending"),
+                filed_at=record.at if event == "filed" else None,
+            )
+        events[event] += 1
+
+        if event in DECISIONS:
+            approvers.setdefault(record.actor, Counter())[event] += 1
+            if not state.decided and state.filed_at is not None:
+                waits.append(record.at - state.filed_at)
+            state.decided = True
+            if event == "rejected":
+                state.verdict = "rejected"
+                state.status = "rejected"
+            else:
+                # One vote of a quorum leaves the request pending; only the last one approves it.
+                status = _details(record).get("status")
+                state.status = status if isinstance(status, str) and status else "approved"
+                if state.status != "pending" and state.verdict is None:
+                    state.verdict = "approved"
+        elif event in STATUS_AFTER:
+            state.status = STATUS_AFTER[event]
+        if event == "policy-auto-approved":
+            auto_approved += 1
+        elif event == "escalated":
+            state.escalated = True
+        elif event == "expired":
+            state.expired = True
+
+    tools: dict[str, Counter[str]] = {}
+    for state in progress.values():
+        tools.setdefault(state.tool, Counter())[state.status] += 1
+    waits.sort()
+    return Report(
+        since=since,
+        tools={tool: ordered(tools[tool]) for tool in sorted(tools)},
+        approved=sum(1 for s in progress.values() if s.verdict == "approved"),
+        rejected=sum(1 for s in progress.values() if s.verdict == "rejected"),
+        auto_approved=auto_approved,
+        decision_seconds_p50=percentile(waits, 50),
+        decision_seconds_p95=percentile(waits, 95),
+        decisions_timed=len(waits),
+        approvers={
+            name: {event: approvers[name][event] for event in DECISIONS} for name in sorted(approvers)
+        },
+        expired=sum(1 for s in progress.values() if s.expired),
+        escalated=sum(1 for s in progress.values() if s.escalated),
+        events=dict(sorted(events.items())),
+    )
+
+
+def from_connection(conn: sqlite3.Connection, since: float | None = None) -> Report:
+    """The report over a store's `audit` table, streamed in one read snapshot."""
+    return build(read_records(conn), since)
+
+
+def percentile(ordered_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of sorted values: always a value that occurred, never an interpolation."""
+    if not ordered_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(ordered_values)))
+    return ordered_values[rank - 1]
+
+
+def ordered(counts: Counter[str]) -> dict[str, int]:
+    """Counts in reading order: the known outcomes first, in lifecycle order, then any others by name."""
+    known = [name for name in OUTCOME_ORDER if counts.get(name)]
+    others = sorted(name for name in counts if name not in OUTCOME_ORDER and counts[name])
+    return {name: counts[name] for name in (*known, *others)}
+
+
+def _details(record: AuditRecord) -> dict[str, Any]:
+    # A report reads a trail it does not vouch for: a record whose details were mangled counts without
+    # them rather than stopping the report.
+    try:
+        details = json.loads(record.details)
+    except (TypeError, ValueError):
+        return {}
+    return details if isinstance(details, dict) else {}

@@ -1,0 +1,89 @@
+"""Governance from the terminal: `hitl policy`, `hitl approve --set`, and what `hitl list` shows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hitl_mcp.config import Settings, load_settings
+from tests.test_cli import file_request, hitl
+from tests.test_policy import POLICY
+
+
+@pytest.fixture
+def governed(env: dict[str, str], config_file: Path) -> Settings:
+    config_file.write_text(config_file.read_text() + POLICY)
+    return load_settings(env)
+
+
+def test_policy_check_summarises_a_valid_file(env: dict[str, str], governed: Settings) -> None:
+    checked = hitl(env, "policy", "check")
+
+    assert checked.returncode == 0, checked.stderr
+    assert "rule 3: 1 × trader, then 1 × risk_manager" in checked.stdout
+    assert "rule 2 (when to LIKE '%@competitor.com'): denied" in checked.stdout
+
+
+def test_policy_check_names_the_bad_key(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[policy.buy_stock]\nrules = [{ when = "price >", approval = "none" }]\n')
+
+    refused = hitl(env, "policy", "check", str(bad))
+
+    assert refused.returncode == 2
+    assert "policy.buy_stock.rules[0].when" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [(5, "rule 1 (when quantity * price < 1000): no approval needed"), (100, "rule 3: 1 × trader, then")],
+)
+def test_policy_explain_names_the_rule_and_the_approvals(
+    env: dict[str, str], governed: Settings, quantity: int, expected: str
+) -> None:
+    args = json.dumps({"symbol": "GOOGL", "quantity": quantity, "price": 150})
+
+    explained = hitl(env, "policy", "explain", "buy_stock", args)
+
+    assert explained.returncode == 0, explained.stderr
+    assert expected in explained.stdout
+
+
+def test_policy_explain_refuses_bad_arguments_naming_the_field(
+    env: dict[str, str], governed: Settings
+) -> None:
+    refused = hitl(env, "policy", "explain", "buy_stock", '{"symbol": "GOOGL", "quantity": 0, "price": 1}')
+
+    assert refused.returncode == 2
+    assert "quantity" in refused.stderr
+
+
+def test_approve_with_set_edits_then_runs_and_show_lists_the_change(
+    env: dict[str, str], governed: Settings
+) -> None:
+    request_id = file_request(governed, "buy_stock", {"symbol": "GOOGL", "quantity": 100, "price": 150.0})
+    listed = hitl(env, "list")
+    assert "1 × trader" in listed.stdout
+
+    approved = hitl(env, "approve", request_id, "--as", "alice", "--set", "quantity=50", "--yes", "--json")
+    shown = hitl(env, "show", request_id)
+
+    assert approved.returncode == 0, approved.stderr
+    record = json.loads(approved.stdout)
+    assert record["status"] == "executed"
+    assert record["arguments"]["quantity"] == 50
+    assert record["original_arguments"]["quantity"] == 100
+    assert "edited   quantity: 100 → 50" in shown.stdout
+
+
+def test_approve_by_a_principal_without_the_role_is_refused_naming_the_roles(
+    env: dict[str, str], governed: Settings
+) -> None:
+    request_id = file_request(governed, "buy_stock", {"symbol": "GOOGL", "quantity": 50, "price": 150.0})
+
+    refused = hitl(env, "approve", request_id, "--as", "carol", "--yes")
+
+    assert refused.returncode == 5
+    assert "needs trader; carol holds engineer" in refused.stderr
