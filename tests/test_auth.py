@@ -17,10 +17,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from hitl_mcp.auth import PrincipalTokens, http_tokens, is_loopback, token_sha256
+from hitl_mcp.auth import PrincipalTokens, http_tokens, is_loopback
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.server import build_server
+from hitl_mcp.tokens import token_sha256
 from tests.test_cli import BUY, HITL, free_port, hitl
 from tests.test_server import ok, text
 

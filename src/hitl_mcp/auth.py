@@ -8,10 +8,8 @@ carries the token into the handler's context, where `authenticated_principal` re
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
-import secrets
 from collections.abc import Mapping
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -19,16 +17,7 @@ from mcp.server.auth.provider import AccessToken
 
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import ConfigError
-
-TOKEN_BYTES = 32
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
-
-
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+from hitl_mcp.tokens import token_sha256
 
 
 class PrincipalTokens:

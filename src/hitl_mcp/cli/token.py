@@ -6,10 +6,10 @@ import re
 
 import click
 
-from hitl_mcp.auth import new_token, token_sha256
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import refusals
 from hitl_mcp.config import check_principal
+from hitl_mcp.tokens import new_token, token_sha256
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
