@@ -344,3 +344,19 @@ async def test_over_mcp_an_approver_edits_and_the_agent_reads_what_ran_and_what_
     assert record.structured_content["original_arguments"]["quantity"] == 100
     assert record.structured_content["decisions"][0]["changes"] == {"quantity": {"before": 100, "after": 50}}
     assert record.structured_content["result"]["quantity"] == 50
+
+
+async def test_over_mcp_an_auto_approved_call_says_it_ran_and_shows_the_result(
+    governed: Settings,
+) -> None:
+    async with Client(build_server(governed, principal="agent")) as agent:
+        small = await agent.call_tool("buy_stock", buy(2))
+        large = await agent.call_tool("buy_stock", buy(100))
+
+    assert small.structured_content is not None
+    assert small.structured_content["status"] == "executed"
+    assert small.structured_content["result"]["quantity"] == 2
+    assert "ran once" in str(small.content) and "Nothing has run" not in str(small.content)
+    assert large.structured_content is not None
+    assert large.structured_content["status"] == "pending"
+    assert "Nothing has run yet" in str(large.content) and "1 × trader" in str(large.content)

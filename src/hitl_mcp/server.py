@@ -53,6 +53,8 @@ class FiledRequest(BaseModel):
     summary: str
     preview: dict[str, Any]
     expires_at: datetime
+    result: dict[str, Any] | None = None
+    error: str | None = None
     next_step: str
 
 
@@ -172,12 +174,26 @@ def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # 
     return file_request
 
 
+def _next_step(request: Request) -> str:
+    """What a freshly filed request means for the agent; never that something ran before it did."""
+    follow = f"Call wait_for_decision(request_id={request.request_id!r}) or get_request to learn the outcome."
+    if request.status is Status.PENDING:
+        waits = f" It waits on {request.approval.may_decide}." if request.approval.may_decide else ""
+        return (
+            f"Nothing has run yet. The request waits for a decision until {request.expires_at.isoformat()}."
+            f"{waits} {follow}"
+        )
+    if request.status is Status.EXECUTED:
+        return (
+            f"The policy needed no approval ({request.approval.description}), so it ran once: see `result`."
+        )
+    if request.status is Status.FAILED:
+        return f"The policy needed no approval, so it was attempted once and failed: see `error`. {follow}"
+    return f"Its status is {request.status.value}. {follow}"
+
+
 def _filed(request: Request) -> CallToolResult:
-    next_step = (
-        "Nothing has run yet. The request waits for a human decision until "
-        f"{request.expires_at.isoformat()}. "
-        f"Call wait_for_decision(request_id={request.request_id!r}) or get_request to learn the outcome."
-    )
+    next_step = _next_step(request)
     filed = FiledRequest(
         request_id=request.request_id,
         status=request.status,
@@ -185,9 +201,11 @@ def _filed(request: Request) -> CallToolResult:
         summary=request.summary,
         preview=request.preview,
         expires_at=request.expires_at,
+        result=request.result,
+        error=request.error,
         next_step=next_step,
     )
-    text = f"Filed request {request.request_id} ({request.status}): {request.summary}. {next_step}"
+    text = f"Request {request.request_id} ({request.status}): {request.summary}. {next_step}"
     return CallToolResult(
         content=[TextContent(type="text", text=text)], structured_content=filed.model_dump(mode="json")
     )
