@@ -15,7 +15,7 @@ import click
 from hitl_mcp.config import Settings, check_principal, load_settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import Gate, open_gate
-from hitl_mcp.models import Request
+from hitl_mcp.models import Request, Status
 
 T = TypeVar("T")
 
@@ -55,6 +55,8 @@ def report(request: Request, as_json: bool) -> None:
         click.echo(request.model_dump_json(indent=2))
         return
     click.echo(f"{request.request_id} {request.status.value}: {request.summary}")
+    if request.status is Status.PENDING and request.approval.may_decide:
+        click.echo(f"waits on: {request.approval.may_decide}")
     if request.result is not None:
         click.echo(f"result: {json.dumps(request.result, sort_keys=True)}")
     if request.error:
