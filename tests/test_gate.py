@@ -283,3 +283,23 @@ async def test_a_filed_request_survives_reopening_the_store(settings: Settings) 
     async with open_gate(settings) as second:
         done = await second.approve(request.request_id, "alice")
     assert done.status is Status.EXECUTED
+
+
+async def test_arguments_changed_after_approval_are_caught_at_execution(
+    gate: Gate, settings: Settings
+) -> None:
+    request = await gate.file("buy_stock", BUY, "agent")
+    await gate.decide(request.request_id, "alice", "approve")
+    # Someone with write access to the store swaps the approved arguments before the claim.
+    with sqlite3.connect(settings.db_path) as conn:
+        conn.execute(
+            "UPDATE requests SET arguments = ? WHERE id = ?",
+            ('{"price":150.0,"quantity":500,"symbol":"GOOGL"}', request.request_id),
+        )
+    conn.close()
+
+    after = await gate.execute(request.request_id)
+
+    assert after.status is Status.FAILED
+    assert after.error is not None and "no longer match what was approved" in after.error
+    assert await ledger(settings).orders() == []

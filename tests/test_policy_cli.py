@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.gate import open_gate
 from tests.test_cli import file_request, hitl
 from tests.test_policy import POLICY
 
@@ -87,3 +90,28 @@ def test_approve_by_a_principal_without_the_role_is_refused_naming_the_roles(
 
     assert refused.returncode == 5
     assert "needs trader; carol holds engineer" in refused.stderr
+
+
+def test_list_shows_an_escalated_request_and_approve_says_who_it_still_waits_on(
+    env: dict[str, str], governed: Settings, config_file: Path
+) -> None:
+    config_file.write_text(
+        config_file.read_text().replace("escalate_after_seconds = 600", "escalate_after_seconds = 0.01")
+    )
+    request_id = file_request(
+        load_settings(env), "delete_database_records", {"table": "users", "condition": "age > 40"}
+    )
+
+    async def escalate() -> int:
+        async with open_gate(load_settings(env)) as gate:
+            # The housekeeping of a server whose clock has passed the level's escalation time.
+            gate.clock = lambda: time.time() + 1
+            return await gate.escalate()
+
+    assert anyio.run(escalate) == 1
+    listed = hitl(env, "list")
+    approved = hitl(env, "approve", request_id, "--as", "carol", "--yes")
+
+    assert "pending (escalated)" in listed.stdout
+    assert approved.returncode == 0, approved.stderr
+    assert "waits on: 2 × engineer" in approved.stdout
