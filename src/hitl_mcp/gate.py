@@ -351,6 +351,10 @@ class Gate:
                 if await self.store.change_counter() != before:
                     return
 
+    async def wait_local_change(self) -> None:
+        """Return at the next change this gate makes (other processes' show in the store's counter)."""
+        await self._changed.wait()
+
     def _signal(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()

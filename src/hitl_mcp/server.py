@@ -13,8 +13,15 @@ from typing import Annotated, Any, TypeVar
 import anyio
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp_types import (
+    CallToolResult,
+    SubscribeRequestParams,
+    TextContent,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
 from pydantic import AnyHttpUrl, BaseModel, Field
 
 from hitl_mcp.actions import Action
@@ -22,6 +29,7 @@ from hitl_mcp.auth import PrincipalTokens, authenticated_principal
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Gate, open_gate
+from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers
 from hitl_mcp.models import Request, RequestPage, Status
 
 T = TypeVar("T")
@@ -76,18 +84,34 @@ def build_server(
     principal; `principal` is then never used.
     """
     acting_as = None if tokens else principal or settings.principal
+    bus = InMemorySubscriptionBus()
+    legacy = LegacySubscribers()
+    # Resources have no request context to reach the lifespan state through; they read it here.
+    running: list[ServerState] = []
+
+    @asynccontextmanager
+    async def serving(opened: Gate, *, housekeeping: bool) -> AsyncIterator[ServerState]:
+        feed = ChangeFeed(opened.store, bus, legacy)
+        async with anyio.create_task_group() as tasks:
+            if housekeeping:
+                tasks.start_soon(opened.maintain)
+            tasks.start_soon(feed.run, opened.wait_local_change)
+            state = ServerState(opened, acting_as)
+            running.append(state)
+            try:
+                yield state
+            finally:
+                running.remove(state)
+                tasks.cancel_scope.cancel()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
         if gate is not None:
-            yield ServerState(gate, acting_as)
+            async with serving(gate, housekeeping=False) as state:
+                yield state
             return
-        async with open_gate(settings) as opened, anyio.create_task_group() as tasks:
-            tasks.start_soon(opened.maintain)
-            try:
-                yield ServerState(opened, acting_as)
-            finally:
-                tasks.cancel_scope.cancel()
+        async with open_gate(settings) as opened, serving(opened, housekeeping=True) as state:
+            yield state
 
     app: MCPServer[ServerState] = MCPServer(
         "hitl-mcp",
@@ -99,6 +123,7 @@ def build_server(
         auth=AuthSettings(issuer_url=AnyHttpUrl("http://localhost"), resource_server_url=None)
         if tokens
         else None,
+        subscriptions=bus,
     )
     for action in _registered_actions(settings):
         app.add_tool(
@@ -108,7 +133,47 @@ def build_server(
             annotations=ToolAnnotations(destructive_hint=True, open_world_hint=True, idempotent_hint=False),
         )
     _add_companions(app)
+    _add_resources(app, running, legacy)
     return app
+
+
+def _add_resources(
+    app: MCPServer[ServerState], running: list[ServerState], legacy: LegacySubscribers
+) -> None:
+    def gate() -> Gate:
+        if not running:
+            raise ResourceError("the server is not running")
+        return running[-1].gate
+
+    @app.resource(
+        PENDING_URI,
+        name="pending",
+        description="The requests waiting for a decision, oldest first (at most 200). Subscribe to hear of "
+        "every change.",
+        mime_type="application/json",
+    )
+    async def pending() -> str:
+        page = await gate().list(limit=MAX_PAGE)
+        return page.model_dump_json()
+
+    @app.resource(
+        REQUEST_URI,
+        name="request",
+        description="One request, as get_request returns it. Subscribe to hear when it is decided or runs.",
+        mime_type="application/json",
+    )
+    async def request(request_id: str) -> str:
+        try:
+            found = await gate().get(request_id)
+        except HitlError as error:
+            raise ResourceNotFoundError(str(error)) from None
+        return found.model_dump_json()
+
+    # Clients of protocol versions before 2026-07-28 subscribe per URI and hear through their session.
+    # MCPServer offers no public hook for these methods, so they go on its low-level server.
+    lowlevel = app._lowlevel_server
+    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, legacy.subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, legacy.unsubscribe)
 
 
 def serve_http(app: MCPServer[ServerState], *, host: str, port: int) -> None:

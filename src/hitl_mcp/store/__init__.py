@@ -129,3 +129,7 @@ class Store(Protocol):
 
     async def change_counter(self) -> int:
         """A number that changes whenever any process commits to the store."""
+
+    async def changed_since(self, audit_seq: int | None) -> tuple[list[str], int]:
+        """Requests with an audit record after `audit_seq` (every change writes one), and the newest seq;
+        with None, no requests and the newest seq, to start from."""

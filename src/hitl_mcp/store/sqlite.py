@@ -453,6 +453,18 @@ class SQLiteStore:
 
         return await self._run(trail)
 
+    async def changed_since(self, audit_seq: int | None) -> tuple[list[str], int]:
+        def changed(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            if audit_seq is None:
+                return [], conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0]
+            rows = conn.execute(
+                "SELECT request_id, MAX(seq) FROM audit WHERE seq > ? GROUP BY request_id", (audit_seq,)
+            ).fetchall()
+            newest = max((row[1] for row in rows), default=audit_seq)
+            return [row[0] for row in rows], newest
+
+        return await self._run(changed)
+
     async def change_counter(self) -> int:
         watch = self._watch
         if watch is None:

@@ -1,0 +1,95 @@
+"""Live updates: which requests changed — in this process or any other on the same store — and who to tell.
+
+Every change of a request writes an audit record, so the audit sequence is a change log: the feed wakes
+on the store's change counter (cheap, cross-process) and asks which requests have records past the last
+one it saw. Subscribers hear of `hitl://requests/{id}` and of the pending queue, `hitl://requests/pending`:
+clients of the current protocol through the SDK's subscription bus (`subscriptions/listen`), older
+clients through the `resources/subscribe` handshake they used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from mcp.server.context import ServerRequestContext
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import ResourceUpdated, SubscriptionBus
+from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+
+from hitl_mcp.store import Store
+
+logger = logging.getLogger(__name__)
+
+PENDING_URI = "hitl://requests/pending"
+REQUEST_URI = "hitl://requests/{request_id}"
+# How often the store's change counter is asked; it bounds how late a subscriber hears of another
+# process's change, and costs microseconds a time.
+POLL_SECONDS = 0.02
+
+
+def request_uri(request_id: str) -> str:
+    return REQUEST_URI.format(request_id=request_id)
+
+
+class LegacySubscribers:
+    """Sessions that subscribed with `resources/subscribe`, by URI."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, set[ServerSession]] = {}
+
+    async def subscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
+    ) -> EmptyResult:
+        self._sessions.setdefault(str(params.uri), set()).add(ctx.session)
+        return EmptyResult()
+
+    async def unsubscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
+    ) -> EmptyResult:
+        self._sessions.get(str(params.uri), set()).discard(ctx.session)
+        return EmptyResult()
+
+    async def notify(self, uri: str) -> None:
+        for session in list(self._sessions.get(uri, ())):
+            try:
+                await session.send_resource_updated(uri)
+            except Exception:  # the client went away: forget it rather than fail the others
+                logger.debug("dropping a closed subscriber of %s", uri)
+                self._sessions[uri].discard(session)
+
+
+class ChangeFeed:
+    """Publishes an update for every request that changed, and for the pending queue."""
+
+    def __init__(self, store: Store, bus: SubscriptionBus, legacy: LegacySubscribers) -> None:
+        self.store = store
+        self.bus = bus
+        self.legacy = legacy
+
+    async def publish(self, uri: str) -> None:
+        await self.bus.publish(ResourceUpdated(uri=uri))
+        await self.legacy.notify(uri)
+
+    async def run(self, local_change: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Forever: wait for a change, publish what changed. Cancel it to stop."""
+        _, seen = await self.store.changed_since(None)
+        version = await self.store.change_counter()
+        while True:
+            with anyio.move_on_after(POLL_SECONDS):
+                if local_change is not None:
+                    await local_change()
+            current = await self.store.change_counter()
+            if current == version:
+                continue
+            version = current
+            try:
+                changed, seen = await self.store.changed_since(seen)
+                for request_id in changed:
+                    await self.publish(request_uri(request_id))
+                if changed:
+                    await self.publish(PENDING_URI)
+            except Exception:
+                logger.exception("publishing request changes failed; carrying on")
