@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hitl_mcp.actions import ACTION_TYPES, ActionSettings
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
+from hitl_mcp.notify.settings import Notifier, load_notifiers
 from hitl_mcp.policy import ActionPolicy, load_policies
 
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
-TOP_LEVEL_TABLES = frozenset({"gate", "actions", "principals", "policy"})
+TOP_LEVEL_TABLES = frozenset({"gate", "actions", "principals", "policy", "notify"})
 
 
 class GateSettings(BaseModel):
@@ -32,6 +33,13 @@ class GateSettings(BaseModel):
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     orphan_grace_seconds: float = Field(
         default=10.0, ge=0, le=3600, description="How long an approved request may wait for its approver"
+    )
+    executing_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="After this long an executing request is shown as outcome unknown even when its "
+        "claimant cannot be checked (another host); it is never re-run by itself",
     )
     synchronous: Literal["full", "normal"] = "full"
 
@@ -54,6 +62,7 @@ class Settings:
     actions: Mapping[str, ActionSettings]
     principals: Mapping[str, PrincipalSettings] = field(default_factory=dict)
     policies: Mapping[str, ActionPolicy] = field(default_factory=dict)
+    notifiers: tuple[Notifier, ...] = ()
 
     def roles_of(self, principal: str) -> tuple[str, ...]:
         known = self.principals.get(principal)
@@ -98,6 +107,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         actions=_action_settings(raw.get("actions", {}), base_dir),
         principals=principals,
         policies=load_policies(raw.get("policy", {}), principals),
+        notifiers=load_notifiers(raw.get("notify"), principals),
     )
 
 

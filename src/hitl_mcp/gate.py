@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -44,6 +45,22 @@ MAX_PAGE = 200
 CHANGE_POLL_SECONDS = 0.02
 
 ProgressFn = Callable[[float, float], Awaitable[None]]
+
+# A test seam, inert unless this variable is set: the crash suite (tests/test_crash.py) names a point of
+# `Gate.execute` — before-claim, after-claim or after-action (before the outcome is recorded) — and a process
+# that reaches it says so on stderr and stops there to be killed. It never resumes: left alone, it exits as
+# if it had crashed.
+TEST_PAUSE_AT = "HITL_TEST_PAUSE_AT"
+TEST_PAUSE_SECONDS = 60.0
+
+
+def _test_pause(point: str, request_id: str) -> None:
+    if os.environ.get(TEST_PAUSE_AT) != point:
+        return
+    sys.stderr.write(f"hitl-test-pause: {point} {request_id} {os.getpid()}\n")
+    sys.stderr.flush()
+    time.sleep(TEST_PAUSE_SECONDS)
+    os._exit(70)
 
 
 def new_request_id() -> str:
@@ -219,6 +236,7 @@ class Gate:
 
     async def execute(self, request_id: str) -> Request:
         """Claim an approved request and run it. Only the one claimer runs it; others just read it."""
+        _test_pause("before-claim", request_id)
         claimed = await self.store.claim(request_id, self.worker, self.clock())
         if claimed is None:
             request = await self.get(request_id)
@@ -227,7 +245,9 @@ class Gate:
                 return await self.get(request_id)
             return request
         self._signal()
+        _test_pause("after-claim", request_id)
         status, result, error = await self._run(claimed)
+        _test_pause("after-action", request_id)
         await self.store.finish(request_id, status, self.worker, result, error, self.clock())
         self._signal()
         return await self.get(request_id)
@@ -305,7 +325,17 @@ class Gate:
             request = await self.store.get(await self.resolve(ref))
         if request is None:
             raise NotFound(f"no request has id {ref!r}")
-        return request
+        return self._observed(request)
+
+    def _observed(self, request: Request) -> Request:
+        """The record, an executing one marked `outcome_unknown` when its claimant can no longer finish it."""
+        if request.status is not Status.EXECUTING:
+            return request
+        host = self.worker.rpartition(":")[0]
+        timeout = self.settings.gate.executing_timeout_seconds
+        if not claimant_gone(request, now=self.clock(), timeout=timeout, host=host):
+            return request
+        return request.model_copy(update={"outcome_unknown": True})
 
     async def list(
         self,
@@ -322,10 +352,14 @@ class Gate:
         if cursor is not None and not cursor.isdigit():
             raise InvalidArguments("cursor: not a cursor this server returned")
         page = await self.store.page(statuses, tool, limit, cursor)
-        return RequestPage(requests=page.requests, next_cursor=page.next_cursor)
+        return RequestPage(
+            requests=[self._observed(request) for request in page.requests], next_cursor=page.next_cursor
+        )
 
     async def wait(self, ref: str, timeout: float, progress: ProgressFn | None = None) -> Request:
-        """The record as soon as it is decided for good, or as it stands when `timeout` passes."""
+        """The record as soon as it is decided for good, or as it stands when `timeout` passes.
+
+        An executing request whose outcome is unknown is returned at once: only a person changes it now."""
         request_id = await self.resolve(ref)
         deadline = time.monotonic() + timeout
         while True:
@@ -334,7 +368,7 @@ class Gate:
                 await self.sweep()
                 continue
             remaining = deadline - time.monotonic()
-            if request.status not in UNDECIDED or remaining <= 0:
+            if request.status not in UNDECIDED or request.outcome_unknown or remaining <= 0:
                 return request
             if progress is not None:
                 await progress(timeout - remaining, timeout)
@@ -363,13 +397,37 @@ class Gate:
         return find(self.actions, tool)
 
 
+def claimant_gone(request: Request, *, now: float, timeout: float, host: str) -> bool:
+    """Whether an executing request's claimant can no longer record its outcome: its process, on this host,
+    no longer exists, or it claimed the request more than `timeout` seconds ago. Nothing re-runs such a
+    request: the action may or may not have taken effect, and only a person can tell."""
+    if request.status is not Status.EXECUTING or request.claimed_at is None:
+        return False
+    if now - request.claimed_at.timestamp() > timeout:
+        return True
+    claimant_host, _, pid = (request.claimed_by or "").rpartition(":")
+    return claimant_host == host and pid.isdigit() and not _process_exists(int(pid))
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name != "posix" or pid <= 0:
+        return True  # cannot tell without signalling; the timeout decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 @asynccontextmanager
 async def open_gate(settings: Settings) -> AsyncIterator[Gate]:
     """A gate over the configured SQLite store, closed on exit."""
     from hitl_mcp.actions import build_actions
     from hitl_mcp.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(settings.db_path, synchronous=settings.gate.synchronous)
+    store = SQLiteStore(settings.db_path, synchronous=settings.gate.synchronous, notify=settings.notifiers)
     await store.open()
     try:
         yield Gate(store, build_actions(settings.actions), settings)

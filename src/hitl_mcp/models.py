@@ -86,6 +86,17 @@ class Request(BaseModel):
     )
     result: dict[str, Any] | None = None
     error: str | None = None
+    claimed_by: str | None = Field(
+        default=None, description="The process (host:pid) that claimed the request to run it; null until then"
+    )
+    claimed_at: datetime | None = Field(
+        default=None, description="When it was claimed, while it is executing; null otherwise"
+    )
+    outcome_unknown: bool = Field(
+        default=False,
+        description="Executing, but the process that claimed it is gone or overdue: whether the action "
+        "took effect is unknown. It is never run again by itself; a person must check and resolve it.",
+    )
 
 
 class AuditEvent(BaseModel):

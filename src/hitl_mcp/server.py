@@ -31,6 +31,7 @@ from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers
 from hitl_mcp.models import Request, RequestPage, Status
+from hitl_mcp.notify.worker import deliver_forever
 
 T = TypeVar("T")
 
@@ -95,6 +96,7 @@ def build_server(
         async with anyio.create_task_group() as tasks:
             if housekeeping:
                 tasks.start_soon(opened.maintain)
+                tasks.start_soon(deliver_forever, opened)
             tasks.start_soon(feed.run, opened.wait_local_change)
             state = ServerState(opened, acting_as)
             running.append(state)
@@ -285,7 +287,7 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         tool: Annotated[str | None, Field(description="Only requests for this gated tool")] = None,
         limit: Annotated[int, Field(ge=1, le=MAX_PAGE, description="Requests per page")] = 50,
         cursor: Annotated[
-            str | None, Field(max_length=32, description="next_cursor of the previous page")
+            str | None, Field(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
         ] = None,
     ) -> RequestPage:
         """Requests waiting for a decision, oldest first, a page at a time."""

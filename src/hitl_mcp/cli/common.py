@@ -54,7 +54,7 @@ def report(request: Request, as_json: bool) -> None:
     if as_json:
         click.echo(request.model_dump_json(indent=2))
         return
-    click.echo(f"{request.request_id} {request.status.value}: {request.summary}")
+    click.echo(f"{request.request_id} {status_label(request)}: {request.summary}")
     if request.status is Status.PENDING and request.approval.may_decide:
         click.echo(f"waits on: {request.approval.may_decide}")
     if request.result is not None:
@@ -68,6 +68,8 @@ def indented(value: Any) -> str:
 
 
 def status_label(request: Request) -> str:
+    if request.outcome_unknown:
+        return f"{request.status.value} (outcome unknown)"
     return f"{request.status.value} (escalated)" if request.approval.escalated else request.status.value
 
 
@@ -97,6 +99,12 @@ def describe(request: Request) -> str:
         )
         for name, change in (decision.changes or {}).items():
             lines.append(f"  edited   {name}: {change.before!r} → {change.after!r}")
+    if request.claimed_by is not None:
+        at = f" at {request.claimed_at.isoformat(timespec='seconds')}" if request.claimed_at else ""
+        lines.append(f"Claimed    by {request.claimed_by}{at}")
+    if request.outcome_unknown:
+        lines.append("Outcome    unknown: its claimant is gone or overdue; it may or may not have run.")
+        lines.append("           It never runs again by itself: check the target before doing anything.")
     if request.result is not None:
         lines.append("Result     " + json.dumps(request.result, sort_keys=True))
     if request.error:

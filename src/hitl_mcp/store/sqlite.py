@@ -7,6 +7,7 @@ lock held by another process, and a transition costs one thread hop and one comm
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,9 @@ import anyio.to_thread
 
 from hitl_mcp.errors import NotFound, NotPending
 from hitl_mcp.models import AuditEvent, Decision, Request, Status, approval_state, utc
+from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
+from hitl_mcp.notify.routing import Routing
+from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.policy import Snapshot
 from hitl_mcp.store import NewRequest, Page, Planner
 
@@ -80,11 +84,37 @@ CREATE TABLE IF NOT EXISTS audit (
     hash TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
+-- Notifications for the delivery worker (hitl_mcp.notify), one row per event per notifier target, written
+-- in the transition's transaction. `notifier` is a hash of the target, looked up in the config at delivery.
+-- `payload` is the message's snapshot. `claim` and `lease_until` hold a row for one worker. (The schema is
+-- split on semicolons: none in comments.)
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    audit_seq INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    notifier TEXT NOT NULL,
+    label TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    claim TEXT,
+    lease_until REAL,
+    last_error TEXT,
+    delivered_at REAL,
+    UNIQUE (audit_seq, notifier)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE state = 'dead';
 """
 
 REQUEST_COLUMNS = (
     "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
-    "created_at, expires_at, updated_at, result, error, policy, level, escalated_level, original_arguments"
+    "created_at, expires_at, updated_at, result, error, policy, level, escalated_level, original_arguments, "
+    "claimed_by"
 )
 
 
@@ -105,11 +135,47 @@ def _audit(
     from hitl_mcp.audit import append
 
     append(conn, request_id, event, actor, at, _dumps(details or {}))
+    _enqueue_notifications(conn, request_id, event, actor, at, details or {})
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that carries the store's notification routing to `_audit`, which sees only `conn`."""
+
+    routing: Routing | None = None
+
+
+def _enqueue_notifications(
+    conn: sqlite3.Connection, request_id: str, event: str, actor: str, at: float, details: dict[str, Any]
+) -> None:
+    """One outbox row per notifier that wants this event, in the transition's transaction (see
+    hitl_mcp.notify); the request is read here, so the message shows it as this transition leaves it."""
+    routing = conn.routing if isinstance(conn, _Connection) else None
+    if routing is None or not routing.wants(event):
+        return
+    audit_seq: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    request = _fetch(conn, request_id)
+    if request is None:
+        return
+    entries = routing.route(event, request, actor, at, details, audit_seq)
+    # Due at once (next_attempt_at 0), whatever the clock of the process that will send it says.
+    conn.executemany(
+        "INSERT OR IGNORE INTO outbox (audit_seq, request_id, event, channel, notifier, label, payload, "
+        "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        [(audit_seq, request_id, event, e.channel, e.notifier, e.label, e.payload, at) for e in entries],
+    )
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, synchronous: Synchronous = "full", busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous = "full",
+        busy_timeout: float = 30.0,
+        notify: Sequence[Notifier] = (),
+    ) -> None:
         self.path = path
+        self._routing = Routing(notify) if notify else None
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
@@ -121,8 +187,13 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
         )
+        conn.routing = self._routing
         conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -474,6 +545,128 @@ class SQLiteStore:
         value: int = watch.execute("PRAGMA data_version").fetchone()[0]
         return value
 
+    # -- notification outbox (hitl_mcp.notify.outbox describes the states and the claim) ------------
+
+    async def outbox_next_due(self) -> float | None:
+        # A read, not a claim: an idle worker asks this after every commit without taking the write lock.
+        def due(conn: sqlite3.Connection) -> float | None:
+            value: float | None = conn.execute(
+                "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM outbox "
+                "WHERE state = 'pending'"
+            ).fetchone()[0]
+            return value
+
+        return await self._run(due)
+
+    async def outbox_claim(
+        self, worker: str, now: float, limit: int, lease_seconds: float
+    ) -> list[ClaimedDelivery]:
+        claim = f"{worker}:{secrets.token_hex(8)}"
+
+        def take(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
+            rows = conn.execute(
+                "UPDATE outbox SET claim = ?, lease_until = ?, attempts = attempts + 1 WHERE id IN ("
+                "  SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+                "  AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, id LIMIT ?) "
+                "RETURNING id, request_id, event, channel, notifier, label, payload, attempts",
+                (claim, now + lease_seconds, now, now, limit),
+            ).fetchall()
+            return [
+                ClaimedDelivery(
+                    row_id=row_id,
+                    claim=claim,
+                    request_id=request_id,
+                    event=event,
+                    channel=channel,
+                    notifier=notifier,
+                    label=label,
+                    payload=json.loads(payload),
+                    attempts=attempts,
+                )
+                for row_id, request_id, event, channel, notifier, label, payload, attempts in sorted(rows)
+            ]
+
+        return await self._write(take)
+
+    async def outbox_delivered(self, row_id: int, claim: str, now: float) -> bool:
+        return await self._write(
+            lambda conn: bool(
+                conn.execute(
+                    "UPDATE outbox SET state = 'delivered', delivered_at = ?, claim = NULL, "
+                    "lease_until = NULL WHERE id = ? AND claim = ? AND state = 'pending'",
+                    (now, row_id, claim),
+                ).rowcount
+            )
+        )
+
+    async def outbox_failed(
+        self, row_id: int, claim: str, error: str, now: float, retry_at: float | None
+    ) -> bool:
+        return await self._write(
+            lambda conn: bool(
+                conn.execute(
+                    "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, claim = NULL, "
+                    "lease_until = NULL WHERE id = ? AND claim = ? AND state = 'pending'",
+                    (
+                        "dead" if retry_at is None else "pending",
+                        now if retry_at is None else retry_at,
+                        error,
+                        row_id,
+                        claim,
+                    ),
+                ).rowcount
+            )
+        )
+
+    async def outbox_release(self, row_id: int, claim: str) -> bool:
+        return await self._write(
+            lambda conn: bool(
+                conn.execute(
+                    "UPDATE outbox SET claim = NULL, lease_until = NULL "
+                    "WHERE id = ? AND claim = ? AND state = 'pending'",
+                    (row_id, claim),
+                ).rowcount
+            )
+        )
+
+    async def outbox_summary(self, limit: int) -> OutboxSummary:
+        columns = (
+            "id, request_id, event, channel, label, state, attempts, created_at, next_attempt_at, last_error"
+        )
+
+        def summary(conn: sqlite3.Connection) -> OutboxSummary:
+            counts: dict[OutboxState, int] = {"pending": 0, "delivered": 0, "dead": 0}
+            for state, count in conn.execute("SELECT state, count(*) FROM outbox GROUP BY state"):
+                counts[state] = count
+            dead = conn.execute(
+                f"SELECT {columns} FROM outbox WHERE state = 'dead' ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            failing = conn.execute(
+                f"SELECT {columns} FROM outbox WHERE state = 'pending' AND last_error IS NOT NULL "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return OutboxSummary(
+                counts=counts,
+                dead=[Delivery(*row) for row in dead],
+                failing=[Delivery(*row) for row in failing],
+            )
+
+        return await self._run(summary)
+
+    async def outbox_retry(self, row_ids: list[int] | None, now: float) -> list[int]:
+        def retry(conn: sqlite3.Connection) -> list[int]:
+            # The last error stays until the next attempt overwrites it or succeeds.
+            sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? "
+            sql += "WHERE state = 'dead'"
+            params: list[Any] = [now]
+            if row_ids is not None:
+                sql += f" AND id IN ({', '.join('?' for _ in row_ids)})"
+                params.extend(row_ids)
+            return sorted(row[0] for row in conn.execute(sql + " RETURNING id", params))
+
+        return await self._write(retry)
+
 
 def _fetch(conn: sqlite3.Connection, request_id: str) -> Request | None:
     row = conn.execute(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -526,6 +719,7 @@ def _request(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> R
         level,
         escalated_level,
         original_arguments,
+        claimed_by,
     ) = row
     snapshot = Snapshot.model_validate_json(policy)
     return Request(
@@ -547,4 +741,7 @@ def _request(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> R
         original_arguments=None if original_arguments is None else json.loads(original_arguments),
         result=None if result is None else json.loads(result),
         error=error,
+        claimed_by=claimed_by,
+        # The claim sets updated_at and nothing else writes the row until it finishes.
+        claimed_at=utc(updated_at) if status == Status.EXECUTING else None,
     )

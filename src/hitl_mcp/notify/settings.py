@@ -1,0 +1,192 @@
+"""`[[notify]]` entries: which events go where, validated at start; every error names its key.
+
+```toml
+[[notify]]
+on = ["filed", "escalated"]
+webhook = "https://hooks.example.com/approvals"   # a JSON POST
+secret = "…"                                       # X-Hitl-Signature: sha256=HMAC-SHA256(secret, body)
+tools = ["buy_stock"]                              # only these actions (default: all)
+levels = [2]                                       # only while the request is at its 2nd policy level
+roles = ["risk_manager"]                           # only levels these roles may decide
+
+[[notify]]
+on = ["filed"]
+slack_webhook = "https://hooks.slack.com/services/…"
+
+[[notify]]
+on = ["failed", "expired"]
+email = "oncall@example.com"                       # sent with [actions.send_email]'s SMTP settings
+```
+
+`levels` (1-based, as `hitl show` numbers them) and `roles` look at the level a request waits on after the
+event — for `filed`, `escalated` and an approval that leaves it waiting on a next level — and at every
+level of its policy otherwise (a decision, an outcome, expiry, withdrawal). A level without roles admits
+anyone, so it matches any `roles`. A request whose policy needs no approval has no levels: a notifier with
+`levels` or `roles` never hears of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from hitl_mcp.actions import ACTION_TYPES
+from hitl_mcp.actions.base import describe_validation_error
+from hitl_mcp.actions.send_email import normalize_address
+from hitl_mcp.errors import ConfigError
+
+Event = Literal["filed", "escalated", "approved", "rejected", "executed", "failed", "expired", "cancelled"]
+EVENTS: tuple[str, ...] = get_args(Event)
+Channel = Literal["webhook", "slack", "email"]
+TARGET_KEYS: dict[str, Channel] = {"webhook": "webhook", "slack_webhook": "slack", "email": "email"}
+MAX_URL_LENGTH = 2000
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in value)
+    ):
+        raise PydanticCustomError("url", "must be an http:// or https:// URL with a host")
+    return value
+
+
+class Notifier(BaseModel):
+    """One `[[notify]]` table: the events it wants, one target, and optional filters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on: tuple[Event, ...] = Field(min_length=1, description="The events to send")
+    webhook: str | None = Field(default=None, max_length=MAX_URL_LENGTH, description="A generic JSON POST")
+    secret: SecretStr | None = Field(
+        default=None, min_length=1, description="Signs a webhook's body: X-Hitl-Signature: sha256=<hex>"
+    )
+    slack_webhook: str | None = Field(
+        default=None, max_length=MAX_URL_LENGTH, description="A Slack incoming-webhook URL"
+    )
+    email: str | None = Field(default=None, description="One address, sent with [actions.send_email]'s SMTP")
+    tools: tuple[str, ...] = Field(default=(), description="Only these actions; none: all")
+    levels: tuple[Annotated[int, Field(ge=1, le=100)], ...] = Field(
+        default=(), description="Only these policy levels (1-based); none: any"
+    )
+    roles: tuple[str, ...] = Field(default=(), description="Only levels these roles may decide; none: any")
+
+    @field_validator("webhook", "slack_webhook")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("email")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalize_address(value)
+        except ValueError as error:
+            raise PydanticCustomError("email", str(error)) from None
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tool in value:
+            if tool not in ACTION_TYPES:
+                raise PydanticCustomError(
+                    "tool",
+                    "no such action {tool!r}; known actions: {known}",
+                    {"tool": tool, "known": ", ".join(sorted(ACTION_TYPES))},
+                )
+        return value
+
+    @property
+    def channel(self) -> Channel:
+        if self.webhook is not None:
+            return "webhook"
+        return "slack" if self.slack_webhook is not None else "email"
+
+    @property
+    def target(self) -> str:
+        target = self.webhook or self.slack_webhook or self.email
+        assert target is not None
+        return target
+
+    @property
+    def key(self) -> str:
+        """Names the target in the outbox without storing it: a Slack URL is itself a credential."""
+        return target_key(self.channel, self.target)
+
+    @property
+    def label(self) -> str:
+        """The target as `hitl notify status` shows it, with nothing secret in it."""
+        if self.channel == "email":
+            return f"email {self.target}"
+        parts = urlsplit(self.target)
+        if self.channel == "slack":
+            return f"slack {parts.scheme}://{parts.netloc}/…"
+        # A path or query may carry a token; keep the path's first segment only.
+        first = parts.path.strip("/").split("/", 1)[0]
+        more = "/…" if parts.path.strip("/").count("/") or parts.query else ""
+        return f"webhook {parts.scheme}://{parts.netloc}/{first}{more}"
+
+    def matches(self, event: str, tool: str, levels: Iterable[tuple[int, tuple[str, ...]]]) -> bool:
+        """Whether this notifier wants `event` for `tool`, given the levels in question (0-based index and
+        the roles each admits; no roles: anyone)."""
+        if event not in self.on or (self.tools and tool not in self.tools):
+            return False
+        if not self.levels and not self.roles:
+            return True
+        return any(
+            (not self.levels or index + 1 in self.levels)
+            and (not self.roles or not roles or any(role in roles for role in self.roles))
+            for index, roles in levels
+        )
+
+
+def target_key(channel: str, target: str) -> str:
+    return hashlib.sha256(f"{channel}\n{target}".encode()).hexdigest()[:24]
+
+
+def load_notifiers(raw: Any, principals: Mapping[str, Any]) -> tuple[Notifier, ...]:
+    """Validate the `[[notify]]` array; roles must be held by some principal, like the policy's."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError('notify: must be an array of tables, written [[notify]] (e.g. on = ["filed"])')
+    known_roles = {role for principal in principals.values() for role in principal.roles}
+    notifiers: list[Notifier] = []
+    secrets: dict[str, tuple[str, SecretStr | None]] = {}
+    for index, table in enumerate(raw):
+        where = f"notify[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        targets = [name for name in TARGET_KEYS if name in table]
+        if len(targets) != 1:
+            given = f" (it has {' and '.join(targets)})" if targets else ""
+            raise ConfigError(f"{where}: give exactly one target: webhook, slack_webhook or email{given}")
+        if "secret" in table and targets != ["webhook"]:
+            raise ConfigError(f"{where}.secret: only a webhook is signed; {targets[0]} takes no secret")
+        try:
+            notifier = Notifier.model_validate(table)
+        except ValidationError as error:
+            raise ConfigError(describe_validation_error(error, prefix=f"{where}.")) from None
+        for number, role in enumerate(notifier.roles):
+            if role not in known_roles:
+                raise ConfigError(
+                    f"{where}.roles[{number}]: no principal holds role {role!r}; give a [principals.NAME] "
+                    "that role, or remove it"
+                )
+        # Entries with one target share its outbox rows, so they must agree on how it is signed.
+        earlier = secrets.setdefault(notifier.key, (where, notifier.secret))
+        if earlier[1] != notifier.secret:
+            raise ConfigError(
+                f"{where}.secret: {earlier[0]} sends to the same webhook with another secret; use one"
+            )
+        notifiers.append(notifier)
+    return tuple(notifiers)
