@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench clean interop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,17 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
+	$(BIN)/python -c 'import langgraph.checkpoint.sqlite' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
+
+# Clients we did not write: the official TypeScript SDK and the MCP conformance suite, pinned in
+# interop/package-lock.json and installed into interop/node_modules (needs npm; brings its own Node 22).
+interop: $(RUN_STAMP)
+	@command -v npm >/dev/null || { echo "make interop needs npm (any Node.js); it fetches Node 22 itself" >&2; exit 2; }
+	@test interop/node_modules/.package-lock.json -nt interop/package-lock.json \
+		|| npm ci --prefix interop --no-audit --no-fund --loglevel=error \
+		|| npm ci --prefix interop --no-audit --no-fund --loglevel=error
+	$(BIN)/python interop/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

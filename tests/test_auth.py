@@ -174,18 +174,21 @@ async def test_a_principal_sent_as_a_tool_argument_changes_nothing(
     claims = {"principal": "reviewer-bot", "requested_by": "reviewer-bot", "as": "reviewer-bot"}
     with serving(env, tmp_path / "server.log") as url:
         async with connect(url, tokens["agent"]) as agent, connect(url, tokens["reviewer-bot"]) as bot:
-            by_bot = ok(await bot.call_tool("buy_stock", BUY | {"principal": "agent"}))
-            request_id = ok(await agent.call_tool("buy_stock", BUY | claims))["request_id"]
+            smuggled = await bot.call_tool("buy_stock", BUY | {"principal": "agent"})
+            request_id = ok(await agent.call_tool("buy_stock", BUY))["request_id"]
             approve = await agent.call_tool("approve", {"request_id": request_id} | claims)
             reject = await agent.call_tool("reject", {"request_id": request_id, "reason": "x"} | claims)
+            own = await agent.call_tool("approve", {"request_id": request_id})
             record = ok(await agent.call_tool("get_request", {"request_id": request_id}))
-            bot_record = ok(await bot.call_tool("get_request", {"request_id": by_bot["request_id"]}))
+            listed = ok(await bot.call_tool("list_pending", {}))
 
-    # Unknown arguments are dropped by the tools' schemas: they neither name the caller nor get stored.
-    assert (record["requested_by"], bot_record["requested_by"]) == ("agent", "reviewer-bot")
-    assert record["arguments"] == BUY and bot_record["arguments"] == BUY
-    assert approve.is_error and "may not decide its own request" in text(approve)
-    assert reject.is_error and "may not decide its own request" in text(reject)
+    # An argument no tool takes is refused, never read as who is calling, and nothing is filed from it.
+    for refused in (smuggled, approve, reject):
+        assert refused.is_error
+        assert "takes no such argument" in text(refused)
+    assert [r["request_id"] for r in listed["requests"]] == [request_id]
+    assert own.is_error and "may not decide its own request" in text(own)
+    assert record["requested_by"] == "agent"
     assert record["status"] == "pending"
     assert record["decisions"] == []
 

@@ -40,6 +40,9 @@ ID_PATTERN = re.compile(rf"^[0-9a-f]{{1,{ID_BYTES * 2}}}$")
 UNDECIDED = frozenset({Status.PENDING, Status.APPROVED, Status.EXECUTING})
 OPEN_STATUSES = (Status.PENDING,)
 MAX_PAGE = 200
+# Cursors are row numbers this server handed out; anything else (or anything SQLite's integers can't hold)
+# is refused before it reaches SQL.
+CURSOR_PATTERN = re.compile(r"[0-9]{1,18}")
 # Another process's commit is seen through the store's change counter; asking it this often costs
 # microseconds and bounds how late a waiter wakes.
 CHANGE_POLL_SECONDS = 0.02
@@ -349,7 +352,7 @@ class Gate:
             self._action(tool)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidArguments(f"limit: must be between 1 and {MAX_PAGE}")
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and not CURSOR_PATTERN.fullmatch(cursor):
             raise InvalidArguments("cursor: not a cursor this server returned")
         page = await self.store.page(statuses, tool, limit, cursor)
         return RequestPage(
@@ -422,14 +425,17 @@ def _process_exists(pid: int) -> bool:
 
 
 @asynccontextmanager
-async def open_gate(settings: Settings) -> AsyncIterator[Gate]:
-    """A gate over the configured SQLite store, closed on exit."""
+async def open_gate(
+    settings: Settings,
+    actions: Mapping[str, Action] | None = None,  # type: ignore[type-arg]
+) -> AsyncIterator[Gate]:
+    """A gate over the configured SQLite store and actions (built from the settings unless given)."""
     from hitl_mcp.actions import build_actions
     from hitl_mcp.store.sqlite import SQLiteStore
 
     store = SQLiteStore(settings.db_path, synchronous=settings.gate.synchronous, notify=settings.notifiers)
     await store.open()
     try:
-        yield Gate(store, build_actions(settings.actions), settings)
+        yield Gate(store, build_actions(settings.actions) if actions is None else actions, settings)
     finally:
         await store.close()

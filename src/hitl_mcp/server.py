@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
@@ -24,7 +25,8 @@ from mcp_types import (
 )
 from pydantic import AnyHttpUrl, BaseModel, Field
 
-from hitl_mcp.actions import Action
+from hitl_mcp import __version__
+from hitl_mcp.actions import Action, build_actions
 from hitl_mcp.auth import PrincipalTokens, authenticated_principal
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
@@ -85,6 +87,7 @@ def build_server(
     principal; `principal` is then never used.
     """
     acting_as = None if tokens else principal or settings.principal
+    actions = build_actions(settings.actions)
     bus = InMemorySubscriptionBus()
     legacy = LegacySubscribers()
     # Resources have no request context to reach the lifespan state through; they read it here.
@@ -112,11 +115,12 @@ def build_server(
             async with serving(gate, housekeeping=False) as state:
                 yield state
             return
-        async with open_gate(settings) as opened, serving(opened, housekeeping=True) as state:
+        async with open_gate(settings, actions) as opened, serving(opened, housekeeping=True) as state:
             yield state
 
     app: MCPServer[ServerState] = MCPServer(
         "hitl-mcp",
+        version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         token_verifier=tokens,
@@ -127,7 +131,7 @@ def build_server(
         else None,
         subscriptions=bus,
     )
-    for action in _registered_actions(settings):
+    for action in actions.values():
         app.add_tool(
             _gated_tool(action),
             name=action.name,
@@ -136,6 +140,7 @@ def build_server(
         )
     _add_companions(app)
     _add_resources(app, running, legacy)
+    app.middleware.append(_strict_arguments(app))
     return app
 
 
@@ -191,12 +196,6 @@ def serve_http(app: MCPServer[ServerState], *, host: str, port: int) -> None:
     anyio.run(uvicorn.Server(config).serve)
 
 
-def _registered_actions(settings: Settings) -> list[Action]:  # type: ignore[type-arg]
-    from hitl_mcp.actions import build_actions
-
-    return list(build_actions(settings.actions).values())
-
-
 def _state(ctx: Context[ServerState, Any]) -> ServerState:
     return ctx.request_context.lifespan_context
 
@@ -209,6 +208,45 @@ def _principal(ctx: Context[ServerState, Any]) -> str:
     if principal is None:
         raise ToolError("this call carries no authenticated principal; nothing was done")
     return principal
+
+
+def _strict_arguments(app: MCPServer[ServerState]) -> ServerMiddleware[Any]:
+    """Refuse a tool argument the tool does not take, rather than drop it: the caller meant something by
+    it (a limit price, a principal it hoped to act as). The tool listing says so with
+    `additionalProperties: false`."""
+    known: dict[str, frozenset[str]] = {}
+
+    async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method == "tools/call" and ctx.params:
+            name, sent = ctx.params.get("name"), ctx.params.get("arguments") or {}
+            if isinstance(name, str) and isinstance(sent, dict):
+                if not known:
+                    tools = await app.list_tools()
+                    known.update(
+                        {tool.name: frozenset(tool.input_schema.get("properties", {})) for tool in tools}
+                    )
+                allowed = known.get(name)
+                unknown = sorted(set(sent) - allowed) if allowed is not None else []
+                if unknown:
+                    takes = ", ".join(sorted(allowed or ())) or "no arguments"
+                    # A key that was not valid text has no name to give (pydantic says `(arguments)` too);
+                    # the prefix is the SDK's own, so clients read this like its other refusals.
+                    field = "(arguments)" if "\ufffd" in unknown[0] else unknown[0]
+                    text = (
+                        f"Error executing tool {name}: {field}: {name} takes no such argument "
+                        f"(it takes {takes}); nothing was done"
+                    )
+                    return CallToolResult(is_error=True, content=[TextContent(type="text", text=text)])
+        result = await call_next(ctx)
+        if ctx.method == "tools/list" and isinstance(result, dict):
+            # The listing arrives serialised; each tool's schema says it takes nothing else.
+            for tool in result.get("tools", ()):
+                schema = tool.get("inputSchema") if isinstance(tool, dict) else None
+                if isinstance(schema, dict):
+                    schema["additionalProperties"] = False
+        return result
+
+    return middleware
 
 
 async def _call(work: Awaitable[T]) -> T:
