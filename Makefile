@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(RUN_STAMP)
 	$(BIN)/hitl serve --http --host 127.0.0.1 --port 8000
 
-LINT_PATHS := src tests examples $(wildcard bench)
+LINT_PATHS := src tests examples interop $(wildcard bench)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
