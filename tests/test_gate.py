@@ -14,6 +14,7 @@ from hitl_mcp.errors import AmbiguousId, Expired, InvalidArguments, NotAllowed, 
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.ledger import Ledger
 from hitl_mcp.models import Status
+from tests.clock import Clock
 from tests.smtp_sink import SmtpSink
 
 BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}
@@ -98,14 +99,6 @@ async def test_nobody_decides_their_own_request(gate: Gate) -> None:
     with pytest.raises(NotAllowed):
         await gate.reject(request.request_id, "agent", "no")
     assert (await gate.get(request.request_id)).status is Status.PENDING
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_expiry_is_enforced_when_deciding(gate: Gate, settings: Settings) -> None:

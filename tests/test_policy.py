@@ -14,6 +14,7 @@ from hitl_mcp.errors import ConfigError, InvalidArguments, NotAllowed
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Status
 from hitl_mcp.server import build_server
+from tests.clock import Clock
 from tests.smtp_sink import SmtpSink
 
 POLICY = """
@@ -264,14 +265,6 @@ async def test_an_edit_into_a_denied_request_is_refused(gate: Gate) -> None:
     with pytest.raises(NotAllowed, match="refuses the edited arguments"):
         await gate.approve(request.request_id, "alice", None, {"to": "spy@competitor.com"})
     assert (await gate.get(request.request_id)).status is Status.PENDING
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_a_level_left_undecided_escalates_once_and_still_expires(

@@ -122,6 +122,23 @@ def message_id_for(request_id: str) -> str:
     return f"<{request_id}@{MESSAGE_ID_DOMAIN}>"
 
 
+async def deliver(
+    message: EmailMessage, settings: SendEmailSettings, *, timeout: float | None = None
+) -> tuple[dict[str, Any], str]:
+    """Send `message` through the configured SMTP server; aiosmtplib's errors propagate."""
+    return await aiosmtplib.send(
+        message,
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.username,
+        password=None if settings.password is None else settings.password.get_secret_value(),
+        use_tls=settings.use_tls,
+        # False, not None: None upgrades opportunistically; the config, not the server, decides.
+        start_tls=settings.starttls,
+        timeout=settings.timeout_seconds if timeout is None else timeout,
+    )
+
+
 class SendEmail(Action[EmailArguments, SendEmailSettings]):
     name = "send_email"
     description = (
@@ -164,19 +181,8 @@ class SendEmail(Action[EmailArguments, SendEmailSettings]):
         message_id = message_id_for(execution.request_id)
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = message_id
-        settings = self.settings
         try:
-            errors, response = await aiosmtplib.send(
-                message,
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=settings.username,
-                password=None if settings.password is None else settings.password.get_secret_value(),
-                use_tls=settings.use_tls,
-                # False, not None: None upgrades opportunistically; the config, not the server, decides.
-                start_tls=settings.starttls,
-                timeout=settings.timeout_seconds,
-            )
+            errors, response = await deliver(message, self.settings)
         except (aiosmtplib.SMTPException, OSError) as error:
             raise ActionFailed(f"SMTP delivery failed: {error}") from error
         return {

@@ -44,7 +44,7 @@ import aiosmtplib
 import anyio
 import httpx2
 
-from hitl_mcp.actions.send_email import MESSAGE_ID_DOMAIN, SendEmailSettings
+from hitl_mcp.actions.send_email import MESSAGE_ID_DOMAIN, SendEmailSettings, deliver
 from hitl_mcp.config import Settings
 from hitl_mcp.gate import Gate
 from hitl_mcp.notify import render
@@ -306,16 +306,7 @@ class Deliverer:
         message["X-Hitl-Event"] = row.event
         message.set_content(render.text(row.payload))
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=smtp.smtp_host,
-                port=smtp.smtp_port,
-                username=smtp.username,
-                password=None if smtp.password is None else smtp.password.get_secret_value(),
-                use_tls=smtp.use_tls,
-                start_tls=smtp.starttls,
-                timeout=min(smtp.timeout_seconds, self.policy.timeout_seconds),
-            )
+            await deliver(message, smtp, timeout=min(smtp.timeout_seconds, self.policy.timeout_seconds))
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refused.code for refused in error.recipients]
             raise DeliveryFailed(
