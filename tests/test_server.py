@@ -76,6 +76,8 @@ async def test_approver_agent_releases_the_action_and_the_agent_sees_the_outcome
 
         pending = ok(await approver.call_tool("list_pending", {}))
         assert [r["request_id"] for r in pending["requests"]] == [request_id]
+        assert pending["requests"][0]["summary"] == "Buy 100 GOOGL at $150.00 — total $15,000.00"
+        assert pending["requests"][0]["waits_on"] == "1 × anyone but the requester"
         approved = ok(
             await approver.call_tool("approve", {"request_id": request_id, "reason": "within limits"})
         )

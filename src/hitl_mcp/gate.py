@@ -124,11 +124,11 @@ class Gate:
             policy=snapshot,
             escalate_at=escalation_time(snapshot, 0 if snapshot.levels else None, now),
         )
-        await self.store.insert(new)
+        filed = await self.store.insert(new)
         self._signal()
         if new.auto_approved:
             return await self.execute(request_id)
-        return await self.get(request_id)
+        return filed
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class Gate:
         arguments: Mapping[str, Any] | None = None,
     ) -> Request:
         """Record one decision under the request's policy, and nothing more: `approve` also runs it."""
-        request_id = await self.resolve(ref)
+        request_id = await self._decidable_id(ref)
         edit = None if arguments is None else await self._prepare_edit(await self.get(request_id), arguments)
         now = self.clock()
         roles = self.settings.roles_of(principal)
@@ -251,9 +251,9 @@ class Gate:
         _test_pause("after-claim", request_id)
         status, result, error = await self._run(claimed)
         _test_pause("after-action", request_id)
-        await self.store.finish(request_id, status, self.worker, result, error, self.clock())
+        finished = await self.store.finish(request_id, status, self.worker, result, error, self.clock())
         self._signal()
-        return await self.get(request_id)
+        return self._observed(finished) if finished is not None else await self.get(request_id)
 
     async def _run(self, request: Request) -> tuple[Status, dict[str, Any] | None, str | None]:
         if arguments_digest(request.tool, request.arguments) != request.arguments_digest:
@@ -322,6 +322,14 @@ class Gate:
             raise AmbiguousId(f"{ref!r} matches more than one request; give more of the id")
         return matches[0]
 
+    async def _decidable_id(self, ref: str) -> str:
+        """`resolve` without its lookup for a whole id: the decision's transaction reads the request anyway
+        and refuses an id that does not exist with the same `NotFound`."""
+        whole = ref.strip().lower()
+        if len(whole) == ID_BYTES * 2 and ID_PATTERN.match(whole):
+            return whole
+        return await self.resolve(ref)
+
     async def get(self, ref: str) -> Request:
         request = await self.store.get(ref)
         if request is None:
@@ -366,6 +374,9 @@ class Gate:
         request_id = await self.resolve(ref)
         deadline = time.monotonic() + timeout
         while True:
+            # What "changed" means is fixed before the read: a commit landing between the read and the
+            # wait would otherwise go unseen until the next change or the timeout.
+            changed, before = self._changed, await self.store.change_counter()
             request = await self.get(request_id)
             if request.status is Status.PENDING and request.expires_at.timestamp() <= self.clock():
                 await self.sweep()
@@ -375,11 +386,9 @@ class Gate:
                 return request
             if progress is not None:
                 await progress(timeout - remaining, timeout)
-            await self._wait_for_change(min(remaining, 5.0))
+            await self._wait_for_change(changed, before, min(remaining, 5.0))
 
-    async def _wait_for_change(self, timeout: float) -> None:
-        changed = self._changed
-        before = await self.store.change_counter()
+    async def _wait_for_change(self, changed: anyio.Event, before: int, timeout: float) -> None:
         with anyio.move_on_after(timeout):
             while True:
                 with anyio.move_on_after(CHANGE_POLL_SECONDS):

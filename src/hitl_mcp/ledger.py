@@ -11,6 +11,7 @@ returns the first fill instead of buying twice, which is what makes a retried ex
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -105,6 +106,7 @@ class Ledger:
             raise ValueError("starting_cash must not be negative")
         self.path = Path(path)
         self.starting_cash_cents = to_cents(starting_cash)
+        self._local = threading.local()
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -158,6 +160,14 @@ class Ledger:
         conn.execute("PRAGMA journal_mode = WAL")
         return conn
 
+    def _writer(self) -> sqlite3.Connection:
+        """This worker thread's write connection, opened once: opening one (and asking for WAL) costs
+        several times the order's own transaction."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         """Create the tables and seed the cash; run inside the caller's write transaction.
 
@@ -201,20 +211,17 @@ class Ledger:
 
     def _buy_sync(self, client_order_id: str, symbol: str, quantity: int, price: float) -> Fill:
         total_cents = order_total_cents(quantity, price)
-        conn = self._connect()
+        conn = self._writer()
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._ensure_schema(conn)
-                fill = self._buy_in_transaction(conn, client_order_id, symbol, quantity, price, total_cents)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            conn.execute("COMMIT")
-            return fill
-        finally:
-            conn.close()
+            self._ensure_schema(conn)
+            fill = self._buy_in_transaction(conn, client_order_id, symbol, quantity, price, total_cents)
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        conn.execute("COMMIT")
+        return fill
 
     def _buy_in_transaction(
         self,

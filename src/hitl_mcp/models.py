@@ -108,6 +108,43 @@ class AuditEvent(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class RequestSummary(BaseModel):
+    """One line of the queue: enough to choose what to read in full with `get_request`."""
+
+    request_id: str
+    tool: str
+    status: Status
+    summary: str
+    arguments: dict[str, Any]
+    requested_by: str
+    created_at: datetime
+    expires_at: datetime
+    waits_on: str | None = Field(description="Who may decide the level it waits on")
+    escalated: bool
+
+    @classmethod
+    def of(cls, request: Request) -> RequestSummary:
+        return cls(
+            request_id=request.request_id,
+            tool=request.tool,
+            status=request.status,
+            summary=request.summary,
+            arguments=request.arguments,
+            requested_by=request.requested_by,
+            created_at=request.created_at,
+            expires_at=request.expires_at,
+            waits_on=request.approval.may_decide,
+            escalated=request.approval.escalated,
+        )
+
+
+class SummaryPage(BaseModel):
+    requests: list[RequestSummary]
+    next_cursor: str | None = Field(
+        default=None, description="Pass back as `cursor` for the next page; null when this is the last."
+    )
+
+
 class RequestPage(BaseModel):
     requests: list[Request]
     next_cursor: str | None = Field(

@@ -32,7 +32,7 @@ from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers
-from hitl_mcp.models import Request, RequestPage, Status
+from hitl_mcp.models import Request, RequestSummary, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
 
 T = TypeVar("T")
@@ -327,9 +327,14 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         cursor: Annotated[
             str | None, Field(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
         ] = None,
-    ) -> RequestPage:
-        """Requests waiting for a decision, oldest first, a page at a time."""
-        return await _call(_state(ctx).gate.list(tool=tool, limit=limit, cursor=cursor))
+    ) -> SummaryPage:
+        """Requests waiting for a decision, oldest first, a page at a time: one line each (summary,
+        arguments, who may decide); `get_request` gives the whole record with its preview."""
+        page = await _call(_state(ctx).gate.list(tool=tool, limit=limit, cursor=cursor))
+        # A page of whole records costs a client ten times more to check against the output schema.
+        return SummaryPage(
+            requests=[RequestSummary.of(request) for request in page.requests], next_cursor=page.next_cursor
+        )
 
     @app.tool(annotations=read_only)
     async def get_request(ctx: Context[ServerState, Any], request_id: RequestId) -> Request:

@@ -78,8 +78,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def insert(self, request: NewRequest) -> None:
-        """File a request with its `filed` audit record: pending, or approved when its policy needs none."""
+    async def insert(self, request: NewRequest) -> Request:
+        """File a request with its `filed` audit record: pending, or approved when its policy needs none.
+        Returns the record as stored, read in the same transaction."""
 
     async def record_denial(
         self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
@@ -106,8 +107,9 @@ class Store(Protocol):
         result: dict[str, Any] | None,
         error: str | None,
         now: float,
-    ) -> bool:
-        """executing → executed/failed with the outcome."""
+    ) -> Request | None:
+        """executing → executed/failed with the outcome; the record as it then stands, or None if the
+        request was not executing."""
 
     async def expire_overdue(self, now: float, limit: int = 500) -> list[str]:
         """pending/approved whose expiry passed → expired; returns their ids."""

@@ -258,10 +258,10 @@ class SQLiteStore:
 
     # -- transitions -----------------------------------------------------------------------------
 
-    async def insert(self, request: NewRequest) -> None:
+    async def insert(self, request: NewRequest) -> Request:
         status = Status.APPROVED if request.auto_approved else Status.PENDING
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: sqlite3.Connection) -> Request:
             conn.execute(
                 "INSERT INTO requests (id, tool, arguments, arguments_digest, summary, preview, status, "
                 "requested_by, created_at, expires_at, updated_at, policy, escalate_at) "
@@ -299,8 +299,11 @@ class SQLiteStore:
                     request.created_at,
                     {"policy": request.policy.describe()},
                 )
+            filed = _fetch(conn, request.request_id)
+            assert filed is not None
+            return filed
 
-        await self._write(insert)
+        return await self._write(insert)
 
     async def record_denial(
         self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
@@ -427,8 +430,8 @@ class SQLiteStore:
         result: dict[str, Any] | None,
         error: str | None,
         now: float,
-    ) -> bool:
-        def finish(conn: sqlite3.Connection) -> bool:
+    ) -> Request | None:
+        def finish(conn: sqlite3.Connection) -> Request | None:
             changed = conn.execute(
                 "UPDATE requests SET status = ?, result = ?, error = ?, updated_at = ? "
                 "WHERE id = ? AND status = 'executing'",
@@ -436,7 +439,7 @@ class SQLiteStore:
             ).rowcount
             if changed:
                 _audit(conn, request_id, status.value, actor, now, {"error": error} if error else None)
-            return bool(changed)
+            return _fetch(conn, request_id) if changed else None
 
         return await self._write(finish)
 

@@ -1,0 +1,101 @@
+"""`python -m bench`: run every benchmark, print the table, end with one line of JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import cold_start, engine, listing, mcp_cycle, mcp_file, rss, storage, wake
+from bench.common import Context, Figure
+
+BENCHMARKS: list[tuple[str, Callable[[Context], list[Figure]]]] = [
+    ("engine_cycle_ratio", engine.run),
+    ("mcp_file_ratio", mcp_file.run),
+    ("mcp_cycle_vs_langgraph", mcp_cycle.run),
+    ("list_page_p50_ms_100k", listing.run),
+    ("bytes_per_request", storage.run),
+    ("wake_p99_ms", wake.run),
+    ("cold_start_ratio", cold_start.run),
+    ("rss_mb_100k", rss.run),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--only", nargs="+", metavar="KEY", choices=[key for key, _ in BENCHMARKS], help="run only these"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few repetitions and 10,000 requests: a smoke test, not figures"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
+    ctx = Context(root=root, quick=args.quick)
+    figures: list[Figure] = []
+    failed = False
+    try:
+        for key, bench in BENCHMARKS:
+            if args.only and key not in args.only:
+                continue
+            sys.stdout.flush()
+            print(f"… {key}", file=sys.stderr, flush=True)
+            watch = time.perf_counter()
+            try:
+                figures.extend(bench(ctx))
+            except Exception as error:
+                failed = True
+                traceback.print_exc()
+                figures.append(Figure(key, None, "", None, notes=[f"the benchmark failed: {error!r}"]))
+            print(f"  {key}: {time.perf_counter() - watch:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        if args.keep:
+            print(f"temporary files kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(render(figures))
+    print(f"\n{len(figures)} figures in {time.perf_counter() - started:.0f} s", end="")
+    print(" (--quick: not comparable with the targets)" if args.quick else "")
+    print(json.dumps(collect(figures), separators=(",", ":")))
+    return 1 if failed else 0
+
+
+def render(figures: list[Figure]) -> str:
+    header = ("figure", "value", "measured", "baseline (same run)", "target", "met?")
+    rows = [
+        (
+            f.key,
+            "null" if f.value is None else f"{f.value:g}",
+            f.measured,
+            f.baseline,
+            f.target,
+            "-" if f.met is None else ("yes" if f.met else "NO"),
+        )
+        for f in figures
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    rule = "  ".join("-" * width for width in widths)
+    table = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule, *lines]
+    notes = [f"- {f.key}: {note}" for f in figures for note in f.notes]
+    return "\n".join([*table, "", *notes]) if notes else "\n".join(table)
+
+
+def collect(figures: list[Figure]) -> dict[str, float | None]:
+    found: dict[str, float | None] = {}
+    for f in figures:
+        found[f.key] = f.value
+        found.update(f.extra)
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())
