@@ -122,8 +122,8 @@ def run(ctx: Context) -> list[Figure]:
                 f"{ctx.population:,} pending + {ctx.population:,} finished requests (bulk-filled in "
                 f"{fill_seconds:.1f} s); pages of {PAGE}; {count} calls each over the in-process client",
                 f"without the client's output-schema check: first {p50['unchecked first']:.2f} ms, 100th "
-                f"{p50['unchecked 100th']:.2f} ms — the rest is the Python SDK client validating 50 full "
-                "records against list_pending's output schema with jsonschema",
+                f"{p50['unchecked 100th']:.2f} ms — the rest is the Python SDK client validating the 50 "
+                "lines against list_pending's output schema with jsonschema",
             ],
             extra={
                 "list_page_gate_p50_ms_100k": round(max(p50["gate first"], p50["gate 100th"]), 3),
