@@ -310,3 +310,11 @@ def test_processes_buying_distinct_orders_lose_no_debit(tmp_path: Path) -> None:
     assert len(order_rows(path)) == 6
     assert anyio.run(Ledger(path, 0).cash) == 1_000_000 - 6 * 15_000
     assert anyio.run(Ledger(path, 0).position, "GOOGL") == 600
+
+
+def test_a_price_below_a_hundredth_of_a_cent_is_refused_naming_the_field() -> None:
+    action = BuyStock(BuyStockSettings())
+
+    with pytest.raises(InvalidArguments, match="price"):
+        action.parse({"symbol": "GOOGL", "quantity": 1, "price": 5e-324})
+    assert action.parse({"symbol": "GOOGL", "quantity": 1, "price": 0.0001}).price == 0.0001

@@ -13,6 +13,7 @@ from hitl_mcp.ledger import Ledger, cents_to_dollars, format_dollars, order_tota
 
 SYMBOL_PATTERN = r"^[A-Za-z][A-Za-z0-9.\-]*$"
 MAX_QUANTITY = 1_000_000_000
+MIN_PRICE = 0.0001
 MAX_PRICE = 1e9
 # Cash is kept in integer cents in SQLite, whose integers stop at 2**63: a quadrillion dollars leaves room.
 MAX_STARTING_CASH = 1e15
@@ -36,10 +37,12 @@ class BuyArguments(BaseModel):
     )
     price: float = Field(
         strict=True,
-        gt=0,
+        # A hundredth of a cent: below it a price is noise that no summary could show a person honestly.
+        ge=MIN_PRICE,
         le=MAX_PRICE,
         allow_inf_nan=False,
-        description="Price per share in US dollars (greater than 0). The order fills at exactly this price.",
+        description=f"Price per share in US dollars (at least {MIN_PRICE}); the order fills at exactly this "
+        "price.",
     )
 
     @field_validator("symbol")
