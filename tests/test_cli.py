@@ -302,3 +302,44 @@ def test_approve_on_a_terminal_shows_the_preview_and_asks_first(
     accepted, screen = on_terminal(env, "approve", request_id, "--as", "alice", answer="y")
     assert accepted == 0, screen
     assert statuses(settings.db_path)[request_id] == "executed"
+
+
+def test_settle_records_what_a_person_found_for_a_request_of_unknown_outcome(
+    env: dict[str, str], settings: Settings
+) -> None:
+    running = file_request(settings, "buy_stock", BUY)
+    orphan = file_request(settings, "buy_stock", BUY)
+
+    async def claim_both() -> None:
+        async with open_gate(settings) as gate:
+            for request_id in (running, orphan):
+                await gate.decide(request_id, "alice", "approve")
+            # One claimed by a live process (this one), one by a process that no longer exists.
+            host = socket.gethostname()
+            await gate.store.claim(running, f"{host}:{os.getpid()}", time.time())
+            await gate.store.claim(orphan, f"{host}:{dead_pid()}", time.time())
+
+    anyio.run(claim_both)
+    listed = hitl(env, "list", "--status", "executing")
+    refused = hitl(env, "settle", running, "--failed", "--note", "checked", "--as", "bob")
+    settled = hitl(env, "settle", orphan, "--failed", "--note", "no order at the broker", "--as", "bob")
+
+    assert "executing (outcome unknown)" in listed.stdout
+    assert refused.returncode == 4
+    assert "still being run by" in refused.stderr
+    assert settled.returncode == 0, settled.stderr
+    assert statuses(settings.db_path) == {running: "executing", orphan: "failed"}
+    with sqlite3.connect(settings.db_path) as conn:
+        actor, details = conn.execute(
+            "SELECT actor, details FROM audit WHERE request_id = ? ORDER BY seq DESC LIMIT 1", (orphan,)
+        ).fetchone()
+    assert actor == "bob"
+    assert json.loads(details)["note"] == "no order at the broker"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has finished."""
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(finished.stdout)

@@ -255,6 +255,36 @@ class Gate:
         self._signal()
         return self._observed(finished) if finished is not None else await self.get(request_id)
 
+    async def settle(
+        self, ref: str, principal: str, outcome: Literal["executed", "failed"], note: str
+    ) -> Request:
+        """Record what a person found for a request whose outcome is unknown (its executor died mid-run).
+
+        Only such a request: one whose executor is still alive will record its own outcome."""
+        if not note.strip():
+            raise InvalidArguments("note: say what you checked and found; it goes into the audit trail")
+        request = await self.get(ref)
+        if not request.outcome_unknown:
+            running = request.status is Status.EXECUTING
+            state = f"still being run by {request.claimed_by}" if running else str(request.status)
+            raise NotPending(
+                f"request {request.request_id} is {state}, not of unknown outcome; nothing was changed"
+            )
+        status = Status.EXECUTED if outcome == "executed" else Status.FAILED
+        settled = await self.store.finish(
+            request.request_id,
+            status,
+            principal,
+            {"settled_by": principal, "note": note} if status is Status.EXECUTED else None,
+            None if status is Status.EXECUTED else f"settled by {principal}: {note}",
+            self.clock(),
+            {"settled": True, "note": note, "claimed_by": request.claimed_by},
+        )
+        if settled is None:
+            raise NotPending(f"request {request.request_id} changed meanwhile; read it again")
+        self._signal()
+        return settled
+
     async def _run(self, request: Request) -> tuple[Status, dict[str, Any] | None, str | None]:
         if arguments_digest(request.tool, request.arguments) != request.arguments_digest:
             return Status.FAILED, None, "the stored arguments no longer match what was approved; not run"

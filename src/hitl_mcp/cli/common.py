@@ -104,7 +104,10 @@ def describe(request: Request) -> str:
         lines.append(f"Claimed    by {request.claimed_by}{at}")
     if request.outcome_unknown:
         lines.append("Outcome    unknown: its claimant is gone or overdue; it may or may not have run.")
-        lines.append("           It never runs again by itself: check the target before doing anything.")
+        lines.append("           It never runs again by itself: check the target, then record what you found")
+        lines.append(
+            f"           with `hitl settle {request.request_id[:10]} --executed|--failed --note TEXT`."
+        )
     if request.result is not None:
         lines.append("Result     " + json.dumps(request.result, sort_keys=True))
     if request.error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -179,3 +179,24 @@ def cancel(request_id: str, as_name: str | None) -> None:
     principal = acting_as(as_name)
     request = with_gate(load(principal), lambda gate: gate.cancel(request_id, principal))
     report(request, False)
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--executed", "outcome", flag_value="executed", help="The action did take effect.")
+@click.option("--failed", "outcome", flag_value="failed", help="The action did not take effect.")
+@click.option("--note", required=True, help="What you checked and found; kept in the audit trail.")
+@click.option("--as", "as_name", metavar="NAME", help="Act as this principal (default: your OS user).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record afterwards as JSON.")
+@refusals
+def settle(request_id: str, outcome: str | None, note: str, as_name: str | None, as_json: bool) -> None:
+    """Record the outcome of a request whose executor died while running it (`outcome unknown`).
+
+    Nothing re-runs such a request: check the real system (the broker, the mailbox, the database), then
+    say what happened. Refused for any request that is not of unknown outcome."""
+    if outcome is None:
+        raise click.UsageError("say what happened: --executed or --failed")
+    principal = acting_as(as_name)
+    settled_as: Literal["executed", "failed"] = "executed" if outcome == "executed" else "failed"
+    request = with_gate(load(principal), lambda gate: gate.settle(request_id, principal, settled_as, note))
+    report(request, as_json)

@@ -107,9 +107,10 @@ class Store(Protocol):
         result: dict[str, Any] | None,
         error: str | None,
         now: float,
+        details: dict[str, Any] | None = None,
     ) -> Request | None:
         """executing → executed/failed with the outcome; the record as it then stands, or None if the
-        request was not executing."""
+        request was not executing. `details` go into the audit record beside the error."""
 
     async def expire_overdue(self, now: float, limit: int = 500) -> list[str]:
         """pending/approved whose expiry passed → expired; returns their ids."""

@@ -430,7 +430,10 @@ class SQLiteStore:
         result: dict[str, Any] | None,
         error: str | None,
         now: float,
+        details: dict[str, Any] | None = None,
     ) -> Request | None:
+        audited = {**({"error": error} if error else {}), **(details or {})}
+
         def finish(conn: sqlite3.Connection) -> Request | None:
             changed = conn.execute(
                 "UPDATE requests SET status = ?, result = ?, error = ?, updated_at = ? "
@@ -438,7 +441,7 @@ class SQLiteStore:
                 (status.value, None if result is None else _dumps(result), error, now, request_id),
             ).rowcount
             if changed:
-                _audit(conn, request_id, status.value, actor, now, {"error": error} if error else None)
+                _audit(conn, request_id, status.value, actor, now, audited or None)
             return _fetch(conn, request_id) if changed else None
 
         return await self._write(finish)
