@@ -320,11 +320,13 @@ def test_settle_records_what_a_person_found_for_a_request_of_unknown_outcome(
             await gate.store.claim(orphan, f"{host}:{dead_pid()}", time.time())
 
     anyio.run(claim_both)
-    listed = hitl(env, "list", "--status", "executing")
+    listed = hitl(env, "list")
     refused = hitl(env, "settle", running, "--failed", "--note", "checked", "--as", "bob")
     settled = hitl(env, "settle", orphan, "--failed", "--note", "no order at the broker", "--as", "bob")
 
+    # Without options, `hitl list` shows what needs a person: the orphan, not the one still running.
     assert "executing (outcome unknown)" in listed.stdout
+    assert running[:10] not in listed.stdout
     assert refused.returncode == 4
     assert "still being run by" in refused.stderr
     assert settled.returncode == 0, settled.stderr

@@ -47,20 +47,18 @@ LIST_PAGE = 200
 def list_requests(
     status: str | None, all_statuses: bool, tool: str | None, limit: int, as_json: bool
 ) -> None:
-    """List requests, oldest first (pending ones unless --status or --all)."""
+    """List requests, oldest first: by default what needs a person — pending requests, and executing
+    ones whose outcome is unknown — or those of one --status, or --all."""
     if status and all_statuses:
         raise click.UsageError("give --status or --all, not both")
+    needs_a_person = not (status or all_statuses)
     statuses = None if all_statuses else (Status(status) if status else Status.PENDING,)
 
     async def collect(gate: Gate) -> list[Request]:
-        found: list[Request] = []
-        cursor = None
-        while len(found) < limit:
-            page = await gate.list(statuses=statuses, tool=tool, limit=min(LIST_PAGE, limit), cursor=cursor)
-            found.extend(page.requests)
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+        found = await _pages(gate, statuses, tool, limit)
+        if needs_a_person:
+            executing = await _pages(gate, (Status.EXECUTING,), tool, limit)
+            found = sorted(found + [r for r in executing if r.outcome_unknown], key=lambda r: r.created_at)
         return found[:limit]
 
     requests = with_gate(load(), collect)
@@ -86,6 +84,20 @@ def list_requests(
     ]
     header = ("ID", "AGE", "TOOL", "STATUS", "SUMMARY", "REQUESTED BY", "WAITS ON", "EXPIRES IN")
     click.echo(table(header, rows))
+
+
+async def _pages(
+    gate: Gate, statuses: tuple[Status, ...] | None, tool: str | None, limit: int
+) -> list[Request]:
+    found: list[Request] = []
+    cursor = None
+    while len(found) < limit:
+        page = await gate.list(statuses=statuses, tool=tool, limit=min(LIST_PAGE, limit), cursor=cursor)
+        found.extend(page.requests)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    return found[:limit]
 
 
 @main.command()
