@@ -3,6 +3,7 @@ SMTP server. Filing only writes the outbox; the worker delivers, retries, gives 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -735,3 +736,21 @@ async def test_a_running_server_delivers_what_its_agents_file(
 
     assert filed.structured_content is not None
     assert filed.structured_content["request_id"] in hit.body.decode()
+
+
+async def test_delivered_rows_are_forgotten_after_the_retention_and_dead_ones_kept(
+    configure: Configure, receiver: Receiver
+) -> None:
+    receiver.always["/gone"] = 410
+    settings = configure(
+        entry(["filed"], webhook=receiver.url("/ok")) + entry(["filed"], webhook=receiver.url("/gone"))
+    )
+    forgetful = dataclasses.replace(FAST, retention_seconds=0.0, prune_every_seconds=0.0)
+    async with open_gate(settings) as gate, delivering(gate, forgetful):
+        await gate.file("buy_stock", BIG_BUY, "agent")
+        await receiver.wait_ok("/ok", 1)
+        # The next pass of the worker forgets the delivered row; the dead one stays for a person to see.
+        await until(lambda: [row["state"] for row in outbox(settings.db_path)] == ["dead"])
+
+    with sqlite3.connect(settings.db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM audit WHERE event = 'filed'").fetchone()[0] == 1

@@ -82,5 +82,8 @@ class OutboxStore(Protocol):
 
     async def outbox_summary(self, limit: int) -> OutboxSummary: ...
 
+    async def outbox_prune(self, delivered_before: float) -> int:
+        """Forget rows delivered before `delivered_before`; returns how many."""
+
     async def outbox_retry(self, row_ids: list[int] | None, now: float) -> list[int]:
         """Dead rows (these, or all when None) → pending with a fresh count of attempts."""

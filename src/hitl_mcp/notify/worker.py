@@ -78,6 +78,9 @@ class DeliveryPolicy:
     """How often an idle worker checks the store's change counter for new rows."""
     idle_seconds: float = 5.0
     """The longest an idle worker goes without looking at the outbox."""
+    retention_seconds: float = 7 * 86_400
+    """Delivered rows are forgotten after this long; the audit trail keeps their events."""
+    prune_every_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 1000:
@@ -143,8 +146,12 @@ class Deliverer:
 
     async def run_forever(self) -> None:
         """Deliver whatever is due, then wait for a change in the store or the next due row; forever."""
+        pruned = float("-inf")
         while True:
             try:
+                if self.clock() - pruned >= self.policy.prune_every_seconds:
+                    pruned = self.clock()
+                    await self.store.outbox_prune(pruned - self.policy.retention_seconds)
                 # The counter is read before looking, so a row added meanwhile cuts the wait short.
                 before = await self.store.change_counter()
                 await self.deliver_due()

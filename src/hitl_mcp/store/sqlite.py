@@ -109,6 +109,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';
 """
 
 REQUEST_COLUMNS = (
@@ -631,6 +632,16 @@ class SQLiteStore:
                     "UPDATE outbox SET claim = NULL, lease_until = NULL "
                     "WHERE id = ? AND claim = ? AND state = 'pending'",
                     (row_id, claim),
+                ).rowcount
+            )
+        )
+
+    async def outbox_prune(self, delivered_before: float) -> int:
+        """Forget deliveries made before `delivered_before`: the audit trail still holds their events."""
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (delivered_before,)
                 ).rowcount
             )
         )
