@@ -338,3 +338,45 @@ def test_a_config_without_tokens_allows_loopback_only(settings: Settings) -> Non
     assert http_tokens(settings, "127.0.0.1") is None
     with pytest.raises(ConfigError, match="without tokens"):
         http_tokens(settings, "10.0.0.1")
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
+
+def test_a_server_on_any_loopback_address_refuses_a_rebound_host_name(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    host, port = "127.0.0.2", free_port()
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [HITL, "serve", "--http", "--host", host, "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+    try:
+        url = f"http://{host}:{port}/mcp"
+        headers = {"accept": "application/json, text/event-stream"}
+        deadline = time.monotonic() + 30
+        with httpx2.Client(timeout=5) as http:
+            while True:
+                try:
+                    own = http.post(url, json=INITIALIZE, headers=headers | {"host": f"{host}:{port}"})
+                    break
+                except httpx2.TransportError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            rebound = http.post(url, json=INITIALIZE, headers=headers | {"host": f"evil.example:{port}"})
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+    assert own.status_code == 200
+    assert rebound.status_code == 421

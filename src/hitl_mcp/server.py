@@ -16,6 +16,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
     CallToolResult,
     SubscribeRequestParams,
@@ -27,7 +28,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field
 
 from hitl_mcp import __version__
 from hitl_mcp.actions import Action, build_actions
-from hitl_mcp.auth import PrincipalTokens, authenticated_principal
+from hitl_mcp.auth import PrincipalTokens, authenticated_principal, is_loopback
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Gate, open_gate
@@ -191,9 +192,24 @@ def serve_http(app: MCPServer[ServerState], *, host: str, port: int) -> None:
 
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
-    # `host` also decides the SDK's DNS-rebinding protection, which it enables for loopback hosts.
-    config = uvicorn.Config(app.streamable_http_app(host=host), host=host, port=port, log_config=log_config)
+    config = uvicorn.Config(
+        app.streamable_http_app(host=host, transport_security=rebinding_protection(host)),
+        host=host,
+        port=port,
+        log_config=log_config,
+    )
     anyio.run(uvicorn.Server(config).serve)
+
+
+def rebinding_protection(host: str) -> TransportSecuritySettings | None:
+    """Host and Origin checks for a server bound to any loopback address, not only the three the SDK
+    protects by itself: a web page must not reach a local server by rebinding a name to it."""
+    if not is_loopback(host) or host in ("127.0.0.1", "localhost", "::1"):
+        return None  # the SDK's own defaults: on for those three, off for public binds (tokens guard them)
+    names = [host, "127.0.0.1", "localhost"]
+    return TransportSecuritySettings(
+        allowed_hosts=[f"{name}:*" for name in names], allowed_origins=[f"http://{name}:*" for name in names]
+    )
 
 
 def _state(ctx: Context[ServerState, Any]) -> ServerState:
