@@ -1,0 +1,214 @@
+"""The Store contract: what the gate relies on from any store. Every implementation runs this suite.
+
+Today that is the SQLite store; a PostgreSQL store joins by adding its factory to `STORES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from hitl_mcp.decisions import plan
+from hitl_mcp.errors import NotAllowed, NotFound, NotPending
+from hitl_mcp.models import Request, Status
+from hitl_mcp.policy import DEFAULT_RULE, Snapshot
+from hitl_mcp.store import NewRequest, Planner, Store
+from hitl_mcp.store.sqlite import SQLiteStore
+
+NOW = 1_000_000.0
+TTL = 3600.0
+DEFAULT = Snapshot(rule=None, approval="required", levels=DEFAULT_RULE.levels)
+
+StoreFactory = Callable[[Path], Store]
+STORES: dict[str, StoreFactory] = {"sqlite": lambda folder: SQLiteStore(folder / "store.db")}
+
+
+@pytest.fixture(params=sorted(STORES))
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Store]]:
+    """Opens a store on the same database each call — as another process would."""
+    factory = STORES[request.param]
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        store = factory(tmp_path)
+        await store.open()
+        opened.append(store)
+        return store
+
+    return open_one
+
+
+@pytest.fixture
+async def store(open_store: Callable[[], Awaitable[Store]]) -> AsyncIterator[Store]:
+    opened = await open_store()
+    yield opened
+    await opened.close()
+
+
+def new(request_id: str, *, requested_by: str = "agent", created_at: float = NOW) -> NewRequest:
+    return NewRequest(
+        request_id=request_id,
+        tool="buy_stock",
+        arguments={"symbol": "GOOGL", "quantity": 1, "price": 1.0},
+        arguments_digest="d" * 64,
+        summary="Buy 1 GOOGL at $1.00 — total $1.00",
+        preview={"total": 1.0},
+        requested_by=requested_by,
+        created_at=created_at,
+        expires_at=created_at + TTL,
+        policy=DEFAULT,
+    )
+
+
+def approval(principal: str, now: float = NOW) -> Planner:
+    return lambda current: plan(
+        current, principal=principal, roles=(), verdict="approve", reason=None, edit=None, now=now
+    )
+
+
+async def test_an_inserted_request_reads_back_pending_with_its_filed_event(store: Store) -> None:
+    filed = await store.insert(new("a1"))
+
+    assert filed.status is Status.PENDING
+    assert await store.get("a1") == filed
+    assert [event.event for event in await store.audit_trail("a1")] == ["filed"]
+
+
+async def test_a_decision_applies_its_plan_and_a_refusing_plan_writes_nothing(store: Store) -> None:
+    await store.insert(new("a1"))
+
+    with pytest.raises(NotAllowed):
+        await store.decide("a1", approval("agent"), NOW)
+    assert [event.event for event in await store.audit_trail("a1")] == ["filed"]
+    decided = await store.decide("a1", approval("alice"), NOW)
+
+    assert decided.status is Status.APPROVED
+    assert [d.principal for d in decided.decisions] == ["alice"]
+    with pytest.raises(NotPending):
+        await store.decide("a1", approval("bob"), NOW)
+    with pytest.raises(NotFound):
+        await store.decide("nope", approval("bob"), NOW)
+
+
+async def test_exactly_one_of_many_concurrent_claims_wins(
+    store: Store, open_store: Callable[[], Awaitable[Store]]
+) -> None:
+    await store.insert(new("a1"))
+    await store.decide("a1", approval("alice"), NOW)
+    others = [await open_store() for _ in range(4)]
+    won: list[Request] = []
+
+    async def claim(claimant: Store, worker: str) -> None:
+        claimed = await claimant.claim("a1", worker, NOW)
+        if claimed is not None:
+            won.append(claimed)
+
+    async with anyio.create_task_group() as tasks:
+        for number, claimant in enumerate([store, *others]):
+            tasks.start_soon(claim, claimant, f"worker-{number}")
+    for other in others:
+        await other.close()
+
+    assert len(won) == 1
+    assert won[0].status is Status.EXECUTING
+    assert await store.claim("a1", "late", NOW) is None
+
+
+async def test_finish_applies_only_to_an_executing_request(store: Store) -> None:
+    await store.insert(new("a1"))
+    assert await store.finish("a1", Status.EXECUTED, "w", {"ok": True}, None, NOW) is None
+    await store.decide("a1", approval("alice"), NOW)
+    await store.claim("a1", "w", NOW)
+
+    done = await store.finish("a1", Status.EXECUTED, "w", {"ok": True}, None, NOW)
+
+    assert done is not None
+    assert (done.status, done.result) == (Status.EXECUTED, {"ok": True})
+    assert await store.finish("a1", Status.FAILED, "w", None, "again", NOW) is None
+    events = [event.event for event in await store.audit_trail("a1")]
+    assert events == ["filed", "approved", "claimed", "executed"]
+
+
+async def test_a_claim_after_expiry_fails_and_the_sweep_expires_open_requests(store: Store) -> None:
+    await store.insert(new("old"))
+    await store.insert(new("young", created_at=NOW + TTL - 1))
+    await store.insert(new("approved"))
+    await store.decide("approved", approval("alice"), NOW)
+    later = NOW + TTL + 1
+
+    assert await store.claim("approved", "w", later) is None
+    assert sorted(await store.expire_overdue(later)) == ["approved", "old"]
+    assert await store.expire_overdue(later) == []
+    young = await store.get("young")
+    assert young is not None
+    assert young.status is Status.PENDING
+
+
+async def test_only_the_requester_cancels_and_only_while_pending(store: Store) -> None:
+    await store.insert(new("a1"))
+
+    assert not await store.cancel("a1", "alice", NOW)
+    assert await store.cancel("a1", "agent", NOW)
+    assert not await store.cancel("a1", "agent", NOW)
+    cancelled = await store.get("a1")
+    assert cancelled is not None
+    assert cancelled.status is Status.CANCELLED
+
+
+async def test_pages_are_keyset_ordered_and_filtered(store: Store) -> None:
+    for number in range(5):
+        await store.insert(new(f"r{number}", created_at=NOW + number))
+    await store.cancel("r2", "agent", NOW)
+
+    first = await store.page((Status.PENDING,), None, 2, None)
+    rest = await store.page((Status.PENDING,), None, 2, first.next_cursor)
+    everything = await store.page(None, None, 10, None)
+
+    assert [r.request_id for r in first.requests + rest.requests] == ["r0", "r1", "r3", "r4"]
+    assert rest.next_cursor is None
+    assert len(everything.requests) == 5
+    assert (await store.page(None, "send_email", 10, None)).requests == []
+
+
+async def test_prefixes_match_ids_and_nothing_else(store: Store) -> None:
+    await store.insert(new("abc1"))
+    await store.insert(new("abc2"))
+    await store.insert(new("abd3"))
+
+    assert await store.match_prefix("abc", limit=5) == ["abc1", "abc2"]
+    assert await store.match_prefix("abd") == ["abd3"]
+    assert await store.match_prefix("zz") == []
+
+
+async def test_approved_requests_nobody_claimed_are_found_for_release(store: Store) -> None:
+    await store.insert(new("a1"))
+    await store.insert(new("a2"))
+    await store.decide("a1", approval("alice"), NOW)
+    await store.decide("a2", approval("alice"), NOW)
+    await store.claim("a2", "w", NOW)
+
+    assert await store.approved_unclaimed(NOW + 1) == ["a1"]
+    assert await store.approved_unclaimed(NOW) == []
+
+
+async def test_another_connections_commit_moves_the_counter_and_shows_what_changed(
+    store: Store, open_store: Callable[[], Awaitable[Store]]
+) -> None:
+    await store.insert(new("a1"))
+    _, seen = await store.changed_since(None)
+    before = await store.change_counter()
+    other = await open_store()
+    try:
+        await other.insert(new("a2"))
+        await other.cancel("a1", "agent", NOW)
+    finally:
+        await other.close()
+
+    assert await store.change_counter() != before
+    changed, newest = await store.changed_since(seen)
+    assert sorted(changed) == ["a1", "a2"]
+    assert newest > seen
+    assert await store.changed_since(newest) == ([], newest)
