@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const GATED = ["buy_stock", "send_email", "delete_database_records"];
 const COMPANIONS = [
@@ -169,10 +170,32 @@ async function main() {
     assert.equal(result.structuredContent.status, "pending");
   });
 
+  const uri = `hitl://requests/${requestId}`;
+  let updated;
+  await check("resources/read and resources/subscribe (the older handshake) on the request", async () => {
+    assert.ok(client.getServerCapabilities()?.resources?.subscribe, "the server declares resources.subscribe");
+    const read = await client.readResource({ uri });
+    assert.equal(JSON.parse(read.contents[0].text).request_id, requestId);
+    updated = new Promise((resolve) => {
+      client.setNotificationHandler(ResourceUpdatedNotificationSchema, (notification) => {
+        if (notification.params.uri === uri) resolve(performance.now());
+      });
+    });
+    await client.subscribeResource({ uri });
+  });
+
+  let cancelledAt;
   await check("tools/call cancel_request withdraws it", async () => {
     const result = await client.callTool({ name: "cancel_request", arguments: { request_id: requestId } });
+    cancelledAt = performance.now();
     assert.ok(!result.isError, textOf(result));
     assert.equal(result.structuredContent.status, "cancelled");
+  });
+
+  await check("notifications/resources/updated arrives for the subscribed request", async () => {
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("no update within 2 s")), 2000));
+    const heardAt = await Promise.race([updated, timeout]);
+    return `${Math.max(0, heardAt - cancelledAt).toFixed(0)} ms after the cancel answered`;
   });
 
   await client.close();
