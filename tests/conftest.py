@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import Gate, open_gate
+from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
 
 USERS = [
@@ -45,42 +45,17 @@ def target_db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config_file(tmp_path: Path, smtp: SmtpSink, target_db: Path) -> Path:
-    path = tmp_path / "hitl.toml"
-    path.write_text(
-        f"""
-[gate]
-default_ttl_seconds = 3600
-sweep_interval_seconds = 0.2
-orphan_grace_seconds = 0.5
-
-[actions.buy_stock]
-ledger = "ledger.db"
-starting_cash = 100000.0
-
-[actions.send_email]
-smtp_host = "{smtp.host}"
-smtp_port = {smtp.port}
-sender = "agent@example.com"
-
-[actions.delete_database_records]
-database = "{target_db.name}"
-allowed_tables = ["users", "sessions"]
-""",
-        encoding="utf-8",
+    tables = (
+        f'\n[actions.delete_database_records]\ndatabase = "{target_db.name}"\n'
+        'allowed_tables = ["users", "sessions"]\n'
     )
-    return path
+    return write_config(tmp_path / "hitl.toml", smtp_port=smtp.port, extra=tables)
 
 
 @pytest.fixture
 def env(tmp_path: Path, config_file: Path) -> dict[str, str]:
     """The environment a `hitl` process gets: this test's store and config, nothing of the user's."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "HITL_DB": str(tmp_path / "hitl.db"),
-        "HITL_CONFIG": str(config_file),
-        "HITL_PRINCIPAL": "agent",
-    }
+    return process_env(tmp_path, config_file)
 
 
 @pytest.fixture

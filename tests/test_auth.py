@@ -59,31 +59,34 @@ def tokens(env: dict[str, str], config_file: Path) -> dict[str, str]:
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
+def serving(env: dict[str, str], log: Path, *args: str, host: str = "127.0.0.1") -> Iterator[str]:
     """A `hitl serve --http` process on a free loopback port; yields its MCP URL once the port answers.
 
     Its stderr goes to `log`, its stdout to `log` with the suffix .stdout."""
     port = free_port()
     with log.open("wb") as stderr, log.with_suffix(".stdout").open("wb") as stdout:
         server = subprocess.Popen(
-            [HITL, "serve", "--http", "--port", str(port), *args], env=env, stdout=stdout, stderr=stderr
+            [HITL, "serve", "--http", "--host", host, "--port", str(port), *args],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
         )
     try:
         deadline = time.monotonic() + 30
-        while not port_open(port):
+        while not port_open(port, host):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"hitl serve --http did not start: {log.read_text()}")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://{host}:{port}/mcp"
     finally:
         server.kill()
         server.wait(timeout=10)
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with httpx2.Client() as http:
-            http.get(f"http://127.0.0.1:{port}/", timeout=1)
+            http.get(f"http://{host}:{port}/", timeout=1)
     except httpx2.TransportError:
         return False
     return True
@@ -340,43 +343,15 @@ def test_a_config_without_tokens_allows_loopback_only(settings: Settings) -> Non
         http_tokens(settings, "10.0.0.1")
 
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
-
-
 def test_a_server_on_any_loopback_address_refuses_a_rebound_host_name(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    host, port = "127.0.0.2", free_port()
-    with (tmp_path / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [HITL, "serve", "--http", "--host", host, "--port", str(port)], env=env, stdout=log, stderr=log
+    with serving(env, tmp_path / "server.log", host="127.0.0.2") as url, httpx2.Client(timeout=5) as http:
+        netloc = url.split("/")[2]
+        own = http.post(url, json=INITIALIZE, headers=ACCEPT | {"Host": netloc})
+        rebound = http.post(
+            url, json=INITIALIZE, headers=ACCEPT | {"Host": "evil.example:" + netloc.split(":")[1]}
         )
-    try:
-        url = f"http://{host}:{port}/mcp"
-        headers = {"accept": "application/json, text/event-stream"}
-        deadline = time.monotonic() + 30
-        with httpx2.Client(timeout=5) as http:
-            while True:
-                try:
-                    own = http.post(url, json=INITIALIZE, headers=headers | {"host": f"{host}:{port}"})
-                    break
-                except httpx2.TransportError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            rebound = http.post(url, json=INITIALIZE, headers=headers | {"host": f"evil.example:{port}"})
-    finally:
-        server.kill()
-        server.wait(timeout=10)
 
     assert own.status_code == 200
     assert rebound.status_code == 421

@@ -50,6 +50,8 @@ from hitl_mcp.errors import ConfigError
 from hitl_mcp.gate import TEST_PAUSE_AT, Gate, open_gate
 from hitl_mcp.ledger import Ledger
 from hitl_mcp.models import Request, Status
+from tests.environment import process_env, write_config
+from tests.test_cli import HITL
 
 SCALE = float(os.environ.get("HITL_STRESS_SCALE", "1"))
 WINDOWS = ("before-claim", "after-claim", "mid-action", "after-action", "anywhere")
@@ -59,7 +61,6 @@ CONCURRENT_TRIALS = 3
 ANYWHERE_START = 0.2  # seconds: about when `hitl approve` decides, after its start-up
 SEED = int(os.environ.get("HITL_STRESS_SEED") or random.SystemRandom().randrange(1, 2**31))
 DEADLINE = 30.0
-HITL = str(Path(sys.executable).parent / "hitl")
 BUY = {"symbol": "CRSH", "quantity": 1, "price": 1.0}
 HOST = socket.gethostname()
 
@@ -129,32 +130,7 @@ def holding_smtp() -> Iterator[HoldingSmtp]:
 
 @pytest.fixture
 def crash_env(tmp_path: Path, holding_smtp: HoldingSmtp) -> dict[str, str]:
-    config = tmp_path / "crash.toml"
-    config.write_text(
-        f"""
-[gate]
-default_ttl_seconds = 3600
-sweep_interval_seconds = 0.2
-orphan_grace_seconds = 0.5
-
-[actions.buy_stock]
-ledger = "ledger.db"
-starting_cash = 100000.0
-
-[actions.send_email]
-smtp_host = "127.0.0.1"
-smtp_port = {holding_smtp.port}
-sender = "agent@example.com"
-""",
-        encoding="utf-8",
-    )
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "HITL_DB": str(tmp_path / "hitl.db"),
-        "HITL_CONFIG": str(config),
-        "HITL_PRINCIPAL": "agent",
-    }
+    return process_env(tmp_path, write_config(tmp_path / "crash.toml", smtp_port=holding_smtp.port))
 
 
 # -- the trials -----------------------------------------------------------------------------------------

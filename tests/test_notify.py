@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import sqlite3
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,8 +33,8 @@ from hitl_mcp.notify.worker import DeliveryPolicy, deliver_due, deliver_forever
 from hitl_mcp.server import build_server
 from hitl_mcp.store.sqlite import SQLiteStore
 from tests.smtp_sink import SmtpSink
+from tests.test_cli import HITL
 
-HITL = str(Path(sys.executable).parent / "hitl")
 SECRET = "s3cret-for-tests"
 BIG_BUY = {"symbol": "GOOGL", "quantity": 100, "price": 150.0}  # $15,000: a trader, then a risk manager
 SMALL_BUY = {"symbol": "GOOGL", "quantity": 1, "price": 10.0}  # $10: no approval needed

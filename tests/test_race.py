@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,13 +34,14 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp_types import CallToolResult, TextContent
 
 from hitl_mcp.actions.send_email import message_id_for
 from hitl_mcp.config import Settings
 from hitl_mcp.gate import open_gate
 from hitl_mcp.ledger import Ledger
 from tests.smtp_sink import SmtpSink
+from tests.test_cli import HITL, free_port
+from tests.test_server import text
 
 SCALE = float(os.environ.get("HITL_STRESS_SCALE", "1"))
 REQUESTS = max(20, round(500 * SCALE))
@@ -51,7 +51,6 @@ CLI_PER_LANE = max(2, round(40 * SCALE))
 EMAIL_EVERY = 5  # one request in five sends an email; the others buy one share
 SEED = int(os.environ.get("HITL_STRESS_SEED") or random.SystemRandom().randrange(1, 2**31))
 DEADLINE = 90.0 * max(1.0, SCALE)
-HITL = str(Path(sys.executable).parent / "hitl")
 DRIVER = str(Path(__file__).with_name("race_driver.py"))
 
 
@@ -235,17 +234,6 @@ def is_pending(db: Path, request_id: str) -> bool:
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT status FROM requests WHERE id = ?", (request_id,)).fetchone()
     return bool(row and row[0] == "pending")
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
