@@ -31,7 +31,7 @@ from hitl_mcp.errors import (
     NotPending,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
-from hitl_mcp.store import Edit, NewRequest, Store
+from hitl_mcp.store import Edit, NewRequest, Store, wait_for_change
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,6 @@ MAX_PAGE = 200
 # Cursors are row numbers this server handed out; anything else (or anything SQLite's integers can't hold)
 # is refused before it reaches SQL.
 CURSOR_PATTERN = re.compile(r"[0-9]{1,18}")
-# Another process's commit is seen through the store's change counter; asking it this often costs
-# microseconds and bounds how late a waiter wakes.
-CHANGE_POLL_SECONDS = 0.02
 
 ProgressFn = Callable[[float, float], Awaitable[None]]
 
@@ -416,20 +413,12 @@ class Gate:
                 return request
             if progress is not None:
                 await progress(timeout - remaining, timeout)
-            await self._wait_for_change(changed, before, min(remaining, 5.0))
+            await wait_for_change(self.store, before, min(remaining, 5.0), local=changed)
 
-    async def _wait_for_change(self, changed: anyio.Event, before: int, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            while True:
-                with anyio.move_on_after(CHANGE_POLL_SECONDS):
-                    await changed.wait()
-                    return
-                if await self.store.change_counter() != before:
-                    return
-
-    async def wait_local_change(self) -> None:
-        """Return at the next change this gate makes (other processes' show in the store's counter)."""
-        await self._changed.wait()
+    @property
+    def change_event(self) -> anyio.Event:
+        """Set at the next change this gate makes; other processes' changes show in the store's counter."""
+        return self._changed
 
     def _signal(self) -> None:
         self._changed.set()

@@ -10,7 +10,7 @@ clients through the `resources/subscribe` handshake they used.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,15 +19,14 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ResourceUpdated, SubscriptionBus
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
-from hitl_mcp.store import Store
+from hitl_mcp.store import Store, wait_for_change
 
 logger = logging.getLogger(__name__)
 
 PENDING_URI = "hitl://requests/pending"
 REQUEST_URI = "hitl://requests/{request_id}"
-# How often the store's change counter is asked; it bounds how late a subscriber hears of another
-# process's change, and costs microseconds a time.
-POLL_SECONDS = 0.02
+# The feed wakes on every change; with none it looks again this often anyway.
+IDLE_SECONDS = 1.0
 
 
 def request_uri(request_id: str) -> str:
@@ -73,14 +72,15 @@ class ChangeFeed:
         await self.bus.publish(ResourceUpdated(uri=uri))
         await self.legacy.notify(uri)
 
-    async def run(self, local_change: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Forever: wait for a change, publish what changed. Cancel it to stop."""
+    async def run(self, local_change: Callable[[], anyio.Event] | None = None) -> None:
+        """Forever: wait for a change, publish what changed. Cancel it to stop.
+
+        `local_change` gives the event this process sets at its next change, heard without polling."""
         _, seen = await self.store.changed_since(None)
         version = await self.store.change_counter()
         while True:
-            with anyio.move_on_after(POLL_SECONDS):
-                if local_change is not None:
-                    await local_change()
+            local = local_change() if local_change is not None else None
+            await wait_for_change(self.store, version, IDLE_SECONDS, local=local)
             current = await self.store.change_counter()
             if current == version:
                 continue

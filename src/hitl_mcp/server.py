@@ -101,7 +101,7 @@ def build_server(
             if housekeeping:
                 tasks.start_soon(opened.maintain)
                 tasks.start_soon(deliver_forever, opened)
-            tasks.start_soon(feed.run, opened.wait_local_change)
+            tasks.start_soon(feed.run, lambda: opened.change_event)
             state = ServerState(opened, acting_as)
             running.append(state)
             try:

@@ -15,6 +15,7 @@ from hitl_mcp.cli.common import acting_as, describe, duration, expires_in, load,
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Request, Status
+from hitl_mcp.store import wait_for_change
 
 # Ages and countdowns move even when nothing changes; redraw at least this often.
 TICK_SECONDS = 1.0
@@ -95,17 +96,12 @@ async def run_command(gate: Gate, screen: Screen, line: str) -> bool:
 async def watch_queue(gate: Gate, screen: Screen) -> None:
     async def redraw_forever() -> None:
         while True:
+            # Taken before the read, so a change landing while drawing still wakes the next wait.
+            dirty = screen.dirty = anyio.Event()
+            version = await gate.store.change_counter()
             page = await gate.list(tool=screen.tool, limit=200)
             click.echo(CLEAR + render(screen, page.requests, time.time()), nl=False)
-            screen.dirty = anyio.Event()
-            version = await gate.store.change_counter()
-            with anyio.move_on_after(TICK_SECONDS):
-                while True:
-                    with anyio.move_on_after(POLL_SECONDS):
-                        await screen.dirty.wait()
-                        break
-                    if await gate.store.change_counter() != version:
-                        break
+            await wait_for_change(gate.store, version, TICK_SECONDS, local=dirty, poll=POLL_SECONDS)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(redraw_forever)

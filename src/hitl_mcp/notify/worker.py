@@ -50,6 +50,7 @@ from hitl_mcp.gate import Gate
 from hitl_mcp.notify import render
 from hitl_mcp.notify.outbox import ClaimedDelivery, OutboxStore
 from hitl_mcp.notify.settings import Notifier
+from hitl_mcp.store import wait_for_change
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +189,7 @@ class Deliverer:
         timeout = policy.idle_seconds
         if due is not None:
             timeout = min(timeout, max(due - self.clock(), policy.poll_seconds))
-        if await self.store.change_counter() != before:
-            return
-        deadline = anyio.current_time() + timeout
-        while (left := deadline - anyio.current_time()) > 0:
-            await anyio.sleep(min(left, policy.poll_seconds))
-            if await self.store.change_counter() != before:
-                return
+        await wait_for_change(self.store, before, timeout, poll=policy.poll_seconds)
 
     # -- one row ---------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import anyio
+
 from hitl_mcp.models import AuditEvent, Change, Request, Status
 from hitl_mcp.policy import Snapshot
 
@@ -136,3 +138,35 @@ class Store(Protocol):
     async def changed_since(self, audit_seq: int | None) -> tuple[list[str], int]:
         """Requests with an audit record after `audit_seq` (every change writes one), and the newest seq;
         with None, no requests and the newest seq, to start from."""
+
+
+# How often the change counter is asked while waiting: it bounds how late another process's commit is
+# seen, and an ask costs microseconds.
+CHANGE_POLL_SECONDS = 0.02
+
+
+class Counted(Protocol):
+    async def change_counter(self) -> int: ...
+
+
+async def wait_for_change(
+    store: Counted,
+    before: int,
+    timeout: float,
+    *,
+    local: anyio.Event | None = None,
+    poll: float = CHANGE_POLL_SECONDS,
+) -> None:
+    """Return once the store's change counter is no longer `before` (a commit by any process) or `local`
+    is set (a change in this process, seen at once), or when `timeout` passes.
+
+    Take `before` (and `local`) before reading the state you wait to see change: a commit landing between
+    that read and this wait then still ends it."""
+    with anyio.move_on_after(timeout):
+        while await store.change_counter() == before:
+            if local is None:
+                await anyio.sleep(poll)
+                continue
+            with anyio.move_on_after(poll):
+                await local.wait()
+                return
