@@ -5,17 +5,43 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean interop
+.PHONY: run test lint typecheck pytest bench clean interop check-venv
+
+# Python 3.11+ is checked before it is used, so an old interpreter is named with the way out instead of
+# failing inside pip or the code, the same way on every run.
+NEEDS_311 := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
+GOAL := $(or $(firstword $(MAKECMDGOALS)),run)
+# Shell: the command to run instead, naming an interpreter on PATH that would do when there is one.
+SUGGEST := for py in python3.14 python3.13 python3.12 python3.11; do \
+	command -v $$py >/dev/null 2>&1 && $$py $(NEEDS_311) 2>/dev/null && { echo "make PYTHON=$$py $(GOAL)"; exit; }; \
+	done; echo "install Python 3.11 or newer, then name it: make PYTHON=python3.12 $(GOAL)"
 
 $(BIN)/python:
+	@! test -L $@ || { \
+		echo "make: $(VENV) was made by a Python that is no longer there ($@ -> $$(readlink $@))." >&2; \
+		echo "make: remove it and pick the interpreter: rm -rf $(VENV) && $$($(SUGGEST))" >&2; \
+		exit 2; }
+	@$(PYTHON) $(NEEDS_311) 2>/dev/null || { \
+		found=$$($(PYTHON) --version 2>&1) && found=$$(echo "$$found" | head -n 1) || found="not found"; \
+		echo "make: hitl-mcp needs Python 3.11 or newer, but PYTHON=$(PYTHON) is $$found." >&2; \
+		echo "make: pick the interpreter: $$($(SUGGEST))" >&2; \
+		exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(RUN_STAMP): pyproject.toml | $(BIN)/python
+# A .venv made earlier by an older Python (or whose Python is gone) is not mended by installing into it.
+check-venv: | $(BIN)/python
+	@$(BIN)/python $(NEEDS_311) 2>/dev/null || { \
+		found=$$($(BIN)/python --version 2>&1) && found=$$(echo "$$found" | head -n 1) || found="a Python that no longer runs"; \
+		echo "make: $(VENV) was made by $$found, but hitl-mcp needs Python 3.11 or newer." >&2; \
+		echo "make: remove it and pick the interpreter: rm -rf $(VENV) && $$($(SUGGEST))" >&2; \
+		exit 2; }
+
+$(RUN_STAMP): pyproject.toml | check-venv
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml | check-venv
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUN_STAMP)
 

@@ -2,10 +2,13 @@
 
     .venv/bin/python examples/agent_session.py
 
-Then, in a second terminal with the same HITL_DB / HITL_CONFIG (this script prints them):
+Then, in a second terminal, run the commands it prints, as printed:
 
     .venv/bin/hitl list
     .venv/bin/hitl approve <id>      # or: hitl reject <id> --reason "..."
+
+The second terminal needs no HITL_CONFIG: the request runs where it was previewed (this script's server,
+with examples/hitl.toml), and `hitl approve` prints the outcome once that server has run it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def make_demo_database(path: Path) -> None:
 async def main() -> None:
     make_demo_database(HERE / "app.db")
     env = {**os.environ, "HITL_CONFIG": os.environ.get("HITL_CONFIG", str(CONFIG)), "HITL_PRINCIPAL": "agent"}
-    print(f"HITL_CONFIG={env['HITL_CONFIG']}" + (f" HITL_DB={env['HITL_DB']}" if "HITL_DB" in env else ""))
+    # The store is the one thing a second terminal must share; the default needs no variable.
+    store = f"HITL_DB={env['HITL_DB']} " if "HITL_DB" in env else ""
+    print(f"server: HITL_CONFIG={env['HITL_CONFIG']} {store}{HITL} serve")
     async with Client(StdioServerParameters(command=str(HITL), args=["serve"], env=env)) as client:
         waiting = []
         for tool, arguments in REQUESTS:
@@ -59,7 +64,7 @@ async def main() -> None:
                 continue
             filed = result.structured_content
             print(f"filed {filed['request_id']}  {filed['summary']}")
-            print(f"    approve: {HITL} approve {filed['request_id'][:8]}")
+            print(f"    approve: {store}{HITL} approve {filed['request_id'][:8]}")
             waiting.append(filed["request_id"])
         print("waiting for your decisions (Ctrl-C to stop) …")
         while waiting:

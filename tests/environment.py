@@ -14,6 +14,8 @@ def write_config(path: Path, *, smtp_port: int, extra: str = "") -> Path:
 default_ttl_seconds = 3600
 sweep_interval_seconds = 0.2
 orphan_grace_seconds = 0.5
+# Tests file the same call many times on purpose; tests/test_dedup.py turns the dedup window on.
+dedup_seconds = 0
 
 [actions.buy_stock]
 ledger = "ledger.db"

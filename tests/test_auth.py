@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -355,3 +356,32 @@ def test_a_server_on_any_loopback_address_refuses_a_rebound_host_name(
 
     assert own.status_code == 200
     assert rebound.status_code == 421
+
+
+def test_one_token_for_two_principals_is_refused_when_the_config_loads(
+    env: dict[str, str], config_file: Path
+) -> None:
+    _, lines = minted(env, "agent")
+    shared = lines.splitlines()[-1]
+    config_file.write_text(config_file.read_text() + f"\n{lines}\n[principals.reviewer-bot]\n{shared}\n")
+
+    # Every command reads the config, so none has to wait for `hitl serve --http` to find the clash.
+    for command in (["policy", "check"], ["list"]):
+        refused = hitl(env, *command)
+        assert refused.returncode == 2, refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert "principals.reviewer-bot.token_sha256: the same token as principals.agent" in line
+
+
+def test_a_token_acts_as_its_principal_in_the_normal_form(env: dict[str, str], config_file: Path) -> None:
+    secret, lines = minted(env, "Reviewer-Bot")
+    config_file.write_text(config_file.read_text() + f"\n{lines}\nroles = ['trader']\n")
+    settings = load_settings(env)
+    verifier = PrincipalTokens.from_settings(settings)
+    assert verifier is not None
+
+    access = anyio.run(verifier.verify_token, secret)
+
+    assert access is not None and access.client_id == "reviewer-bot"
+    assert settings.roles_of(access.client_id) == ("trader",)
+    assert PrincipalTokens({"Agent": token_sha256("x")}).principals == ("agent",)

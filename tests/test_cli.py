@@ -82,15 +82,19 @@ def test_approve_runs_the_action_and_prints_its_outcome(
     assert statuses(settings.db_path)[request_id] == "executed"
 
 
-def test_approve_without_a_terminal_and_without_yes_still_needs_no_prompt(
-    env: dict[str, str], settings: Settings
+@pytest.mark.parametrize("stdin", ["", "n\n", "y\n"])
+def test_approve_without_a_terminal_needs_yes_and_changes_nothing(
+    env: dict[str, str], settings: Settings, stdin: str
 ) -> None:
     request_id = file_request(settings, "buy_stock", BUY)
 
-    approved = hitl(env, "approve", request_id, "--as", "alice", stdin="")
+    # `echo n | hitl approve ID` and `hitl approve ID </dev/null`: nobody could answer the question.
+    refused = hitl(env, "approve", request_id, "--as", "alice", stdin=stdin)
 
-    assert approved.returncode == 0, approved.stderr
-    assert statuses(settings.db_path)[request_id] == "executed"
+    assert refused.returncode == 2
+    assert "pass --yes" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert statuses(settings.db_path)[request_id] == "pending"
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,12 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from mcp import Client
 
+from hitl_mcp import expr
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import ConfigError, InvalidArguments, NotAllowed
 from hitl_mcp.gate import Gate, open_gate
@@ -353,3 +356,170 @@ async def test_over_mcp_an_auto_approved_call_says_it_ran_and_shows_the_result(
     assert large.structured_content is not None
     assert large.structured_content["status"] == "pending"
     assert "Nothing has run yet" in str(large.content) and "1 × trader" in str(large.content)
+
+
+def warnings_for(env: dict[str, str], config_file: Path, tool: str, rules: str) -> tuple[str, ...]:
+    config_file.write_text(
+        config_file.read_text()
+        + "\n[principals.alice]\nroles = ['trader']\n[principals.reviewer-bot]\nroles = ['trader']\n"
+        + f"[principals.bob]\nroles = ['risk_manager']\n[policy.{tool}]\nrules = {rules}\n"
+    )
+    return load_settings(env).warnings
+
+
+def test_the_worked_example_loads_without_warnings(governed: Settings) -> None:
+    assert governed.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("tool", "when", "message"),
+    [
+        ("buy_stock", "symbol > 5", "cannot compare symbol (text) with the number 5 using '>' at position 7"),
+        ("buy_stock", "quantity / 0 > 1", "division by zero at position 9"),
+        ("buy_stock", "quantity % (price - price) > 1", ""),  # not constant: no warning
+        ("buy_stock", "quantity * price / (2 - 2) > 1", "division by zero at position 17"),
+        ("buy_stock", "symbol + 1 > 2", "'+' at position 7 needs numbers, got symbol (text)"),
+        (
+            "buy_stock",
+            "quantity LIKE 'x%'",
+            "LIKE at position 9 needs text on both sides, got quantity (a number)",
+        ),
+        ("buy_stock", "quantity * price", "the expression gives a number, not true or false"),
+        ("buy_stock", "NOT symbol", "NOT at position 0 needs conditions (true or false), got symbol (text)"),
+        # Preview values have types too: sufficient_cash is a boolean, total a number.
+        (
+            "buy_stock",
+            "sufficient_cash = 'yes'",
+            "cannot compare sufficient_cash (a boolean) with text 'yes'",
+        ),
+        ("buy_stock", "total LIKE '1%'", "got total (a number)"),
+        ("buy_stock", "sufficient_cash = FALSE AND total > 100", ""),
+        (
+            "send_email",
+            "to IN (1, 2)",
+            "cannot compare to (text) with the number 1 using '=' at position 3 (IN)",
+        ),
+        ("send_email", "size_bytes > '1000'", "cannot compare size_bytes (a number) with text '1000'"),
+        ("send_email", "to IN ('a@example.com', NULL)", ""),
+        ("delete_database_records", "matching_rows > 100 OR condition", "OR at position 20 needs conditions"),
+        ("delete_database_records", "matching_rows > 100 AND condition LIKE '%age%'", ""),
+    ],
+)
+def test_a_when_that_fails_on_every_call_is_a_warning_naming_the_rule(
+    env: dict[str, str], config_file: Path, tool: str, when: str, message: str
+) -> None:
+    warnings = warnings_for(env, config_file, tool, f'[{{ when = "{when}", approval = "none" }}]')
+
+    if not message:
+        assert warnings == ()
+        return
+    [warning] = warnings
+    assert warning.startswith(f"policy.{tool}.rules[0].when: ")
+    assert message in warning
+    assert "every call that reaches this rule would be refused" in warning
+
+
+def test_an_in_list_whose_later_value_cannot_compare_warns_when_it_fails(
+    env: dict[str, str], config_file: Path
+) -> None:
+    [warning] = warnings_for(
+        env, config_file, "send_email", '[{ when = "to IN (\'a@x.org\', 1)", approval = "none" }]'
+    )
+
+    assert warning.startswith("policy.send_email.rules[0].when: cannot compare to (text) with the number 1")
+    assert "refused unless it matches an earlier value of the IN list" in warning
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        (
+            '[{ roles = ["trader"], count = 3 }]',
+            "rules[0].levels[0].count: needs 3 distinct principals holding trader but only 2 do "
+            "(alice, reviewer-bot)",
+        ),
+        (
+            '[{ roles = ["trader"], count = 2 }, { roles = ["trader", "risk_manager"], count = 2 }]',
+            "rules[0].levels: levels[0] and levels[1] together need 4 distinct principals but only 3",
+        ),
+        ('[{ roles = ["trader"], count = 2 }, { roles = ["risk_manager"], count = 1 }]', ""),
+        ("[{ count = 50 }]", ""),  # no roles: anyone, configured or not
+    ],
+)
+def test_a_level_too_few_principals_can_fill_is_a_warning(
+    env: dict[str, str], config_file: Path, levels: str, message: str
+) -> None:
+    warnings = warnings_for(env, config_file, "buy_stock", f"[{{ levels = {levels} }}]")
+
+    if not message:
+        assert warnings == ()
+        return
+    [warning] = warnings
+    assert warning.startswith("policy.buy_stock.")
+    assert message in warning
+
+
+def test_a_rule_after_one_that_always_applies_is_a_warning(env: dict[str, str], config_file: Path) -> None:
+    warnings = warnings_for(
+        env,
+        config_file,
+        "buy_stock",
+        '[{ approval = "deny" }, { when = "quantity > 1", approval = "none" }, { approval = "none" }]',
+    )
+
+    assert [warning.split(":")[0] for warning in warnings] == [
+        "policy.buy_stock.rules[1]",
+        "policy.buy_stock.rules[2]",
+    ]
+    assert "rules[0] has no `when`" in warnings[0]
+
+
+def test_a_when_that_names_nothing_and_is_false_is_a_warning(env: dict[str, str], config_file: Path) -> None:
+    rules = '[{ when = "1 > 2", approval = "none" }, { when = "2 > 1", approval = "deny" }]'
+
+    [warning] = warnings_for(env, config_file, "buy_stock", rules)
+
+    assert warning.startswith("policy.buy_stock.rules[0].when: '1 > 2' names no argument and is never true")
+
+
+# --- a warning is never a guess -----------------------------------------------------------------------------
+# For expressions built at random over typed names, whenever the static check says a `when` fails on every
+# call, the evaluator refuses it for every well-typed value tried.
+
+TYPED_NAMES = {"n": expr.NUMBER, "t": expr.TEXT, "b": expr.BOOLEAN}
+VALUES = {
+    "n": st.one_of(st.integers(-5, 5), st.floats(-5, 5, allow_nan=False)),
+    "t": st.text(alphabet="ab%_", max_size=3),
+    "b": st.booleans(),
+}
+LEAVES = st.sampled_from(["n", "t", "b", "0", "1", "2.5", "'a'", "'%'", "TRUE", "FALSE", "NULL"])
+
+
+def _expressions() -> st.SearchStrategy[str]:
+    def extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        binary = st.sampled_from(
+            ["+", "-", "*", "/", "%", "=", "<", ">=", "!=", "AND", "OR", "LIKE", "NOT LIKE"]
+        )
+        return st.one_of(
+            st.tuples(inner, binary, inner).map(lambda parts: f"({parts[0]} {parts[1]} {parts[2]})"),
+            inner.map(lambda operand: f"(NOT {operand})"),
+            inner.map(lambda operand: f"(-{operand})"),
+            inner.map(lambda operand: f"({operand} IS NULL)"),
+            st.tuples(
+                inner, st.lists(st.sampled_from(["1", "'a'", "NULL", "TRUE"]), min_size=1, max_size=3)
+            ).map(lambda parts: f"({parts[0]} IN ({', '.join(parts[1])}))"),
+        )
+
+    return st.recursive(LEAVES, extend, max_leaves=6)
+
+
+@hypothesis.settings(max_examples=400, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(text=_expressions(), data=st.data())
+def test_an_every_call_warning_always_fails_at_run_time(text: str, data: st.DataObject) -> None:
+    node = expr.parse(text)
+    if not any(problem.when is None for problem in expr.type_problems(node, TYPED_NAMES)):
+        return
+    values = {name: data.draw(strategy, label=name) for name, strategy in VALUES.items()}
+
+    with pytest.raises(expr.ExpressionError):
+        expr.holds(node, values)

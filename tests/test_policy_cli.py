@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import open_gate
-from tests.test_cli import file_request, hitl
+from tests.test_cli import HITL, file_request, hitl
 from tests.test_policy import POLICY
 
 
@@ -115,3 +116,49 @@ def test_list_shows_an_escalated_request_and_approve_says_who_it_still_waits_on(
     assert "pending (escalated)" in listed.stdout
     assert approved.returncode == 0, approved.stderr
     assert "waits on: 2 × engineer" in approved.stdout
+
+
+FAILING_RULE = """
+[policy.send_email]
+rules = [ { when = "to > 5", approval = "none" }, { levels = [{ count = 1 }] } ]
+"""
+
+
+def test_policy_check_warns_on_a_rule_that_fails_on_every_call_and_strict_fails(
+    env: dict[str, str], config_file: Path
+) -> None:
+    config_file.write_text(config_file.read_text() + FAILING_RULE)
+
+    checked = hitl(env, "policy", "check")
+    strict = hitl(env, "policy", "check", "--strict")
+
+    assert checked.returncode == 0, checked.stderr
+    assert "valid, with 1 warning" in checked.stdout
+    [warning] = checked.stderr.strip().splitlines()
+    assert warning.startswith(
+        "warning: policy.send_email.rules[0].when: cannot compare to (text) with the number 5"
+    )
+    assert "every call that reaches this rule would be refused" in warning
+    assert strict.returncode == 1
+    assert strict.stderr == checked.stderr
+
+
+def test_policy_check_strict_passes_a_file_without_warnings(env: dict[str, str], governed: Settings) -> None:
+    strict = hitl(env, "policy", "check", "--strict")
+
+    assert strict.returncode == 0, strict.stderr
+    assert strict.stdout.startswith("OK: ")
+    assert strict.stderr == ""
+
+
+def test_serve_prints_the_warnings_when_it_starts(env: dict[str, str], config_file: Path) -> None:
+    config_file.write_text(config_file.read_text() + FAILING_RULE)
+
+    # A stdio server whose client hangs up at once: it starts, says what it found, and ends.
+    served = subprocess.run(
+        [HITL, "serve"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
+
+    assert served.returncode == 0, served.stderr
+    assert "hitl-mcp: warning: policy.send_email.rules[0].when: cannot compare to (text)" in served.stderr
+    assert served.stdout == ""

@@ -86,15 +86,17 @@ async def test_long_and_non_ascii_bodies_arrive_intact(sink: SmtpSink, action: S
 
 async def test_smtp_server_down_is_an_action_failure() -> None:
     action = make_action(smtp_host="127.0.0.1", smtp_port=closed_port(), timeout_seconds=5)
-    with pytest.raises(ActionFailed, match=r"^SMTP delivery failed: "):
+    with pytest.raises(ActionFailed, match=r"^SMTP delivery failed: .*nothing was sent") as failed:
         await action.execute(action.parse(VALID), Execution(request_id="r1", preview={}))
+    assert failed.value.effect == "none"
 
 
 async def test_smtp_refusal_is_an_action_failure(sink: SmtpSink, action: SendEmail) -> None:
     sink.refuse_with = "554 5.7.1 Message rejected"
-    with pytest.raises(ActionFailed, match=r"^SMTP delivery failed: .*rejected"):
+    with pytest.raises(ActionFailed, match=r"^SMTP delivery failed: .*rejected") as failed:
         await action.execute(action.parse(VALID), Execution(request_id="r1", preview={}))
     assert sink.messages == []
+    assert failed.value.effect == "none"
 
 
 # -- preview and summary --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 
-from hitl_mcp.config import Settings
+from hitl_mcp.config import Settings, check_distinct_tokens, check_principal
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.tokens import token_sha256
 
@@ -24,16 +24,15 @@ class PrincipalTokens:
     """The SDK's `TokenVerifier` over the configured hashes: a known token's principal, or None."""
 
     def __init__(self, hashes: Mapping[str, str]) -> None:
-        """`hashes` maps each principal to the SHA-256 hex of its token; one token names one principal."""
-        owners: dict[str, str] = {}
-        for principal, digest in hashes.items():
-            if digest in owners:
-                raise ConfigError(
-                    f"principals.{principal}.token_sha256: the same token as principals.{owners[digest]}; "
-                    f"give each principal its own (hitl token new {principal})"
-                )
-            owners[digest] = principal
-        self._hashes = tuple(hashes.items())
+        """`hashes` maps each principal to the SHA-256 hex of its token; one token names one principal.
+
+        `load_settings` refuses a shared token already; this holds for verifiers built any other way too.
+        Principals are kept in their normal form, the one every other face compares."""
+        check_distinct_tokens(hashes)
+        self._hashes = tuple(
+            (check_principal(principal, f"principals.{principal}"), digest)
+            for principal, digest in hashes.items()
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PrincipalTokens | None:

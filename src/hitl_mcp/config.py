@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,11 +18,13 @@ from hitl_mcp.actions import ACTION_TYPES, ActionSettings
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.notify.settings import Notifier, load_notifiers
-from hitl_mcp.policy import ActionPolicy, load_policies
+from hitl_mcp.policy import ActionPolicy, load_policies, policy_warnings
 
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
 TOP_LEVEL_TABLES = frozenset({"gate", "actions", "principals", "policy", "notify"})
+# `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
 class GateSettings(BaseModel):
@@ -41,7 +44,28 @@ class GateSettings(BaseModel):
         description="After this long an executing request is shown as outcome unknown even when its "
         "claimant cannot be checked (another host); it is never re-run by itself",
     )
-    synchronous: Literal["full", "normal"] = "full"
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite's synchronous mode for the store: full survives power loss; normal commits "
+        "faster and may lose the last commits (never consistency) if the machine loses power",
+    )
+    busy_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="How long a write waits for another process's lock on the store before it gives up "
+        "with 'the store is locked by another process'",
+    )
+    dedup_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="A gated call repeating a pending request of the same principal, with the same tool and "
+        "arguments, within this many seconds returns that request instead of filing another; 0 turns "
+        "this off",
+    )
 
 
 class PrincipalSettings(BaseModel):
@@ -63,9 +87,12 @@ class Settings:
     principals: Mapping[str, PrincipalSettings] = field(default_factory=dict)
     policies: Mapping[str, ActionPolicy] = field(default_factory=dict)
     notifiers: tuple[Notifier, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What loads but cannot work as written (a rule that fails on every call, a level nobody can fill):
+    `hitl policy check` and `hitl serve` print these."""
 
     def roles_of(self, principal: str) -> tuple[str, ...]:
-        known = self.principals.get(principal)
+        known = self.principals.get(fold_principal(principal))
         return known.roles if known else ()
 
     def ttl_for(self, tool: str) -> int:
@@ -80,13 +107,34 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("hitl-mcp", appauthor=False))
 
 
+def fold_principal(name: str) -> str:
+    """The one form principals are compared in: ASCII lower case (a valid name is ASCII), so `--as AGENT`
+    is `agent` and nobody counts twice, or decides their own request, by spelling their name differently."""
+    return name.lower()
+
+
 def check_principal(name: str, source: str) -> str:
-    if not PRINCIPAL_PATTERN.match(name):
+    """`name` in its normal form (`fold_principal`), or a refusal naming `source`."""
+    # fullmatch: `$` alone would let a trailing newline through.
+    if not PRINCIPAL_PATTERN.fullmatch(name):
         raise ConfigError(
             f"{source}: {name!r} is not a valid principal name (letters, digits and . _ @ + -, "
             "at most 64 characters, starting with a letter or digit)"
         )
-    return name
+    return fold_principal(name)
+
+
+def check_distinct_tokens(hashes: Mapping[str, str]) -> None:
+    """Refuse one token for two principals: whoever holds it could not be told apart. `hashes` maps each
+    principal (as written in the config) to its token's SHA-256."""
+    owners: dict[str, str] = {}
+    for principal, digest in hashes.items():
+        if digest in owners:
+            raise ConfigError(
+                f"principals.{principal}.token_sha256: the same token as principals.{owners[digest]}; "
+                f"give each principal its own (hitl token new {principal})"
+            )
+        owners[digest] = principal
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None = None) -> Settings:
@@ -95,30 +143,83 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
     config_path = Path(env["HITL_CONFIG"]).expanduser().resolve() if env.get("HITL_CONFIG") else None
     raw = _read_toml(config_path) if config_path else {}
     base_dir = config_path.parent if config_path else data_dir()
-    db_path = Path(env["HITL_DB"]).expanduser() if env.get("HITL_DB") else data_dir() / "hitl.db"
+    db_path = _db_path(env.get("HITL_DB"))
     if principal is None:
         principal = check_principal(env.get("HITL_PRINCIPAL") or DEFAULT_PRINCIPAL, "HITL_PRINCIPAL")
+    else:
+        principal = check_principal(principal, "principal")
     principals = _principals(raw.get("principals", {}))
+    policies = load_policies(raw.get("policy", {}), principals)
     return Settings(
-        db_path=db_path.resolve(),
+        db_path=db_path,
         config_path=config_path,
         principal=principal,
         gate=_gate_settings(raw.get("gate", {})),
         actions=_action_settings(raw.get("actions", {}), base_dir),
         principals=principals,
-        policies=load_policies(raw.get("policy", {}), principals),
+        policies=policies,
         notifiers=load_notifiers(raw.get("notify"), principals),
+        warnings=tuple(policy_warnings(policies, principals)),
     )
+
+
+def _db_path(value: str | None) -> Path:
+    """The store's file from HITL_DB: a path, or `sqlite:///absolute/path`. Any other URL is refused rather
+    than read as a relative file name, which would quietly start an empty store beside the current folder."""
+    if not value:
+        return (data_dir() / "hitl.db").resolve()
+    url = URL_SCHEME.match(value)
+    if url:
+        scheme, rest = url.group(1).lower(), value[url.end() :]
+        if scheme != "sqlite":
+            # Only the scheme is repeated: the rest of a database URL may hold a password.
+            raise ConfigError(
+                f"HITL_DB: {scheme}:// is not supported: this version supports only SQLite file paths, "
+                "e.g. HITL_DB=/srv/hitl/hitl.db or sqlite:///srv/hitl/hitl.db"
+            )
+        if not rest.startswith("/") or "?" in rest or "#" in rest:
+            raise ConfigError(
+                "HITL_DB: a sqlite:// URL must name an absolute file path with no host or options, "
+                "e.g. sqlite:///srv/hitl/hitl.db"
+            )
+        value = "/" + unquote(rest).lstrip("/")
+    if Path(value).name == ":memory:":
+        raise ConfigError(
+            "HITL_DB: an in-memory store cannot be shared by the server and the CLI; name a file"
+        )
+    path = Path(value).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(f"HITL_DB: {path} is a folder; name the store's file, e.g. {path / 'hitl.db'}")
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"HITL_DB: {existing} is not a folder, so {path} cannot be created")
+    return path
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as file:
-            raw = tomllib.load(file)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"HITL_CONFIG: {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"HITL_CONFIG: {path} is a folder; name the TOML file, e.g. {path / 'hitl.toml'}"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"HITL_CONFIG: cannot read {path}: {error.strerror or error}") from None
+    try:
+        # utf-8-sig: a byte-order mark some editors write is not a reason to refuse the file.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"HITL_CONFIG: {path} is not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+            "TOML files must be UTF-8"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        raise ConfigError(f"HITL_CONFIG: {path} is not valid TOML: {error}") from None
     unknown = sorted(set(raw) - TOP_LEVEL_TABLES)
     if unknown:
         raise ConfigError(
@@ -156,13 +257,23 @@ def _action_settings(raw: Any, base_dir: Path) -> dict[str, ActionSettings]:
 def _principals(raw: Any) -> dict[str, PrincipalSettings]:
     if not isinstance(raw, dict):
         raise ConfigError("principals: must be a table of [principals.NAME] tables")
-    principals = {}
-    for name, table in raw.items():
-        check_principal(name, f"principals.{name}")
+    principals: dict[str, PrincipalSettings] = {}
+    written: dict[str, str] = {}  # normal form → the key as the file spells it, for messages
+    for key, table in raw.items():
+        name = check_principal(key, f"principals.{key}")
+        if name in written:
+            raise ConfigError(
+                f"principals.{key}: the same principal as principals.{written[name]} (names are compared "
+                "without regard to case); merge the two tables into one"
+            )
+        written[name] = key
         if not isinstance(table, dict):
-            raise ConfigError(f"principals.{name}: must be a table")
+            raise ConfigError(f"principals.{key}: must be a table")
         try:
             principals[name] = PrincipalSettings.model_validate(table)
         except ValidationError as error:
-            raise ConfigError(describe_validation_error(error, prefix=f"principals.{name}.")) from None
+            raise ConfigError(describe_validation_error(error, prefix=f"principals.{key}.")) from None
+    check_distinct_tokens(
+        {written[name]: known.token_sha256 for name, known in principals.items() if known.token_sha256}
+    )
     return principals

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from hitl_mcp.config import fold_principal
 from hitl_mcp.errors import Expired, NotAllowed, NotPending
 from hitl_mcp.models import Request, Status
 from hitl_mcp.policy import Approver, Snapshot, check_eligible, progress
@@ -37,11 +38,13 @@ def plan(
         raise NotPending(f"request {request_id} is {request.status}, not pending; nothing was changed")
     if request.expires_at.timestamp() <= now:
         raise Expired(f"request {request_id} expired at {request.expires_at.isoformat()}; it will never run")
-    if request.requested_by == principal:
+    # Folded on both sides: records written before names were folded keep the spelling they were given.
+    me = fold_principal(principal)
+    if fold_principal(request.requested_by) == me:
         raise NotAllowed(
             f"{principal} filed request {request_id}; a principal may not decide its own request"
         )
-    if any(decision.principal == principal for decision in request.decisions):
+    if any(fold_principal(decision.principal) == me for decision in request.decisions):
         raise NotAllowed(f"{principal} has already decided request {request_id}; a principal counts once")
     if edit is not None and edit.based_on_digest != request.arguments_digest:
         raise NotPending(f"request {request_id} was edited by someone else meanwhile; read it again")

@@ -6,6 +6,8 @@ A `HitlError` is a refusal written for the person or agent who caused it: faces 
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class HitlError(Exception):
     """A refusal the caller should read."""
@@ -55,7 +57,37 @@ class ConfigError(HitlError):
     exit_code = 2
 
 
+Effect = Literal["none", "unknown"]
+
+
 class ActionFailed(HitlError):
-    """The real action refused or failed cleanly (insufficient cash, SMTP refusal, row count changed)."""
+    """The real action refused or failed (insufficient cash, SMTP refusal, row count changed).
+
+    `effect` says whether the failure certainly left the world as it was (`"none"`: the request may be
+    retried) or may have changed it (`"unknown"`, the default: never run again by itself)."""
 
     exit_code = 6
+
+    def __init__(self, message: str, *, effect: Effect = "unknown") -> None:
+        super().__init__(message)
+        self.effect: Effect = effect
+
+
+class StoreUnavailable(HitlError):
+    """The store cannot do this now: locked by another process, disk full, read-only, unreadable.
+
+    `certain` says that nothing was written; the gate then adds what did not happen ("nothing was
+    filed")."""
+
+    exit_code = 7
+
+    def __init__(self, reason: str, *, certain: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.certain = certain
+
+    def nothing(self, what: str) -> StoreUnavailable:
+        """The same fault, saying what did not happen because of it."""
+        if not self.certain:
+            return self
+        return StoreUnavailable(f"{self.reason}; {what}", certain=True)

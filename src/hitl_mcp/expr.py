@@ -25,7 +25,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+import types
+import typing
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, TypeAlias, TypeVar, cast
@@ -934,3 +936,276 @@ def _describe(value: object) -> str:
     if _is_number(value):
         return f"the number {value}"
     return f"a {type(value).__name__}"
+
+
+# --- static types: what `evaluate` would refuse on every call ---------------------------------------------
+# Policy rules are checked at load against the types of the names they use, so a rule that can only fail is
+# reported before any call meets it. The rules mirror `_Evaluator` exactly. A type is an over-approximation
+# (every kind a value may take, and whether it may be null), and a problem is reported only when every
+# combination of those kinds is refused: a warning is never a guess. A refusal that a null operand would
+# avoid is reported with `when` saying so, as is an IN value that an earlier match would skip.
+
+_KIND_NAMES: Final = {"boolean": "a boolean", "number": "a number", "text": "text"}
+_COMPARABLE_WITH_NUMBERS: Final = frozenset({"number", "boolean"})  # `_compare` takes bool as a number
+_WHEN_SET: Final = "whenever its operands are not null"
+
+
+@dataclass(frozen=True, slots=True)
+class ValueType:
+    """The kinds (boolean, number, text) a name or subexpression may hold, and whether it may be null.
+
+    No kinds: always null."""
+
+    kinds: frozenset[str]
+    nullable: bool = False
+
+
+NUMBER: Final = ValueType(frozenset({"number"}))
+TEXT: Final = ValueType(frozenset({"text"}))
+BOOLEAN: Final = ValueType(frozenset({"boolean"}))
+NULL: Final = ValueType(frozenset(), nullable=True)
+UNKNOWN: Final = ValueType(frozenset(_KIND_NAMES), nullable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeProblem:
+    """A part of an expression the evaluator refuses on every evaluation (`when` None), or on every
+    evaluation that meets `when`."""
+
+    message: str
+    position: int
+    when: str | None = None
+
+
+def value_type(annotation: object) -> ValueType:
+    """How a value of this Python type (a pydantic field's annotation, as dumped to JSON) looks to an
+    expression; `UNKNOWN` for anything else, which is never reported."""
+    if annotation is bool:
+        return BOOLEAN
+    if annotation in (int, float):
+        return NUMBER
+    if annotation is str:
+        return TEXT
+    if annotation is None or annotation is type(None):
+        return NULL
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return _union(_scalar_type(value) for value in typing.get_args(annotation))
+    if origin is typing.Union or origin is types.UnionType:
+        return _union(value_type(part) for part in typing.get_args(annotation))
+    return UNKNOWN
+
+
+def _union(parts: Iterable[ValueType]) -> ValueType:
+    listed = list(parts)
+    return ValueType(
+        frozenset().union(*(part.kinds for part in listed)), any(part.nullable for part in listed)
+    )
+
+
+def _scalar_type(value: object) -> ValueType:
+    if value is None:
+        return NULL
+    if isinstance(value, bool):
+        return BOOLEAN
+    if _is_number(value):
+        return NUMBER
+    return TEXT if isinstance(value, str) else UNKNOWN
+
+
+def type_problems(node: Node, name_types: Mapping[str, ValueType]) -> list[TypeProblem]:
+    """What `holds(node, values)` refuses whatever `values` holds, given the type of each name in
+    `name_types` (a name not in it is `UNKNOWN`)."""
+    checker = _TypeChecker(name_types)
+    result = checker.type_of(node)
+    if result.kinds and "boolean" not in result.kinds:
+        checker.refuse(
+            f"the expression gives {_describe_type(result)}, not true or false (position {node.position})",
+            node.position,
+            result,
+        )
+    return checker.problems
+
+
+def _describe_type(value: ValueType) -> str:
+    if not value.kinds:
+        return "null"
+    kinds = " or ".join(_KIND_NAMES[kind] for kind in sorted(value.kinds))
+    return f"{kinds} or null" if value.nullable else kinds
+
+
+def _describe_operand(node: Node, value: ValueType) -> str:
+    if isinstance(node, Literal):
+        return _describe(node.value)
+    if isinstance(node, Name):
+        return f"{node.name} ({_describe_type(value)})"
+    return _describe_type(value)
+
+
+def _comparable(left: str, right: str) -> bool:
+    """Whether `_compare` accepts one value of kind `left` and one of kind `right`."""
+    both_numeric = left in _COMPARABLE_WITH_NUMBERS and right in _COMPARABLE_WITH_NUMBERS
+    return both_numeric or left == right == "text"
+
+
+def _constant(node: Node) -> object:
+    """The value of a subexpression that names nothing, or None when it has none (or fails)."""
+    if names(node):
+        return None
+    try:
+        return _Evaluator({}).value(node)
+    except ExpressionError:
+        return None
+
+
+class _TypeChecker:
+    def __init__(self, name_types: Mapping[str, ValueType]) -> None:
+        self._types = name_types
+        self.problems: list[TypeProblem] = []
+
+    def refuse(self, message: str, position: int, *operands: ValueType, when: str | None = None) -> ValueType:
+        """Record a refusal met whenever `operands` are not null (and `when`, if given)."""
+        if when is None and any(operand.nullable for operand in operands):
+            when = _WHEN_SET
+        self.problems.append(TypeProblem(message, position, when))
+        # What follows a refusal is never evaluated; UNKNOWN keeps one mistake from being reported twice.
+        return UNKNOWN
+
+    def type_of(self, node: Node) -> ValueType:
+        match node:
+            case Literal(value):
+                return _scalar_type(value)
+            case Name(name):
+                return self._types.get(name, UNKNOWN)
+            case Negate(operand, position):
+                return self._negate(operand, position)
+            case Not(operand, position):
+                return self._condition("NOT", [operand], position)
+            case Arithmetic(first, rest):
+                result = self.type_of(first)
+                left: Node = first
+                for step in rest:
+                    result = self._arithmetic(step, left, result, self.type_of(step.operand))
+                    left = node  # past the first step the left operand is the chain so far
+                return result
+            case Comparison(op, left, right, position):
+                return self._comparison(op, left, right, position)
+            case Like(operand, pattern, _, position):
+                return self._like(operand, pattern, position)
+            case In(operand, items, _, position):
+                return self._member(operand, items, position)
+            case IsNull(operand):
+                self.type_of(operand)
+                return BOOLEAN
+            case Logical(op, operands, position):
+                return self._condition(op, list(operands), position)
+        raise AssertionError(f"unhandled node {node!r}")
+
+    def _negate(self, operand: Node, position: int) -> ValueType:
+        found = self.type_of(operand)
+        if found.kinds and "number" not in found.kinds:
+            return self.refuse(
+                f"'-' at position {position} needs numbers, got {_describe_operand(operand, found)}",
+                position,
+                found,
+            )
+        return ValueType(found.kinds & {"number"}, found.nullable)
+
+    def _condition(self, op: str, operands: list[Node], position: int) -> ValueType:
+        """NOT, AND, OR: every operand is evaluated (`_Evaluator` does not short-circuit) and must be a
+        condition; the first that is not is refused."""
+        found = [self.type_of(operand) for operand in operands]
+        for operand, operand_type in zip(operands, found, strict=True):
+            if operand_type.kinds and "boolean" not in operand_type.kinds:
+                return self.refuse(
+                    f"{op} at position {position} needs conditions (true or false), got "
+                    f"{_describe_operand(operand, operand_type)}",
+                    position,
+                    operand_type,
+                )
+        # NULL in, NULL out (three-valued logic); always null only when every operand is.
+        kinds = frozenset({"boolean"}) if any(value.kinds for value in found) else frozenset()
+        return ValueType(kinds, any(value.nullable for value in found))
+
+    def _arithmetic(self, step: Operation, left_node: Node, left: ValueType, right: ValueType) -> ValueType:
+        if not (left.kinds and right.kinds):
+            return NULL
+        position = step.position
+        if "number" not in left.kinds or "number" not in right.kinds:
+            return self.refuse(
+                f"'{step.op}' at position {position} needs numbers, got {_describe_operand(left_node, left)} "
+                f"and {_describe_operand(step.operand, right)}",
+                position,
+                left,
+                right,
+            )
+        divisor = _constant(step.operand) if step.op in ("/", "%") else None
+        if _is_number(divisor) and divisor == 0:
+            return self.refuse(f"division by zero at position {position}", position, left)
+        return ValueType(frozenset({"number"}), left.nullable or right.nullable)
+
+    def _like(self, operand: Node, pattern: Node, position: int) -> ValueType:
+        left, right = self.type_of(operand), self.type_of(pattern)
+        if not (left.kinds and right.kinds):
+            return NULL
+        if "text" not in left.kinds or "text" not in right.kinds:
+            return self.refuse(
+                f"LIKE at position {position} needs text on both sides, got "
+                f"{_describe_operand(operand, left)} and {_describe_operand(pattern, right)}",
+                position,
+                left,
+                right,
+            )
+        return ValueType(frozenset({"boolean"}), left.nullable or right.nullable)
+
+    def _comparison(self, op: str, left_node: Node, right_node: Node, position: int) -> ValueType:
+        left, right = self.type_of(left_node), self.type_of(right_node)
+        if not (left.kinds and right.kinds):
+            return NULL
+        if not any(_comparable(a, b) for a in left.kinds for b in right.kinds):
+            return self.refuse(
+                f"cannot compare {_describe_operand(left_node, left)} with "
+                f"{_describe_operand(right_node, right)} using '{op}' at position {position}",
+                position,
+                left,
+                right,
+            )
+        return ValueType(frozenset({"boolean"}), left.nullable or right.nullable)
+
+    def _member(self, operand: Node, items: tuple[Literal, ...], position: int) -> ValueType:
+        value = self.type_of(operand)
+        if not value.kinds or all(item.value is None for item in items):
+            return NULL  # `_member` gives null when it finds no match and the list holds a null
+        # `_member` compares with each item in turn and stops at the first match, so an item the operand
+        # cannot be compared with fails every call that reaches it: every call if no item before it can match.
+        failures = [_in_failure(kind, items) for kind in sorted(value.kinds)]
+        if any(failure is None for failure in failures):
+            nullable = value.nullable or any(item.value is None for item in items)
+            return ValueType(frozenset({"boolean"}), nullable)
+        found = [failure for failure in failures if failure is not None]
+        item = found[0][0]
+        first = all(first for _, first in found)
+        return self.refuse(
+            f"cannot compare {_describe_operand(operand, value)} with {_describe(item.value)} using '=' "
+            f"at position {position} (IN)",
+            position,
+            value,
+            when=None if first else "unless it matches an earlier value of the IN list",
+        )
+
+
+def _in_failure(kind: str, items: tuple[Literal, ...]) -> tuple[Literal, bool] | None:
+    """The first item a value of `kind` cannot be compared with, and whether no item before it could match."""
+    first = True
+    for item in items:
+        if item.value is None:
+            continue
+        if not _comparable(kind, _first_kind(item)):
+            return item, first
+        first = False
+    return None
+
+
+def _first_kind(item: Literal) -> str:
+    (kind,) = _scalar_type(item.value).kinds
+    return kind

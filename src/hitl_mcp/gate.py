@@ -5,30 +5,37 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 
 from hitl_mcp import decisions, policy
 from hitl_mcp.actions import Action, Execution, find
+from hitl_mcp.actions.base import describe_target
 from hitl_mcp.config import Settings
 from hitl_mcp.decisions import escalation_time
 from hitl_mcp.errors import (
+    ActionFailed,
     AmbiguousId,
+    Effect,
     Expired,
     HitlError,
     InvalidArguments,
     NotAllowed,
     NotFound,
     NotPending,
+    StoreUnavailable,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
 from hitl_mcp.store import Edit, NewRequest, Store, wait_for_change
@@ -45,6 +52,10 @@ MAX_PAGE = 200
 CURSOR_PATTERN = re.compile(r"[0-9]{1,18}")
 
 ProgressFn = Callable[[float, float], Awaitable[None]]
+IDEMPOTENCY_KEY_MAX = 200
+# With no change to wake it, the runner of approved requests looks again this often anyway.
+RUNNER_IDLE_SECONDS = 5.0
+RUNNER_BATCH = 100
 
 # A test seam, inert unless this variable is set: the crash suite (tests/test_crash.py) names a point of
 # `Gate.execute` — before-claim, after-claim or after-action (before the outcome is recorded) — and a process
@@ -72,6 +83,30 @@ def arguments_digest(tool: str, arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def canonical_json(value: Any) -> str:
+    """The one text a value is stored and compared as (a target, say)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Filing:
+    """What one gated call did: filed `request`, or — `repeated` — found the earlier request it repeats
+    and filed nothing (`by_key`: its idempotency key; else the same call while that one is pending)."""
+
+    request: Request
+    repeated: bool = False
+    by_key: bool = False
+
+
+@contextmanager
+def _unless_stored(what: str) -> Iterator[None]:
+    """A store fault says what did not happen because of it: "the disk is full; nothing was filed"."""
+    try:
+        yield
+    except StoreUnavailable as fault:
+        raise fault.nothing(what) from None
+
+
 class Gate:
     def __init__(
         self,
@@ -87,6 +122,11 @@ class Gate:
         self.clock = clock
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._changed = anyio.Event()
+        self.targets = {name: action.target() for name, action in actions.items()}
+        # What `claim` compares a request's stored target with, for every tool at once.
+        self._targets_json = canonical_json({name: canonical_json(t) for name, t in self.targets.items()})
+        # Requests this gate is deciding and will run itself: its runner leaves them alone.
+        self._running_here: set[str] = set()
 
     # -- filing ----------------------------------------------------------------------------------
 
@@ -94,7 +134,21 @@ class Gate:
         """Validate, preview and store a request. Runs nothing unless the policy needs no approval.
 
         Bad input raises `InvalidArguments` and writes nothing; a policy denial is audited and refused."""
+        return (await self.file_call(tool, arguments, principal)).request
+
+    async def file_call(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        principal: str,
+        *,
+        idempotency_key: object = None,
+    ) -> Filing:
+        """`file`, saying whether the call repeats an earlier one, which is then returned instead: the same
+        `idempotency_key` from the same principal, or the same tool and arguments while that request is
+        pending and younger than `[gate] dedup_seconds`. An agent whose call timed out retries it."""
         action = self._action(tool)
+        key = _checked_idempotency_key(idempotency_key)
         args = action.parse(arguments)
         preview = await action.preview(args)
         snapshot = policy.select(self.settings.policies.get(tool), action.policy_values(args, preview))
@@ -104,10 +158,12 @@ class Gate:
         request_id = new_request_id()
         if snapshot.approval == "deny":
             details = {"arguments_digest": digest, "policy": snapshot.describe()}
-            await self.store.record_denial(request_id, tool, principal, details, now)
+            with _unless_stored("nothing was filed"):
+                await self.store.record_denial(request_id, tool, principal, details, now)
             raise NotAllowed(
                 f"the policy for {tool} refuses this request ({snapshot.describe()}); nothing was filed"
             )
+        window = self.settings.gate.dedup_seconds
         new = NewRequest(
             request_id=request_id,
             tool=tool,
@@ -120,12 +176,18 @@ class Gate:
             expires_at=now + self.settings.ttl_for(tool),
             policy=snapshot,
             escalate_at=escalation_time(snapshot, 0 if snapshot.levels else None, now),
+            target=canonical_json(self.targets[tool]),
+            idempotency_key=key,
+            dedup_since=now - window if window > 0 else None,
         )
-        filed = await self.store.insert(new)
+        with _unless_stored("nothing was filed"):
+            filed = await self.store.insert(new)
+        if filed.request_id != request_id:
+            return Filing(self._observed(filed), repeated=True, by_key=key is not None)
         self._signal()
         if new.auto_approved:
-            return await self.execute(request_id)
-        return filed
+            return Filing(await self.execute(request_id))
+        return Filing(filed)
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -138,10 +200,15 @@ class Gate:
     ) -> Request:
         """Record an approval — with edited arguments if given — and, once the policy's levels are all
         satisfied, claim and run the action at once. Returns the record afterwards."""
-        request = await self.decide(ref, principal, "approve", reason, arguments)
-        if request.status is Status.APPROVED:
-            return await self.execute(request.request_id)
-        return request
+        request_id = await self._decidable_id(ref)
+        self._running_here.add(request_id)
+        try:
+            request = await self.decide(request_id, principal, "approve", reason, arguments)
+            if request.status is Status.APPROVED:
+                return await self.execute(request.request_id)
+            return request
+        finally:
+            self._running_here.discard(request_id)
 
     async def reject(self, ref: str, principal: str, reason: str) -> Request:
         if not reason.strip():
@@ -162,19 +229,20 @@ class Gate:
         now = self.clock()
         roles = self.settings.roles_of(principal)
         try:
-            request = await self.store.decide(
-                request_id,
-                lambda current: decisions.plan(
-                    current,
-                    principal=principal,
-                    roles=roles,
-                    verdict=verdict,
-                    reason=reason,
-                    edit=edit,
-                    now=now,
-                ),
-                now,
-            )
+            with _unless_stored("nothing was changed"):
+                request = await self.store.decide(
+                    request_id,
+                    lambda current: decisions.plan(
+                        current,
+                        principal=principal,
+                        roles=roles,
+                        verdict=verdict,
+                        reason=reason,
+                        edit=edit,
+                        now=now,
+                    ),
+                    now,
+                )
         except Expired:
             await self.sweep()
             raise
@@ -188,6 +256,10 @@ class Gate:
                 f"request {request.request_id} is {request.status}, not pending; nothing was changed"
             )
         action = self._action(request.tool)
+        elsewhere = self.elsewhere(request)
+        if elsewhere is not None:
+            # The edit is previewed here, so it would show the approver another target's state.
+            raise NotAllowed(f"{elsewhere}; edit it from a process configured for that; nothing was changed")
         unknown = sorted(set(changes) - set(action.arguments_model.model_fields))
         if unknown:
             raise InvalidArguments(f"{unknown[0]}: {request.tool} has no such argument")
@@ -221,9 +293,11 @@ class Gate:
     async def cancel(self, ref: str, principal: str) -> Request:
         """The requester withdraws its own pending request."""
         request_id = await self.resolve(ref)
-        if not await self.store.cancel(request_id, principal, self.clock()):
+        with _unless_stored("nothing was changed"):
+            cancelled = await self.store.cancel(request_id, principal, self.clock())
+        if not cancelled:
             request = await self.get(request_id)
-            if request.requested_by != principal:
+            if request.requested_by.casefold() != principal.casefold():
                 raise NotAllowed(
                     f"request {request_id} was filed by {request.requested_by}; only its requester may "
                     "cancel it (an approver rejects instead)"
@@ -235,22 +309,101 @@ class Gate:
     # -- executing -------------------------------------------------------------------------------
 
     async def execute(self, request_id: str) -> Request:
-        """Claim an approved request and run it. Only the one claimer runs it; others just read it."""
+        """Claim an approved request and run it. Only the one claimer runs it; others just read it, and so
+        does a process not configured for the request's target (see `elsewhere`)."""
         _test_pause("before-claim", request_id)
-        claimed = await self.store.claim(request_id, self.worker, self.clock())
+        with _unless_stored("the request stays approved, for this or another process to run"):
+            claimed = await self.store.claim(request_id, self.worker, self.clock(), self._targets_json)
         if claimed is None:
             request = await self.get(request_id)
             if request.status is Status.APPROVED and request.expires_at.timestamp() <= self.clock():
                 await self.sweep()
                 return await self.get(request_id)
+            if request.status is Status.APPROVED and (elsewhere := self.elsewhere(request)):
+                logger.info("not running %s here: %s", request_id, elsewhere)
             return request
         self._signal()
         _test_pause("after-claim", request_id)
-        status, result, error = await self._run(claimed)
+        status, result, error, effect = await self._run(claimed)
         _test_pause("after-action", request_id)
-        finished = await self.store.finish(request_id, status, self.worker, result, error, self.clock())
+        finished = await self._finish(request_id, status, result, error, effect)
         self._signal()
         return self._observed(finished) if finished is not None else await self.get(request_id)
+
+    async def _finish(
+        self,
+        request_id: str,
+        status: Status,
+        result: dict[str, Any] | None,
+        error: str | None,
+        effect: Effect | None,
+    ) -> Request | None:
+        try:
+            return await self.store.finish(
+                request_id, status, self.worker, result, error, self.clock(), effect=effect
+            )
+        except StoreUnavailable as fault:
+            # The action has run (or failed) and only its record is missing: the request stays executing
+            # and shows as outcome unknown once this process is gone, for a person to settle.
+            outcome = "ran" if status is Status.EXECUTED else f"failed ({error})"
+            raise StoreUnavailable(
+                f"request {request_id}: the action {outcome}, but its outcome could not be recorded: "
+                f"{fault.reason}. It shows as outcome unknown; record it with `hitl settle`",
+                certain=False,
+            ) from None
+
+    def elsewhere(self, request: Request) -> str | None:
+        """Why this process must not run `request`: it was filed against another target than the one this
+        process is configured for. None when it may."""
+        if request.target is None:
+            return None
+        ours = self.targets.get(request.tool)
+        if ours is None:
+            return f"request {request.request_id} is for {request.tool}, which this process does not have"
+        if ours == request.target:
+            return None
+        return (
+            f"request {request.request_id} was filed against {describe_target(request.target)}; this "
+            f"process is configured for {describe_target(ours)}"
+        )
+
+    async def retry(self, ref: str, principal: str) -> Request:
+        """Run again a failed request whose failure certainly had no effect, with the same approved
+        arguments, before it expires. Audited; only someone who may approve it, never its requester."""
+        request = await self.get(ref)
+        request_id = request.request_id
+        if request.status is not Status.FAILED or request.effect != "none":
+            why = (
+                "failed with an effect that is unknown: it is never run again"
+                if request.status is Status.FAILED
+                else f"{request.status}, not failed"
+            )
+            raise NotPending(f"request {request_id} is {why}; nothing was changed")
+        if request.expires_at.timestamp() <= self.clock():
+            raise Expired(
+                f"request {request_id} expired at {request.expires_at.isoformat()}; it will never run"
+            )
+        if request.requested_by.casefold() == principal.casefold():
+            raise NotAllowed(
+                f"{principal} filed request {request_id}; an approver retries it, not its requester"
+            )
+        roles = self.settings.roles_of(principal)
+        snapshot = request.approval.policy
+        if snapshot.levels and not any(level.admits(roles) for level in snapshot.levels):
+            held = ", ".join(roles) if roles else "no roles"
+            raise NotAllowed(
+                f"request {request_id} is approved by {snapshot.describe()}; {principal} holds {held}"
+            )
+        with _unless_stored("nothing was changed"):
+            retried = await self.store.retry(request_id, principal, self.clock())
+        if retried is None:
+            raise NotPending(f"request {request_id} changed meanwhile; read it again")
+        self._signal()
+        self._running_here.add(request_id)
+        try:
+            return await self.execute(request_id)
+        finally:
+            self._running_here.discard(request_id)
 
     async def settle(
         self, ref: str, principal: str, outcome: Literal["executed", "failed"], note: str
@@ -276,25 +429,33 @@ class Gate:
             None if status is Status.EXECUTED else f"settled by {principal}: {note}",
             self.clock(),
             {"settled": True, "note": note, "claimed_by": request.claimed_by},
+            # A person who checked and found it did not take effect knows there was none: it may be retried.
+            effect=None if status is Status.EXECUTED else "none",
         )
         if settled is None:
             raise NotPending(f"request {request.request_id} changed meanwhile; read it again")
         self._signal()
         return settled
 
-    async def _run(self, request: Request) -> tuple[Status, dict[str, Any] | None, str | None]:
+    async def _run(self, request: Request) -> tuple[Status, dict[str, Any] | None, str | None, Effect | None]:
         if arguments_digest(request.tool, request.arguments) != request.arguments_digest:
-            return Status.FAILED, None, "the stored arguments no longer match what was approved; not run"
+            error = "the stored arguments no longer match what was approved; not run"
+            return Status.FAILED, None, error, "none"
         action = self.actions[request.tool]
         try:
             args = action.parse(request.arguments)
-            result = await action.execute(args, Execution(request.request_id, request.preview))
         except HitlError as error:
-            return Status.FAILED, None, str(error)
+            return Status.FAILED, None, f"{error}; not run", "none"
+        try:
+            result = await action.execute(args, Execution(request.request_id, request.preview))
+        except ActionFailed as error:
+            return Status.FAILED, None, str(error), error.effect
+        except HitlError as error:
+            return Status.FAILED, None, str(error), "unknown"
         except Exception as error:
             logger.exception("action %s crashed on request %s", request.tool, request.request_id)
-            return Status.FAILED, None, f"the action crashed ({type(error).__name__}: {error})"
-        return Status.EXECUTED, result, None
+            return Status.FAILED, None, f"the action crashed ({type(error).__name__}: {error})", "unknown"
+        return Status.EXECUTED, result, None, None
 
     # -- housekeeping ----------------------------------------------------------------------------
 
@@ -314,13 +475,32 @@ class Gate:
         return len(escalated)
 
     async def release_orphans(self) -> int:
-        """Run approved requests whose approver died between its decision and its claim."""
+        """Run approved requests nobody claimed for a while (their approver died, or approved them from a
+        process without their target): the safety net under `run_approved_forever`."""
         grace = self.settings.gate.orphan_grace_seconds
+        return await self._run_approved(self.clock() - grace)
+
+    async def _run_approved(self, decided_before: float) -> int:
+        ids = await self.store.approved_unclaimed(decided_before, RUNNER_BATCH, self._targets_json)
         released = 0
-        for request_id in await self.store.approved_unclaimed(self.clock() - grace):
+        for request_id in ids:
+            if request_id in self._running_here:
+                continue
             request = await self.execute(request_id)
             released += request.status in (Status.EXECUTED, Status.FAILED)
         return released
+
+    async def run_approved_forever(self) -> None:
+        """Run every approved request this process has the target for as soon as it is approved, by
+        whichever process: `hitl approve` in a terminal without this configuration leaves it here.
+        Cancel it to stop."""
+        while True:
+            changed, before = self._changed, await self.store.change_counter()
+            try:
+                await self._run_approved(math.inf)
+            except Exception:
+                logger.exception("running approved requests failed; trying again at the next change")
+            await wait_for_change(self.store, before, RUNNER_IDLE_SECONDS, local=changed)
 
     async def maintain(self) -> None:
         """Sweep and release orphans forever; run it in a task group and cancel it to stop."""
@@ -428,6 +608,22 @@ class Gate:
         return find(self.actions, tool)
 
 
+def _checked_idempotency_key(key: object) -> str | None:
+    """The key a client sent (from the call's `_meta`, so of any JSON type), or a refusal."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise InvalidArguments(
+            f"_meta.io.hitl/idempotency-key: must be text of 1 to {IDEMPOTENCY_KEY_MAX} characters; "
+            "nothing was filed"
+        )
+    if any(unicodedata.category(char).startswith(("C", "Z")) and char != " " for char in key):
+        raise InvalidArguments(
+            "_meta.io.hitl/idempotency-key: must hold printable characters only; nothing was filed"
+        )
+    return key
+
+
 def claimant_gone(request: Request, *, now: float, timeout: float, host: str) -> bool:
     """Whether an executing request's claimant can no longer record its outcome: its process, on this host,
     no longer exists, or it claimed the request more than `timeout` seconds ago. Nothing re-runs such a
@@ -456,12 +652,21 @@ def _process_exists(pid: int) -> bool:
 async def open_gate(
     settings: Settings,
     actions: Mapping[str, Action] | None = None,  # type: ignore[type-arg]
+    *,
+    readonly: bool = False,
 ) -> AsyncIterator[Gate]:
-    """A gate over the configured SQLite store and actions (built from the settings unless given)."""
+    """A gate over the configured SQLite store and actions (built from the settings unless given);
+    `readonly` for commands that only read, which then work on a read-only store and take no lock."""
     from hitl_mcp.actions import build_actions
     from hitl_mcp.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(settings.db_path, synchronous=settings.gate.synchronous, notify=settings.notifiers)
+    store = SQLiteStore(
+        settings.db_path,
+        synchronous=settings.gate.synchronous,
+        busy_timeout=settings.gate.busy_timeout_seconds,
+        notify=settings.notifiers,
+        readonly=readonly,
+    )
     await store.open()
     try:
         yield Gate(store, build_actions(settings.actions) if actions is None else actions, settings)

@@ -240,14 +240,16 @@ class Ledger:
             if (fill.symbol, fill.quantity, fill.price) != (symbol, quantity, price):
                 raise ActionFailed(
                     f"client order id {client_order_id} was already used for a different order "
-                    f"({fill.quantity} {fill.symbol} at {fill.price})"
+                    f"({fill.quantity} {fill.symbol} at {fill.price})",
+                    effect="none",
                 )
             return fill
         cash_cents, position = self._cash_and_position(conn, symbol)
         if cash_cents < total_cents:
             raise ActionFailed(
                 f"insufficient cash: the order costs {format_dollars(total_cents)} "
-                f"but the account holds {format_dollars(cash_cents)}"
+                f"but the account holds {format_dollars(cash_cents)}",
+                effect="none",
             )
         cash_after = cash_cents - total_cents
         position_after = position + quantity

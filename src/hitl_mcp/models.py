@@ -92,6 +92,16 @@ class Request(BaseModel):
     claimed_at: datetime | None = Field(
         default=None, description="When it was claimed, while it is executing; null otherwise"
     )
+    target: dict[str, str] | None = Field(
+        default=None,
+        description="What the request was previewed against (the ledger, the database, the SMTP server, the "
+        "upstream): only a process configured for the same target runs it",
+    )
+    effect: Literal["none", "unknown"] | None = Field(
+        default=None,
+        description="For a failed request: `none` when the failure certainly had no effect (an approver may "
+        "retry it), `unknown` when it may have had one (never run again)",
+    )
     outcome_unknown: bool = Field(
         default=False,
         description="Executing, but the process that claimed it is gone or overdue: whether the action "

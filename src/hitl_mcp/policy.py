@@ -6,14 +6,18 @@ never changes what an open request needs. Approvals are counted against that sna
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from itertools import combinations
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hitl_mcp import expr
 from hitl_mcp.errors import ConfigError, NotAllowed
+
+if TYPE_CHECKING:
+    from hitl_mcp.actions.base import Action
 
 Approval = Literal["required", "none", "deny"]
 
@@ -131,6 +135,90 @@ def _check_expression(text: str, names: frozenset[str], key: str) -> None:
         raise ConfigError(
             f"{key}: unknown name {unknown[0]!r} in {text!r}; rules can use: {', '.join(sorted(names))}"
         )
+
+
+def policy_warnings(policies: Mapping[str, ActionPolicy], principals: Mapping[str, Any]) -> list[str]:
+    """What loads but cannot work as written, each naming its key like a load error: a rule no call reaches,
+    a `when` that fails on every call that reaches it, a level too few principals can fill."""
+    from hitl_mcp.actions import ACTION_TYPES
+
+    warnings: list[str] = []
+    for tool, policy in policies.items():
+        types = _name_types(ACTION_TYPES[tool])
+        for index, rule in enumerate(policy.rules):
+            where = f"policy.{tool}.rules[{index}]"
+            earlier = next((i for i, r in enumerate(policy.rules[:index]) if r.when is None), None)
+            if earlier is not None:
+                warnings.append(
+                    f"{where}: never applies: rules[{earlier}] has no `when`, so that rule applies to every "
+                    "call first"
+                )
+            if rule.when is not None:
+                warnings.extend(_when_warnings(rule.when, types, f"{where}.when"))
+            warnings.extend(_level_warnings(rule.levels, principals, where))
+    return warnings
+
+
+def _name_types(action: type[Action]) -> dict[str, expr.ValueType]:  # type: ignore[type-arg]
+    """The type of each name a rule may use: preview values, then arguments, which `policy_values` lets
+    win a clash. Arguments are as `model_dump(mode="json")` gives them; `expr.value_type` knows which."""
+    types = {name: expr.value_type(python_type) for name, python_type in action.preview_types.items()}
+    for name, field in action.arguments_model.model_fields.items():
+        types[name] = expr.value_type(field.annotation)
+    return types
+
+
+def _when_warnings(text: str, types: Mapping[str, expr.ValueType], key: str) -> Iterator[str]:
+    node = expr.parse(text)
+    problems = expr.type_problems(node, types)
+    for problem in problems:
+        if problem.when is None:
+            yield f"{key}: {problem.message}; every call that reaches this rule would be refused"
+        else:
+            yield f"{key}: {problem.message}; a call that reaches this rule is refused {problem.when}"
+    if problems or expr.names(node):
+        return
+    try:
+        constant = expr.holds(node, {})
+    except expr.ExpressionError as error:
+        yield f"{key}: {error}; every call that reaches this rule would be refused"
+        return
+    if not constant:
+        yield f"{key}: {text!r} names no argument and is never true, so this rule never applies"
+
+
+def _level_warnings(levels: Sequence[Level], principals: Mapping[str, Any], where: str) -> Iterator[str]:
+    """Levels that need more distinct principals holding their roles than the config has. A principal
+    counts once per request, at one level, so levels drawing on the same people are judged together."""
+    holders = [
+        frozenset(name for name, known in principals.items() if level.admits(known.roles))
+        if level.roles
+        else None
+        for level in levels
+    ]
+    for number, (level, who) in enumerate(zip(levels, holders, strict=True)):
+        if who is not None and level.count > len(who):
+            yield (
+                f"{where}.levels[{number}].count: needs {level.count} distinct principals holding "
+                f"{' or '.join(level.roles)} but only {len(who)} {'does' if len(who) == 1 else 'do'} "
+                f"({', '.join(sorted(who))}), so this level can never be satisfied"
+            )
+    restricted = [(number, who) for number, who in enumerate(holders) if who is not None]
+    if any(levels[number].count > len(who) for number, who in restricted) or len(restricted) > 8:
+        return
+    # Hall's condition: every group of levels needs at least as many distinct principals as its counts add up.
+    for size in range(2, len(restricted) + 1):
+        for group in combinations(restricted, size):
+            needed = sum(levels[number].count for number, _ in group)
+            able = frozenset().union(*(who for _, who in group))
+            if needed > len(able):
+                numbers = " and ".join(f"levels[{number}]" for number, _ in group)
+                yield (
+                    f"{where}.levels: {numbers} together need {needed} distinct principals but only "
+                    f"{len(able)} hold their roles ({', '.join(sorted(able))}); a principal counts once per "
+                    "request, so these levels can never all be satisfied"
+                )
+                return
 
 
 def select(policy: ActionPolicy | None, values: Mapping[str, object]) -> Snapshot:

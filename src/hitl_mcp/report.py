@@ -26,6 +26,7 @@ STATUS_AFTER = {
     "policy-auto-approved": "approved",
     "rejected": "rejected",
     "claimed": "executing",
+    "retried": "approved",
     "executed": "executed",
     "failed": "failed",
     "expired": "expired",

@@ -44,6 +44,11 @@ class Execution:
     preview: Mapping[str, Any]
 
 
+def describe_target(target: Mapping[str, str]) -> str:
+    """A target in words, e.g. `database /srv/app.db`."""
+    return ", ".join(f"{key} {value}" for key, value in sorted(target.items())) or "no particular target"
+
+
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line per failing field: `field: rule`. Pydantic's own text names both; we keep it short."""
     parts = []
@@ -60,8 +65,9 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
     description: ClassVar[str]
     arguments_model: ClassVar[type[BaseModel]]
     settings_model: ClassVar[type[ActionSettings]]
-    preview_fields: ClassVar[frozenset[str]] = frozenset()
-    """Preview values that policy rules may name beside the arguments (e.g. `total`)."""
+    preview_types: ClassVar[Mapping[str, type]] = {}
+    """Preview values that policy rules may name beside the arguments (e.g. `total`), with the Python type
+    each has, so a rule's `when` is type-checked at load against what it will meet."""
 
     def __init__(self, settings: SettingsT) -> None:
         self.settings = settings
@@ -78,10 +84,10 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
     @classmethod
     def policy_names(cls) -> frozenset[str]:
         """The names a policy rule's `when` may use for this action."""
-        return frozenset(cls.arguments_model.model_fields) | cls.preview_fields
+        return frozenset(cls.arguments_model.model_fields) | frozenset(cls.preview_types)
 
     def policy_values(self, args: ArgsT, preview: Mapping[str, Any]) -> dict[str, object]:
-        values: dict[str, object] = {name: preview[name] for name in self.preview_fields if name in preview}
+        values: dict[str, object] = {name: preview[name] for name in self.preview_types if name in preview}
         values.update(args.model_dump(mode="json"))
         return values
 
@@ -91,6 +97,12 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
             return self.arguments_model.model_validate(dict(raw))  # type: ignore[return-value]
         except ValidationError as error:
             raise InvalidArguments(describe_validation_error(error)) from None
+
+    def target(self) -> dict[str, str]:
+        """What this action previews and acts on as this process is configured: the ledger, the database,
+        the server. A request records it when filed and runs only in a process with the same target, so
+        an approver never makes it act on something other than what they were shown. Empty: anywhere."""
+        return {}
 
     @abstractmethod
     def summary(self, args: ArgsT) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -85,13 +86,21 @@ class BuyStock(Action[BuyArguments, BuyStockSettings]):
     )
     arguments_model = BuyArguments
     settings_model = BuyStockSettings
-    preview_fields = frozenset(
-        {"total", "cash_before", "cash_after", "position_before", "position_after", "sufficient_cash"}
-    )
+    preview_types: ClassVar[Mapping[str, type]] = {
+        "total": float,
+        "cash_before": float,
+        "cash_after": float,
+        "position_before": int,
+        "position_after": int,
+        "sufficient_cash": bool,
+    }
 
     def __init__(self, settings: BuyStockSettings) -> None:
         super().__init__(settings)
         self.ledger = Ledger(settings.ledger, settings.starting_cash)
+
+    def target(self) -> dict[str, str]:
+        return {"ledger": str(self.settings.ledger.resolve())}
 
     def summary(self, args: BuyArguments) -> str:
         total = format_dollars(order_total_cents(args.quantity, args.price))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,7 +103,11 @@ class DeleteRecords(Action[DeleteArguments, DeleteSettings]):
     )
     arguments_model = DeleteArguments
     settings_model = DeleteSettings
-    preview_fields = frozenset({"matching_rows"})
+    preview_types: ClassVar[Mapping[str, type]] = {"matching_rows": int}
+
+    def target(self) -> dict[str, str]:
+        database = self.settings.database
+        return {"database": "(none configured)" if database is None else str(database.resolve())}
 
     def summary(self, args: DeleteArguments) -> str:
         condition = re.sub(r"[\r\n\t\f\v]+", " ", args.condition).strip()
@@ -117,11 +122,13 @@ class DeleteRecords(Action[DeleteArguments, DeleteSettings]):
     async def execute(self, args: DeleteArguments, execution: Execution) -> dict[str, Any]:
         shown = execution.preview.get("matching_rows")
         if not isinstance(shown, int) or isinstance(shown, bool):
-            raise ActionFailed("the approved preview has no row count to check against; nothing was deleted")
+            raise ActionFailed(
+                "the approved preview has no row count to check against; nothing was deleted", effect="none"
+            )
         try:
             plan = self._plan(args)
         except InvalidArguments as error:
-            raise ActionFailed(f"{error}; nothing was deleted") from None
+            raise ActionFailed(f"{error}; nothing was deleted", effect="none") from None
         return await anyio.to_thread.run_sync(self._delete, plan, shown)
 
     # --- checks that need no database ---------------------------------------------------------------------
@@ -182,7 +189,7 @@ class DeleteRecords(Action[DeleteArguments, DeleteSettings]):
         try:
             connection = _open(plan.database, "rw")
         except InvalidArguments as error:
-            raise ActionFailed(f"{error}; nothing was deleted") from None
+            raise ActionFailed(f"{error}; nothing was deleted", effect="none") from None
         with closing(connection):
             try:
                 # IMMEDIATE takes the write lock now, so no row can be added between the count and the delete.
@@ -191,7 +198,8 @@ class DeleteRecords(Action[DeleteArguments, DeleteSettings]):
                 matching = _count(connection, target)
                 if matching > shown:
                     raise ActionFailed(
-                        f"{matching} rows match now but the approver was shown {shown}; nothing was deleted"
+                        f"{matching} rows match now but the approver was shown {shown}; nothing was deleted",
+                        effect="none",
                     )
                 cursor = connection.execute(
                     f"DELETE FROM {target.quoted_table} WHERE {target.where_sql}", target.params
@@ -200,10 +208,10 @@ class DeleteRecords(Action[DeleteArguments, DeleteSettings]):
                 connection.execute("COMMIT")
                 return {"deleted": deleted, "table": target.table}
             except InvalidArguments as error:
-                raise ActionFailed(f"{error}; nothing was deleted") from None
+                raise ActionFailed(f"{error}; nothing was deleted", effect="none") from None
             except sqlite3.Error as error:
                 raise ActionFailed(
-                    f"the database refused the delete ({error}); nothing was deleted"
+                    f"the database refused the delete ({error}); nothing was deleted", effect="none"
                 ) from None
             finally:
                 if connection.in_transaction:

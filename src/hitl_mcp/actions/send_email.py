@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
@@ -115,6 +116,20 @@ class SendEmailSettings(ActionSettings):
         return self
 
 
+# Refusals that certainly left nothing with the server: no connection, or the server said no before it
+# accepted the message (a reply to the end of DATA other than 250 refuses it too).
+NOT_SENT = (
+    aiosmtplib.SMTPConnectError,
+    aiosmtplib.SMTPHeloError,
+    aiosmtplib.SMTPAuthenticationError,
+    aiosmtplib.SMTPNotSupported,
+    aiosmtplib.SMTPSenderRefused,
+    aiosmtplib.SMTPRecipientRefused,
+    aiosmtplib.SMTPRecipientsRefused,
+    aiosmtplib.SMTPDataError,
+)
+
+
 def message_id_for(request_id: str) -> str:
     """The Message-ID a request's email carries: the same request always yields the same id."""
     if not _REQUEST_ID_PATTERN.match(request_id):
@@ -149,7 +164,12 @@ class SendEmail(Action[EmailArguments, SendEmailSettings]):
     )
     arguments_model = EmailArguments
     settings_model = SendEmailSettings
-    preview_fields = frozenset({"size_bytes"})
+    preview_types: ClassVar[Mapping[str, type]] = {"size_bytes": int}
+
+    def target(self) -> dict[str, str]:
+        # The sender is part of what the approver read in the rendered message.
+        settings = self.settings
+        return {"smtp server": f"{settings.smtp_host}:{settings.smtp_port}", "sender": settings.sender}
 
     def summary(self, args: EmailArguments) -> str:
         return f'Email {args.to}: "{args.subject}"'
@@ -183,7 +203,10 @@ class SendEmail(Action[EmailArguments, SendEmailSettings]):
         message["Message-ID"] = message_id
         try:
             errors, response = await deliver(message, self.settings)
+        except NOT_SENT as error:
+            raise ActionFailed(f"SMTP delivery failed: {error}; nothing was sent", effect="none") from error
         except (aiosmtplib.SMTPException, OSError) as error:
+            # Cut off or timed out once the message may have been handed over: whether it went is unknown.
             raise ActionFailed(f"SMTP delivery failed: {error}") from error
         return {
             "message_id": message_id,

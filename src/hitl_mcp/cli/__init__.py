@@ -1,6 +1,6 @@
 """The human face: `hitl`. Parses, establishes who is acting, calls the gate, renders the answer."""
 
-from hitl_mcp.cli import audit, notify, policy, requests, serve, token, watch
+from hitl_mcp.cli import audit, mcp_config, notify, policy, requests, serve, token, watch
 from hitl_mcp.cli.app import main
 
-__all__ = ["audit", "main", "notify", "policy", "requests", "serve", "token", "watch"]
+__all__ = ["audit", "main", "mcp_config", "notify", "policy", "requests", "serve", "token", "watch"]

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from hitl_mcp import display
 from hitl_mcp import report as reports
 from hitl_mcp.audit import COLUMNS, AuditRecord, read_records, verify
 from hitl_mcp.cli.app import main
@@ -69,7 +70,12 @@ def reading() -> Iterator[sqlite3.Connection]:
     path = load().db_path
     if not path.is_file():
         raise ConfigError(f"no store at {path}; HITL_DB names the store file (the one `hitl serve` uses)")
-    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    from hitl_mcp.store.sqlite import open_reader  # the store's module: only these commands need it
+
+    try:
+        conn = open_reader(path)
+    except sqlite3.DatabaseError as error:
+        raise HitlError(f"cannot read the audit trail in {path}: {error}") from None
     try:
         conn.execute(f"SELECT {COLUMNS} FROM audit LIMIT 0")
         yield conn
@@ -96,7 +102,9 @@ def verify_command() -> None:
     with reading() as conn:
         result = verify(conn)
     if result.broken is not None:
-        click.echo(f"FAILED: {result.broken.message} ({result.records} records before it are sound)")
+        # The message quotes what it found in the store, which whoever changed it chose.
+        message = display.visible(result.broken.message)
+        click.echo(f"FAILED: {message} ({result.records} records before it are sound)")
         sys.exit(1)
     click.echo(f"OK: {result.records} records, head {result.head}")
 
@@ -277,7 +285,8 @@ def render(figures: reports.Report) -> str:
     if figures.approvers:
         approvers = [(name, str(c["approved"]), str(c["rejected"])) for name, c in figures.approvers.items()]
         lines += [table(("APPROVER", "APPROVED", "REJECTED"), approvers), ""]
-    lines.append("Events: " + ", ".join(f"{event} {count}" for event, count in figures.events.items()))
+    events = ", ".join(f"{event} {count}" for event, count in figures.events.items())
+    lines.append("Events: " + display.visible(events))
     return "\n".join(lines)
 
 

@@ -1,4 +1,8 @@
-"""What every `hitl` command shares: settings, the gate, who is acting, refusals, and rendering."""
+"""What every `hitl` command shares: settings, the gate, who is acting, refusals, and rendering.
+
+Everything rendered here for a person goes through `hitl_mcp.display`: agents write summaries, arguments
+and previews, and a control or bidi character printed raw could make the approver read something else.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
 
+from hitl_mcp import display
 from hitl_mcp.config import Settings, check_principal, load_settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import Gate, open_gate
@@ -24,9 +29,11 @@ def load(principal: str | None = None) -> Settings:
     return load_settings(principal=principal)
 
 
-def with_gate(settings: Settings, work: Callable[[Gate], Awaitable[T]]) -> T:
+def with_gate(settings: Settings, work: Callable[[Gate], Awaitable[T]], *, readonly: bool = False) -> T:
+    """Run `work` on a gate over the configured store; `readonly` for commands that only read."""
+
     async def run() -> T:
-        async with open_gate(settings) as gate:
+        async with open_gate(settings, readonly=readonly) as gate:
             return await work(gate)
 
     return anyio.run(run)
@@ -40,31 +47,51 @@ def refusals(command: Callable[..., None]) -> Callable[..., None]:
         try:
             command(*args, **kwargs)
         except HitlError as error:
-            click.echo(f"hitl: {error}", err=True)
-            sys.exit(error.exit_code)
+            refuse(error)
+        except BaseExceptionGroup as group:
+            # A refusal raised inside a task group (a server's start, say) arrives wrapped in one.
+            found = group.subgroup(HitlError)
+            if found is None or len(found.exceptions) != 1 or not isinstance(found.exceptions[0], HitlError):
+                raise
+            refuse(found.exceptions[0])
 
     return wrapper
 
 
+def refuse(error: HitlError) -> NoReturn:
+    click.echo(f"hitl: {display.visible_lines(str(error))}", err=True)
+    sys.exit(error.exit_code)
+
+
 def acting_as(name: str | None) -> str:
-    return check_principal(name or getpass.getuser(), "--as")
+    """Who a command acts as, in the normal form every comparison uses (`--as AGENT` is `agent`)."""
+    if name:
+        return check_principal(name, "--as")
+    return check_principal(getpass.getuser(), "your OS user name (act as someone with --as NAME)")
 
 
 def report(request: Request, as_json: bool) -> None:
     if as_json:
         click.echo(request.model_dump_json(indent=2))
         return
-    click.echo(f"{request.request_id} {status_label(request)}: {request.summary}")
+    click.echo(f"{request.request_id} {status_label(request)}: {display.visible(request.summary)}")
     if request.status is Status.PENDING and request.approval.may_decide:
-        click.echo(f"waits on: {request.approval.may_decide}")
+        click.echo(f"waits on: {display.visible(request.approval.may_decide)}")
     if request.result is not None:
-        click.echo(f"result: {json.dumps(request.result, sort_keys=True)}")
+        click.echo(f"result: {shown_json(request.result)}")
     if request.error:
-        click.echo(f"error: {request.error}")
+        click.echo(f"error: {display.visible(request.error)}")
+
+
+def shown_json(value: Any, indent: int | None = None) -> str:
+    """JSON for a person: non-ASCII text readable as itself, yet every character that could change how
+    the rest is shown escaped. json.dumps with ensure_ascii=False would leave U+202E or U+2028 raw; the
+    escapes `display` writes (`\\u202e`) are also the JSON escapes, so the text still reads as JSON."""
+    return display.visible_lines(json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False))
 
 
 def indented(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n           ")
+    return shown_json(value, indent=2).replace("\n", "\n           ")
 
 
 def status_label(request: Request) -> str:
@@ -79,10 +106,10 @@ def describe(request: Request) -> str:
         f"Request    {request.request_id}",
         f"Tool       {request.tool}",
         f"Status     {status_label(request)}",
-        f"Summary    {request.summary}",
+        f"Summary    {display.visible(request.summary)}",
         f"Requested  by {request.requested_by} at {request.created_at.isoformat(timespec='seconds')}",
         f"Expires    {request.expires_at.isoformat(timespec='seconds')}",
-        f"Policy     {approval.description}",
+        f"Policy     {display.visible(approval.description)}",
     ]
     if approval.waiting_on is not None and request.status.value == "pending":
         of = len(approval.policy.levels)
@@ -109,18 +136,17 @@ def describe(request: Request) -> str:
             f"           with `hitl settle {request.request_id[:10]} --executed|--failed --note TEXT`."
         )
     if request.result is not None:
-        lines.append("Result     " + json.dumps(request.result, sort_keys=True))
+        lines.append("Result     " + shown_json(request.result))
     if request.error:
-        lines.append(f"Error      {request.error}")
-    return "\n".join(lines)
+        lines.append(f"Error      {display.visible(request.error)}")
+    # Each value above is escaped on its own, so none can start a line of its own; this pass is for the
+    # names and texts that come from principals, decisions and the config.
+    return "\n".join(display.visible_lines(line) for line in lines)
 
 
 def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    )
+    """Cells escaped and padded by display width, so a value never runs into the next column."""
+    return display.table(header, rows)
 
 
 def duration(seconds: float) -> str:
@@ -139,4 +165,5 @@ def expires_in(request: Request, now: float) -> str:
 
 
 def truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """`text` escaped and cut to `width` display columns with "…", never inside an escape."""
+    return display.cut(text, width)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import anyio
@@ -23,21 +24,34 @@ def policy_group() -> None:
 
 
 @policy_group.command()
-@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", required=False, type=click.Path(path_type=Path))
+@click.option("--strict", is_flag=True, help="Exit 1 when there is any warning.")
 @refusals
-def check(config: Path | None) -> None:
+def check(config: Path | None, strict: bool) -> None:
     """Validate CONFIG (default: the file HITL_CONFIG names) and summarise each action's policy.
 
-    Exits 0 when the file is valid, 2 with a message naming the key when it is not."""
+    Exits 2 with a message naming the key when the file is wrong. A file that loads may still hold rules
+    that cannot work: a `when` that fails on every call (text compared with a number, division by zero),
+    a rule after one that always applies, a level needing more principals than hold its roles. Each is
+    printed on stderr as `warning: KEY: …`; the exit status stays 0 unless --strict, which exits 1."""
     env = dict(os.environ)
     if config is not None:
         env["HITL_CONFIG"] = str(config)
     settings = load_settings(env)
-    click.echo(f"OK: {settings.config_path or 'no config file (built-in defaults)'}")
+    where = settings.config_path or "no config file (built-in defaults)"
+    if settings.warnings:
+        count = len(settings.warnings)
+        click.echo(f"valid, with {count} warning{'s' if count != 1 else ''}: {where}")
+    else:
+        click.echo(f"OK: {where}")
     for tool in sorted(settings.actions):
         click.echo(f"{tool}:")
         for line in _policy_lines(settings, tool):
             click.echo(f"  {line}")
+    for warning in settings.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if strict and settings.warnings:
+        sys.exit(1)
 
 
 def _policy_lines(settings: Settings, tool: str) -> list[str]:

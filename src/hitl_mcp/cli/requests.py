@@ -23,7 +23,7 @@ from hitl_mcp.cli.common import (
     truncate,
     with_gate,
 )
-from hitl_mcp.errors import HitlError
+from hitl_mcp.errors import HitlError, InvalidArguments
 from hitl_mcp.gate import Gate
 from hitl_mcp.models import Request, Status
 
@@ -61,7 +61,7 @@ def list_requests(
             found = sorted(found + [r for r in executing if r.outcome_unknown], key=lambda r: r.created_at)
         return found[:limit]
 
-    requests = with_gate(load(), collect)
+    requests = with_gate(load(), collect, readonly=True)
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in requests], indent=2))
         return
@@ -106,7 +106,7 @@ async def _pages(
 @refusals
 def show(request_id: str, as_json: bool) -> None:
     """Everything about one request (ID may be any unique prefix)."""
-    request = with_gate(load(), lambda gate: gate.get(request_id))
+    request = with_gate(load(), lambda gate: gate.get(request_id), readonly=True)
     if as_json:
         click.echo(request.model_dump_json(indent=2))
     else:
@@ -125,33 +125,68 @@ def show(request_id: str, as_json: bool) -> None:
     help="Change an argument before approving (repeatable); VALUE is read as JSON when it parses, "
     "else as text. The edit is validated, re-previewed, re-checked by policy and audited.",
 )
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Approve without asking (needed when not on a terminal).")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=OUTCOME_WAIT_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="How long to wait for the outcome when another process runs the action.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the record afterwards as JSON.")
 @refusals
 def approve(
-    request_id: str, as_name: str | None, reason: str | None, edits: tuple[str, ...], yes: bool, as_json: bool
+    request_id: str,
+    as_name: str | None,
+    reason: str | None,
+    edits: tuple[str, ...],
+    yes: bool,
+    wait_seconds: float,
+    as_json: bool,
 ) -> None:
     """Approve a pending request. Once its policy's approvals are complete, its action runs at once,
-    exactly once; until then the request waits on the next level."""
+    exactly once; until then the request waits on the next level.
+
+    The action runs only in a process configured for what the request was previewed against (its
+    ledger, database, SMTP server): approved from anywhere else, a running `hitl serve` that has it runs
+    it, and this command waits for the outcome (--wait) and prints it."""
     principal = acting_as(as_name)
     settings = load(principal)
     changes = parse_assignments(edits) if edits else None
+    if not yes and not sys.stdin.isatty():
+        # Without a terminal nobody can answer the question; never take silence for a yes.
+        raise InvalidArguments(
+            "not on a terminal, so nobody can confirm: pass --yes to approve; nothing was changed"
+        )
 
     async def decide(gate: Gate) -> Request:
         request = await gate.get(request_id)
-        if not yes and sys.stdin.isatty():
+        if not yes:
             click.echo(describe(request))
             if changes:
                 click.echo(f"Edits      {json.dumps(changes, sort_keys=True)}")
             if not click.confirm(f"Approve {request.tool} as {principal}?", default=False):
                 raise HitlError("not approved; nothing was changed")
         request = await gate.approve(request.request_id, principal, reason, changes)
-        if request.status is Status.EXECUTING:
-            request = await gate.wait(request.request_id, OUTCOME_WAIT_SECONDS)
+        elsewhere = gate.elsewhere(request) if request.status is Status.APPROVED else None
+        if elsewhere is not None:
+            click.echo(f"{elsewhere}: not run here; waiting for a process configured for it …", err=True)
+        if request.status in (Status.APPROVED, Status.EXECUTING) and request.approval.waiting_on is None:
+            request = await gate.wait(request.request_id, wait_seconds)
         return request
 
     request = with_gate(settings, decide)
     report(request, as_json)
+    short = request.request_id[:10]
+    if not as_json and request.status is Status.APPROVED and request.approval.waiting_on is None:
+        click.echo(
+            f"still approved after {duration(wait_seconds)}: no process configured for its target has run "
+            f"it yet. A running `hitl serve` with that configuration runs it; `hitl show {short}` tells "
+            "the outcome"
+        )
+    elif not as_json and request.status is Status.EXECUTING and not request.outcome_unknown:
+        click.echo(f"still running in {request.claimed_by}; `hitl show {short}` tells the outcome")
     if request.status is Status.FAILED:
         sys.exit(6)
 
@@ -212,3 +247,21 @@ def settle(request_id: str, outcome: str | None, note: str, as_name: str | None,
     settled_as: Literal["executed", "failed"] = "executed" if outcome == "executed" else "failed"
     request = with_gate(load(principal), lambda gate: gate.settle(request_id, principal, settled_as, note))
     report(request, as_json)
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--as", "as_name", metavar="NAME", help="Act as this principal (default: your OS user).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record afterwards as JSON.")
+@refusals
+def retry(request_id: str, as_name: str | None, as_json: bool) -> None:
+    """Run again a failed request whose failure certainly had no effect (`effect: none`: the SMTP server
+    refused the connection, the preview check at execution refused), with the same approved arguments.
+
+    Only before it expires, and only by someone who may approve it. A failure whose effect is unknown is
+    never retried: check the real system and file a new request instead."""
+    principal = acting_as(as_name)
+    request = with_gate(load(principal), lambda gate: gate.retry(request_id, principal))
+    report(request, as_json)
+    if request.status is Status.FAILED:
+        sys.exit(6)

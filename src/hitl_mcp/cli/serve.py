@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import anyio
 import click
 
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
+from hitl_mcp.config import Settings
 
 
 @main.command()
@@ -29,6 +31,11 @@ def serve(use_http: bool, host: str, port: int) -> None:
     from hitl_mcp.server import build_server, serve_http
 
     settings = load()
+    # A store that cannot be used is refused in one line before anything is served.
+    anyio.run(check_store, settings)
+    # On stderr, which stdio leaves free: a rule that fails on every call should be heard of before one does.
+    for warning in settings.warnings:
+        click.echo(f"hitl-mcp: warning: {warning}", err=True)
     if not use_http:
         build_server(settings).run()
         return
@@ -49,3 +56,11 @@ def serve(use_http: bool, host: str, port: int) -> None:
         who = "for the principals " + ", ".join(tokens.principals) + " (bearer tokens)"
     click.echo(f"hitl-mcp: serving MCP at http://{host}:{port}/mcp {who}, store {settings.db_path}", err=True)
     serve_http(app, host=host, port=port)
+
+
+async def check_store(settings: Settings) -> None:
+    from hitl_mcp.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(settings.db_path, busy_timeout=settings.gate.busy_timeout_seconds)
+    await store.open()
+    await store.close()

@@ -3,7 +3,9 @@
 Every message says what is asked (the summary), what it would do (the preview), who must decide, when it
 expires, and — while the request waits — the exact commands that approve or reject it. The summary and
 the preview come from the agent and a decision's reason from a human: they are shown as data (escaped
-for Slack, on their own lines for text), never as part of the instructions around them.
+for Slack, on their own lines for text), never as part of the instructions around them. In the text and
+Slack forms, every character that could change how the rest reads (bidi overrides, controls, U+2028…) is
+shown as an escape such as `\\u202e` (see `hitl_mcp.display`); the webhook's JSON fields are data, as sent.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import unicodedata
 from typing import Any
+
+from hitl_mcp import display
 
 SLACK_SECTION_LIMIT = 3000
 SLACK_HEADER_LIMIT = 150
@@ -65,8 +69,10 @@ def headline(payload: dict[str, Any]) -> str:
 
 
 def _preview_text(preview: Any) -> str:
-    text = json.dumps(preview, indent=2, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= PREVIEW_TEXT_LIMIT else text[: PREVIEW_TEXT_LIMIT - 1] + "…"
+    # Readable non-ASCII text, but nothing raw that could reorder or hide the rest (JSON leaves U+202E).
+    return display.clip(
+        json.dumps(preview, indent=2, sort_keys=True, ensure_ascii=False), PREVIEW_TEXT_LIMIT, lines=True
+    )
 
 
 def facts(payload: dict[str, Any]) -> list[tuple[str, str]]:
@@ -98,8 +104,8 @@ def facts(payload: dict[str, Any]) -> list[tuple[str, str]]:
 
 def text(payload: dict[str, Any]) -> str:
     """The plain-text message (email body, and the webhook's `text`)."""
-    out = [headline(payload), ""]
-    out += [f"{label:<10} {value}" for label, value in facts(payload)]
+    out = [display.visible(headline(payload)), ""]
+    out += [f"{label:<10} {display.visible(value)}" for label, value in facts(payload)]
     out += ["", "Preview:", _preview_text(payload["request"]["preview"]), ""]
     found = commands(payload)
     if "approve" in found:
@@ -109,10 +115,13 @@ def text(payload: dict[str, Any]) -> str:
 
 
 def subject(payload: dict[str, Any]) -> str:
-    """An email subject: the headline and summary on one line, with no control character in it."""
-    line = f"[hitl] {headline(payload)}: {payload['request']['summary']}"
+    """An email subject: the headline and summary on one line, with no control character in it.
+
+    Characters that could change how the rest reads are shown escaped, as everywhere a person reads agent
+    text; what escaping leaves of other spacing and unusual characters (Zs, Co) becomes a plain space."""
+    line = display.visible(f"[hitl] {headline(payload)}: {payload['request']['summary']}")
     line = "".join(" " if unicodedata.category(char)[0] in "CZ" and char != " " else char for char in line)
-    return line if len(line) <= SUBJECT_LIMIT else line[: SUBJECT_LIMIT - 1] + "…"
+    return display.clip(line, SUBJECT_LIMIT)
 
 
 def webhook_body(payload: dict[str, Any], delivery_id: int) -> dict[str, Any]:
@@ -134,15 +143,21 @@ def _slack_escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _clip(value: str, limit: int) -> str:
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+def _slack_pieces(value: str, *, lines: bool = False) -> list[str]:
+    # Escaped for Slack piece by piece, so that shortening never cuts an `&amp;` or a `\\u202e` in half.
+    return [_slack_escape(piece) for piece in display.pieces(value, lines=lines)]
 
 
 def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
     """A Slack incoming-webhook message: `text` (notifications, fallback) and Block Kit `blocks`."""
-    facts_text = "\n".join(f"*{label}:* {_slack_escape(value)}" for label, value in facts(payload))
-    preview = _slack_escape(_preview_text(payload["request"]["preview"]).replace("```", "'''"))
-    preview = _clip(preview, SLACK_SECTION_LIMIT - 20)  # room for the label and the fences
+    facts_pieces: list[str] = []
+    for label, value in facts(payload):
+        if facts_pieces:
+            facts_pieces.append("\n")
+        facts_pieces += [f"*{label}:* ", *_slack_pieces(value)]
+    preview_text = _preview_text(payload["request"]["preview"]).replace("```", "'''")
+    # Slack's limits count characters; leave room for the label and the fences.
+    preview = display.fit(_slack_pieces(preview_text, lines=True), SLACK_SECTION_LIMIT - 20)
     found = commands(payload)
     if "approve" in found:
         how = f"Approve: `{found['approve']}`\nReject: `{found['reject']}`"
@@ -150,10 +165,16 @@ def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
         how = f"Details: `{found['show']}`"
     title = headline(payload)
     return {
-        "text": _slack_escape(f"{title}: {payload['request']['summary']}"),
+        "text": "".join(_slack_pieces(f"{title}: {payload['request']['summary']}")),
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": _clip(title, SLACK_HEADER_LIMIT)}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": _clip(facts_text, SLACK_SECTION_LIMIT)}},
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": display.clip(title, SLACK_HEADER_LIMIT)},
+            },
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": display.fit(facts_pieces, SLACK_SECTION_LIMIT)},
+            },
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Preview*\n```{preview}```"}},
             {"type": "section", "text": {"type": "mrkdwn", "text": how}},
         ],

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
+from hitl_mcp.errors import Effect
 from hitl_mcp.models import AuditEvent, Change, Request, Status
 from hitl_mcp.policy import Snapshot
 
@@ -31,6 +32,11 @@ class NewRequest:
     expires_at: float
     policy: Snapshot
     escalate_at: float | None = None
+    target: str | None = None
+    """The action's target as JSON text: only a process configured for the same target runs it."""
+    idempotency_key: str | None = None
+    dedup_since: float | None = None
+    """Return a pending request of the same principal and digest filed since then instead; None: never."""
 
     @property
     def auto_approved(self) -> bool:
@@ -82,7 +88,8 @@ class Store(Protocol):
 
     async def insert(self, request: NewRequest) -> Request:
         """File a request with its `filed` audit record: pending, or approved when its policy needs none.
-        Returns the record as stored, read in the same transaction."""
+        Returns the record as stored, read in the same transaction — or, filing nothing, the request this
+        one repeats (the same idempotency key, or the same digest while pending since `dedup_since`)."""
 
     async def record_denial(
         self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
@@ -98,8 +105,14 @@ class Store(Protocol):
     async def cancel(self, request_id: str, principal: str, now: float) -> bool:
         """pending → cancelled if `principal` is the requester."""
 
-    async def claim(self, request_id: str, worker: str, now: float) -> Request | None:
-        """approved → executing if not expired; the one caller that gets the request runs it."""
+    async def claim(
+        self, request_id: str, worker: str, now: float, targets: str | None = None
+    ) -> Request | None:
+        """approved → executing if not expired and, with `targets` (a JSON object of tool → target), only
+        when the request was filed against its tool's target there; the one caller that gets it runs it."""
+
+    async def retry(self, request_id: str, principal: str, now: float) -> Request | None:
+        """failed with no effect → approved again, before expiry; the record then, or None."""
 
     async def finish(
         self,
@@ -110,9 +123,12 @@ class Store(Protocol):
         error: str | None,
         now: float,
         details: dict[str, Any] | None = None,
+        *,
+        effect: Effect | None = None,
     ) -> Request | None:
         """executing → executed/failed with the outcome; the record as it then stands, or None if the
-        request was not executing. `details` go into the audit record beside the error."""
+        request was not executing. `details` go into the audit record beside the error; `effect` says
+        whether a failure had one."""
 
     async def expire_overdue(self, now: float, limit: int = 500) -> list[str]:
         """pending/approved whose expiry passed → expired; returns their ids."""
@@ -127,8 +143,10 @@ class Store(Protocol):
     ) -> Page:
         """Requests oldest first, keyset-paginated; `statuses=None` means every status."""
 
-    async def approved_unclaimed(self, decided_before: float, limit: int = 100) -> list[str]:
-        """Approved requests nobody claimed since `decided_before` (their approver died)."""
+    async def approved_unclaimed(
+        self, decided_before: float, limit: int = 100, targets: str | None = None
+    ) -> list[str]:
+        """Approved requests nobody claimed since `decided_before`, those `claim` with `targets` may take."""
 
     async def audit_trail(self, request_id: str) -> list[AuditEvent]: ...
 

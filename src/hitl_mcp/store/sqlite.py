@@ -7,6 +7,7 @@ lock held by another process, and a transition costs one thread hop and one comm
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -16,111 +17,18 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from hitl_mcp.errors import NotFound, NotPending
-from hitl_mcp.models import AuditEvent, Decision, Request, Status, approval_state, utc
+from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
+from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.policy import Snapshot
 from hitl_mcp.store import NewRequest, Page, Planner
+from hitl_mcp.store import sqlite_schema as schema
+from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, dumps, fetch, request_of
 
 T = TypeVar("T")
 
 Synchronous = Literal["full", "normal"]
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    tool TEXT NOT NULL,
-    arguments TEXT NOT NULL,
-    arguments_digest TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    preview TEXT NOT NULL,
-    status TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    claimed_by TEXT,
-    result TEXT,
-    error TEXT,
-    policy TEXT NOT NULL DEFAULT '{}',
-    level INTEGER NOT NULL DEFAULT 0,
-    escalate_at REAL,
-    escalated_level INTEGER,
-    original_arguments TEXT
-);
--- Partial indexes keep the open queues small however many finished requests pile up beside them.
-CREATE INDEX IF NOT EXISTS requests_pending ON requests (seq) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS requests_pending_tool ON requests (tool, seq) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS requests_approved ON requests (updated_at) WHERE status = 'approved';
-CREATE INDEX IF NOT EXISTS requests_open_expiry ON requests (expires_at)
-    WHERE status IN ('pending', 'approved');
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status, seq);
-CREATE INDEX IF NOT EXISTS requests_escalation ON requests (escalate_at) WHERE escalate_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS decisions (
-    request_id TEXT NOT NULL,
-    principal TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    reason TEXT,
-    decided_at REAL NOT NULL,
-    roles TEXT NOT NULL DEFAULT '[]',
-    level INTEGER,
-    edit TEXT,
-    -- One decision per principal per request: a principal counts once toward a quorum.
-    UNIQUE (request_id, principal)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    at REAL NOT NULL,
-    details TEXT NOT NULL,
-    prev_hash TEXT NOT NULL DEFAULT '',
-    hash TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
--- Notifications for the delivery worker (hitl_mcp.notify), one row per event per notifier target, written
--- in the transition's transaction. `notifier` is a hash of the target, looked up in the config at delivery.
--- `payload` is the message's snapshot. `claim` and `lease_until` hold a row for one worker. (The schema is
--- split on semicolons: none in comments.)
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    audit_seq INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    notifier TEXT NOT NULL,
-    label TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    claim TEXT,
-    lease_until REAL,
-    last_error TEXT,
-    delivered_at REAL,
-    UNIQUE (audit_seq, notifier)
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE state = 'dead';
-CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';
-"""
-
-REQUEST_COLUMNS = (
-    "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
-    "created_at, expires_at, updated_at, result, error, policy, level, escalated_level, original_arguments, "
-    "claimed_by"
-)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _audit(
@@ -135,7 +43,7 @@ def _audit(
     # Imported here to keep this change inside the one function (a cached module lookup, well under a µs).
     from hitl_mcp.audit import append
 
-    append(conn, request_id, event, actor, at, _dumps(details or {}))
+    append(conn, request_id, event, actor, at, dumps(details or {}))
     _enqueue_notifications(conn, request_id, event, actor, at, details or {})
 
 
@@ -143,6 +51,36 @@ class _Connection(sqlite3.Connection):
     """A connection that carries the store's notification routing to `_audit`, which sees only `conn`."""
 
     routing: Routing | None = None
+
+
+class Connection:
+    """One connection, used by one worker thread at a time; SQLite's errors leave it as `StoreUnavailable`
+    saying what went wrong in words."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("the store is not open")
+            try:
+                return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+            except (sqlite3.OperationalError, sqlite3.DataError) as error:
+                raise schema.fault(error) from None
+            except sqlite3.DatabaseError as error:
+                if type(error) is not sqlite3.DatabaseError:
+                    raise  # an integrity or programming error is a bug, not a fault of the store
+                raise schema.fault(error) from None
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _enqueue_notifications(
@@ -154,7 +92,7 @@ def _enqueue_notifications(
     if routing is None or not routing.wants(event):
         return
     audit_seq: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-    request = _fetch(conn, request_id)
+    request = fetch(conn, request_id)
     if request is None:
         return
     entries = routing.route(event, request, actor, at, details, audit_seq)
@@ -166,96 +104,209 @@ def _enqueue_notifications(
     )
 
 
+# `targets` is a JSON object from tool name to that tool's target (as stored): a request runs only where
+# its tool's target is the one it was filed against. (json_each yields an object's keys and values.)
+_ON_TARGET = (
+    "(target IS NULL OR EXISTS (SELECT 1 FROM json_each(?) AS t "
+    "WHERE t.key = requests.tool AND t.value = requests.target))"
+)
+
+
+def _repeated(conn: sqlite3.Connection, request: NewRequest) -> Request | None:
+    """The request this one repeats: the same idempotency key from the same principal (whatever became of
+    it), or else, within the dedup window, a pending request of that principal with the same digest."""
+    if request.idempotency_key is not None:
+        row = conn.execute(
+            "SELECT id FROM requests WHERE requested_by = ? AND idempotency_key = ?",
+            (request.requested_by, request.idempotency_key),
+        ).fetchone()
+    elif request.dedup_since is not None and not request.auto_approved:
+        row = conn.execute(
+            "SELECT id FROM requests WHERE requested_by = ? AND arguments_digest = ? AND status = 'pending' "
+            "AND created_at >= ? AND expires_at > ? ORDER BY seq DESC LIMIT 1",
+            (request.requested_by, request.arguments_digest, request.dedup_since, request.created_at),
+        ).fetchone()
+    else:
+        return None
+    return None if row is None else fetch(conn, row[0])
+
+
+def open_reader(
+    path: Path, *, timeout: float = 5.0, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> sqlite3.Connection:
+    """A connection to an existing store that only reads. On a read-only folder SQLite cannot make the
+    WAL index (-shm) a reader needs; a store closed cleanly (no -wal left) is then read as the file
+    holds it."""
+
+    def connect(mode: str) -> sqlite3.Connection:
+        uri = f"{path.as_uri()}?mode={mode}"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False, factory=factory
+        )
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    try:
+        return connect("ro")
+    except sqlite3.OperationalError as error:
+        wal = path.with_name(path.name + "-wal")
+        unsaved = wal.exists() and wal.stat().st_size > 0
+        if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_CANTOPEN or unsaved:
+            raise
+        return connect("ro&immutable=1")
+
+
 class SQLiteStore:
+    """`readonly` opens an existing, current store without ever writing to it: what reading commands use,
+    so they work on a read-only file and never take the write lock."""
+
     def __init__(
         self,
         path: Path,
         *,
         synchronous: Synchronous = "full",
-        busy_timeout: float = 30.0,
+        busy_timeout: float = 5.0,
         notify: Sequence[Notifier] = (),
+        readonly: bool = False,
     ) -> None:
         self.path = path
+        self.readonly = readonly
         self._routing = Routing(notify) if notify else None
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
+        # Writes go through one connection, reads through another: a write waiting for another process's
+        # lock never holds up a read, which WAL serves from the last commit without waiting.
+        self._writer: Connection | None = None
+        self._reader: Connection | None = None
         self._watch: sqlite3.Connection | None = None
-        self._lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
 
     # -- connection ------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
+        mode = "ro&immutable=1" if immutable else "ro" if readonly else "rwc"
         conn = sqlite3.connect(
-            self.path,
+            f"{self.path.as_uri()}?mode={mode}",
+            uri=True,
             timeout=self._busy_timeout,
             isolation_level=None,
             check_same_thread=False,
             factory=_Connection,
         )
-        conn.routing = self._routing
-        conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            conn.routing = self._routing
+            if not readonly:
+                conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = open_reader(self.path, timeout=self._busy_timeout, factory=_Connection)
+        conn.routing = self._routing  # type: ignore[attr-defined]
         return conn
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
-        # WAL lets readers in other processes go on while one process writes, and survives a crash of
-        # any process at any moment; switching needs no lock held by others, so do it before anything.
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
+        if self.path.is_dir():
+            raise ConfigError(
+                f"HITL_DB: {self.path} is a folder; name a store file in it, e.g. {self.path / 'hitl.db'}"
+            )
+        if self.readonly and not self.path.is_file():
+            raise ConfigError(
+                f"HITL_DB: no store at {self.path} yet (nothing has been filed there); HITL_DB names the "
+                "store file `hitl serve` uses"
+            )
+        opened: list[sqlite3.Connection] = []
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} was written by a newer hitl-mcp (schema {version}, this one knows "
-                    f"{SCHEMA_VERSION}); upgrade hitl-mcp"
-                )
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            if not self.readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                opened.append(first := self._connect(readonly=False))
+                schema.prepare(first, self.path)
+            opened.append(reader := self._connect_reader())
+            if self.readonly:
+                schema.check_readable(schema.inspect(reader), self.path)
+            opened.append(watch := self._connect_reader())
+        except (sqlite3.Error, OSError) as error:
+            for conn in opened:
+                conn.close()
+            raise self._unopenable(error) from None
         except BaseException:
-            conn.execute("ROLLBACK")
-            conn.close()
+            for conn in opened:
+                conn.close()
             raise
-        self._conn = conn
-        self._watch = self._connect()
+        self._writer = None if self.readonly else Connection(opened[0])
+        self._reader = Connection(reader)
+        self._watch = watch
+
+    def _unopenable(self, error: sqlite3.Error | OSError) -> HitlError:
+        code = getattr(error, "sqlite_errorcode", None)
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            return ConfigError(f"HITL_DB: {self.path} is not a hitl store ({error})")
+        # SQLite says only that it cannot open the file; the file system can tell why.
+        unwritable = not os.access(self.path.parent, os.W_OK) or (
+            self.path.exists() and not os.access(self.path, os.W_OK)
+        )
+        if not self.readonly and unwritable:
+            return StoreUnavailable(f"{self.path}: the store is read-only ({error})")
+        if isinstance(error, OSError):
+            return StoreUnavailable(f"{self.path}: the store cannot be opened ({error})")
+        fault = schema.fault(error)
+        return StoreUnavailable(f"{self.path}: {fault.reason}", certain=fault.certain)
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._open_sync)
 
     async def close(self) -> None:
-        async with self._lock:
-            for conn in (self._conn, self._watch):
-                if conn is not None:
-                    conn.close()
-            self._conn = self._watch = None
+        # Readers first: the last connection to close checkpoints the WAL and removes it, which only a
+        # writing one can, so the file is left whole for read-only media and plain `sqlite3`.
+        if self._watch is not None:
+            self._watch.close()
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._writer = self._reader = self._watch = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("the store is not open")
-            return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+        """A read: one snapshot of the last commit, however many statements `fn` runs."""
+        reader = self._reader
+        if reader is None:
+            raise RuntimeError("the store is not open")
+
+        def snapshot(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await reader.run(snapshot)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        writer = self._writer
+        if writer is None:
+            if self.readonly:
+                raise StoreUnavailable("this command opened the store read-only")
+            raise RuntimeError("the store is not open")
+
         def transaction(conn: sqlite3.Connection) -> T:
             # IMMEDIATE takes the write lock up front, so the conditional UPDATE never meets a
             # concurrent writer half-way and never needs a retry.
             conn.execute("BEGIN IMMEDIATE")
             try:
                 outcome = fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return outcome
 
-        return await self._run(transaction)
+        return await writer.run(transaction)
 
     # -- transitions -----------------------------------------------------------------------------
 
@@ -263,17 +314,21 @@ class SQLiteStore:
         status = Status.APPROVED if request.auto_approved else Status.PENDING
 
         def insert(conn: sqlite3.Connection) -> Request:
+            # Looked for inside the write transaction, so two retries racing each other file one request.
+            repeated = _repeated(conn, request)
+            if repeated is not None:
+                return repeated
             conn.execute(
                 "INSERT INTO requests (id, tool, arguments, arguments_digest, summary, preview, status, "
-                "requested_by, created_at, expires_at, updated_at, policy, escalate_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "requested_by, created_at, expires_at, updated_at, policy, escalate_at, target, "
+                "idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request.request_id,
                     request.tool,
-                    _dumps(request.arguments),
+                    dumps(request.arguments),
                     request.arguments_digest,
                     request.summary,
-                    _dumps(request.preview),
+                    dumps(request.preview),
                     status.value,
                     request.requested_by,
                     request.created_at,
@@ -281,6 +336,8 @@ class SQLiteStore:
                     request.created_at,
                     request.policy.model_dump_json(),
                     request.escalate_at,
+                    request.target,
+                    request.idempotency_key,
                 ),
             )
             _audit(
@@ -300,7 +357,7 @@ class SQLiteStore:
                     request.created_at,
                     {"policy": request.policy.describe()},
                 )
-            filed = _fetch(conn, request.request_id)
+            filed = fetch(conn, request.request_id)
             assert filed is not None
             return filed
 
@@ -317,7 +374,7 @@ class SQLiteStore:
         def decide(conn: sqlite3.Connection) -> Request:
             # The plan reads the row inside this IMMEDIATE transaction, which holds the write lock: no
             # other process can change the request between what the plan saw and what is written here.
-            current = _fetch(conn, request_id)
+            current = fetch(conn, request_id)
             if current is None:
                 raise NotFound(f"no request has id {request_id!r}")
             decision = plan(current)
@@ -328,10 +385,10 @@ class SQLiteStore:
                     "arguments = ?, arguments_digest = ?, summary = ?, preview = ?, policy = ? "
                     "WHERE id = ? AND status = 'pending' AND arguments_digest = ?",
                     (
-                        _dumps(edit.arguments),
+                        dumps(edit.arguments),
                         edit.arguments_digest,
                         edit.summary,
-                        _dumps(edit.preview),
+                        dumps(edit.preview),
                         edit.policy.model_dump_json(),
                         request_id,
                         edit.based_on_digest,
@@ -365,11 +422,11 @@ class SQLiteStore:
                     decision.verdict,
                     decision.reason,
                     now,
-                    _dumps(list(decision.roles)),
+                    dumps(list(decision.roles)),
                     decision.level,
                     None
                     if edit is None
-                    else _dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
+                    else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
                 ),
             )
             details: dict[str, Any] = {"level": decision.level, "status": decision.status.value}
@@ -377,7 +434,7 @@ class SQLiteStore:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
             _audit(conn, request_id, event, decision.principal, now, details)
-            updated = _fetch(conn, request_id)
+            updated = fetch(conn, request_id)
             assert updated is not None
             return updated
 
@@ -400,7 +457,8 @@ class SQLiteStore:
         def cancel(conn: sqlite3.Connection) -> bool:
             changed = conn.execute(
                 "UPDATE requests SET status = 'cancelled', updated_at = ? "
-                "WHERE id = ? AND status = 'pending' AND requested_by = ?",
+                # Names are case-folded now; a request filed before that may spell its requester otherwise.
+                "WHERE id = ? AND status = 'pending' AND requested_by = ? COLLATE NOCASE",
                 (now, request_id, principal),
             ).rowcount
             if changed:
@@ -409,19 +467,41 @@ class SQLiteStore:
 
         return await self._write(cancel)
 
-    async def claim(self, request_id: str, worker: str, now: float) -> Request | None:
+    async def claim(
+        self, request_id: str, worker: str, now: float, targets: str | None = None
+    ) -> Request | None:
+        # A request filed before targets were recorded has none, and runs wherever it is approved.
+        on_target = "" if targets is None else f" AND {_ON_TARGET}"
+        params: tuple[Any, ...] = (worker, now, request_id, now) + (() if targets is None else (targets,))
+
         def claim(conn: sqlite3.Connection) -> Request | None:
             row = conn.execute(
                 f"UPDATE requests SET status = 'executing', claimed_by = ?, updated_at = ? "
-                f"WHERE id = ? AND status = 'approved' AND expires_at > ? RETURNING {REQUEST_COLUMNS}",
-                (worker, now, request_id, now),
+                f"WHERE id = ? AND status = 'approved' AND expires_at > ?{on_target} "
+                f"RETURNING {REQUEST_COLUMNS}",
+                params,
             ).fetchone()
             if row is None:
                 return None
             _audit(conn, request_id, "claimed", worker, now)
-            return _request(row, _decisions(conn, [request_id]).get(request_id, []))
+            return request_of(row, decisions_of(conn, [request_id]).get(request_id, []))
 
         return await self._write(claim)
+
+    async def retry(self, request_id: str, principal: str, now: float) -> Request | None:
+        def retry(conn: sqlite3.Connection) -> Request | None:
+            row = conn.execute(
+                "UPDATE requests SET status = 'approved', updated_at = ?, result = NULL, error = NULL, "
+                "effect = NULL, claimed_by = NULL WHERE id = ? AND status = 'failed' AND effect = 'none' "
+                "AND expires_at > ? RETURNING error",
+                (now, request_id, now),
+            ).fetchone()
+            if row is None:
+                return None
+            _audit(conn, request_id, "retried", principal, now, {"previous_error": row[0]})
+            return fetch(conn, request_id)
+
+        return await self._write(retry)
 
     async def finish(
         self,
@@ -432,18 +512,21 @@ class SQLiteStore:
         error: str | None,
         now: float,
         details: dict[str, Any] | None = None,
+        *,
+        effect: Effect | None = None,
     ) -> Request | None:
-        audited = {**({"error": error} if error else {}), **(details or {})}
+        audited = {**({"error": error} if error else {}), **({"effect": effect} if effect else {})}
+        audited.update(details or {})
 
         def finish(conn: sqlite3.Connection) -> Request | None:
             changed = conn.execute(
-                "UPDATE requests SET status = ?, result = ?, error = ?, updated_at = ? "
+                "UPDATE requests SET status = ?, result = ?, error = ?, effect = ?, updated_at = ? "
                 "WHERE id = ? AND status = 'executing'",
-                (status.value, None if result is None else _dumps(result), error, now, request_id),
+                (status.value, None if result is None else dumps(result), error, effect, now, request_id),
             ).rowcount
             if changed:
                 _audit(conn, request_id, status.value, actor, now, audited or None)
-            return _fetch(conn, request_id) if changed else None
+            return fetch(conn, request_id) if changed else None
 
         return await self._write(finish)
 
@@ -465,7 +548,7 @@ class SQLiteStore:
     # -- reads -----------------------------------------------------------------------------------
 
     async def get(self, request_id: str) -> Request | None:
-        return await self._run(lambda conn: _fetch(conn, request_id))
+        return await self._run(lambda conn: fetch(conn, request_id))
 
     async def match_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         # GLOB is case-sensitive, so SQLite turns a literal prefix into a range scan of the unique index;
@@ -498,20 +581,24 @@ class SQLiteStore:
             rows = conn.execute(sql, params).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
-            decisions = _decisions(conn, [row[1] for row in rows])
-            requests = [_request(row, decisions.get(row[1], [])) for row in rows]
+            decisions = decisions_of(conn, [row[1] for row in rows])
+            requests = [request_of(row, decisions.get(row[1], [])) for row in rows]
             return Page(requests, str(rows[-1][0]) if more else None)
 
         return await self._run(page)
 
-    async def approved_unclaimed(self, decided_before: float, limit: int = 100) -> list[str]:
+    async def approved_unclaimed(
+        self, decided_before: float, limit: int = 100, targets: str | None = None
+    ) -> list[str]:
+        on_target = "" if targets is None else f" AND {_ON_TARGET}"
+        params: tuple[Any, ...] = (decided_before,) + (() if targets is None else (targets,)) + (limit,)
         return await self._run(
             lambda conn: [
                 row[0]
                 for row in conn.execute(
-                    "SELECT id FROM requests WHERE status = 'approved' AND updated_at < ? "
+                    f"SELECT id FROM requests WHERE status = 'approved' AND updated_at < ?{on_target} "
                     "ORDER BY updated_at LIMIT ?",
-                    (decided_before, limit),
+                    params,
                 )
             ]
         )
@@ -683,82 +770,3 @@ class SQLiteStore:
             return sorted(row[0] for row in conn.execute(sql + " RETURNING id", params))
 
         return await self._write(retry)
-
-
-def _fetch(conn: sqlite3.Connection, request_id: str) -> Request | None:
-    row = conn.execute(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
-    if row is None:
-        return None
-    return _request(row, _decisions(conn, [request_id]).get(request_id, []))
-
-
-def _decisions(conn: sqlite3.Connection, request_ids: list[str]) -> dict[str, list[Decision]]:
-    if not request_ids:
-        return {}
-    found: dict[str, list[Decision]] = {}
-    placeholders = ", ".join("?" for _ in request_ids)
-    for request_id, principal, verdict, reason, decided_at, roles, level, edit in conn.execute(
-        f"SELECT request_id, principal, verdict, reason, decided_at, roles, level, edit FROM decisions "
-        f"WHERE request_id IN ({placeholders}) ORDER BY rowid",
-        request_ids,
-    ):
-        found.setdefault(request_id, []).append(
-            Decision(
-                principal=principal,
-                verdict=verdict,
-                reason=reason,
-                decided_at=utc(decided_at),
-                roles=json.loads(roles),
-                level=level,
-                changes=None if edit is None else json.loads(edit),
-            )
-        )
-    return found
-
-
-def _request(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> Request:
-    (
-        _seq,
-        request_id,
-        tool,
-        arguments,
-        digest,
-        summary,
-        preview,
-        status,
-        requested_by,
-        created_at,
-        expires_at,
-        updated_at,
-        result,
-        error,
-        policy,
-        level,
-        escalated_level,
-        original_arguments,
-        claimed_by,
-    ) = row
-    snapshot = Snapshot.model_validate_json(policy)
-    return Request(
-        request_id=request_id,
-        tool=tool,
-        arguments=json.loads(arguments),
-        arguments_digest=digest,
-        status=Status(status),
-        summary=summary,
-        preview=json.loads(preview),
-        requested_by=requested_by,
-        created_at=utc(created_at),
-        expires_at=utc(expires_at),
-        updated_at=utc(updated_at),
-        decisions=decisions,
-        approval=approval_state(
-            snapshot, decisions, escalated=escalated_level is not None and escalated_level == level
-        ),
-        original_arguments=None if original_arguments is None else json.loads(original_arguments),
-        result=None if result is None else json.loads(result),
-        error=error,
-        claimed_by=claimed_by,
-        # The claim sets updated_at and nothing else writes the row until it finishes.
-        claimed_at=utc(updated_at) if status == Status.EXECUTING else None,
-    )

@@ -1,0 +1,103 @@
+"""Rows of the SQLite store as the records the gate reads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from hitl_mcp.models import Decision, Request, Status, approval_state, utc
+from hitl_mcp.policy import Snapshot
+
+REQUEST_COLUMNS = (
+    "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
+    "created_at, expires_at, updated_at, result, error, policy, level, escalated_level, original_arguments, "
+    "claimed_by, target, effect"
+)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fetch(conn: sqlite3.Connection, request_id: str) -> Request | None:
+    row = conn.execute(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
+    if row is None:
+        return None
+    return request_of(row, decisions_of(conn, [request_id]).get(request_id, []))
+
+
+def decisions_of(conn: sqlite3.Connection, request_ids: list[str]) -> dict[str, list[Decision]]:
+    if not request_ids:
+        return {}
+    found: dict[str, list[Decision]] = {}
+    placeholders = ", ".join("?" for _ in request_ids)
+    for request_id, principal, verdict, reason, decided_at, roles, level, edit in conn.execute(
+        f"SELECT request_id, principal, verdict, reason, decided_at, roles, level, edit FROM decisions "
+        f"WHERE request_id IN ({placeholders}) ORDER BY rowid",
+        request_ids,
+    ):
+        found.setdefault(request_id, []).append(
+            Decision(
+                principal=principal,
+                verdict=verdict,
+                reason=reason,
+                decided_at=utc(decided_at),
+                roles=json.loads(roles),
+                level=level,
+                changes=None if edit is None else json.loads(edit),
+            )
+        )
+    return found
+
+
+def request_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> Request:
+    (
+        _seq,
+        request_id,
+        tool,
+        arguments,
+        digest,
+        summary,
+        preview,
+        status,
+        requested_by,
+        created_at,
+        expires_at,
+        updated_at,
+        result,
+        error,
+        policy,
+        level,
+        escalated_level,
+        original_arguments,
+        claimed_by,
+        target,
+        effect,
+    ) = row
+    snapshot = Snapshot.model_validate_json(policy)
+    return Request(
+        request_id=request_id,
+        tool=tool,
+        arguments=json.loads(arguments),
+        arguments_digest=digest,
+        status=Status(status),
+        summary=summary,
+        preview=json.loads(preview),
+        requested_by=requested_by,
+        created_at=utc(created_at),
+        expires_at=utc(expires_at),
+        updated_at=utc(updated_at),
+        decisions=decisions,
+        approval=approval_state(
+            snapshot, decisions, escalated=escalated_level is not None and escalated_level == level
+        ),
+        original_arguments=None if original_arguments is None else json.loads(original_arguments),
+        result=None if result is None else json.loads(result),
+        error=error,
+        claimed_by=claimed_by,
+        # The claim sets updated_at and nothing else writes the row until it finishes.
+        claimed_at=utc(updated_at) if status == Status.EXECUTING else None,
+        target=None if target is None else json.loads(target),
+        effect=effect,
+    )
