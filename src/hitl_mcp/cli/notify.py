@@ -25,7 +25,7 @@ from hitl_mcp.store.sqlite import SQLiteStore
 T = TypeVar("T")
 
 
-def _with_store(work: Callable[[OutboxStore], Awaitable[T]]) -> T:
+def _with_store(work: Callable[[OutboxStore], Awaitable[T]], *, readonly: bool = False) -> T:
     settings = load()
     if not settings.db_path.is_file():
         raise ConfigError(
@@ -33,7 +33,12 @@ def _with_store(work: Callable[[OutboxStore], Awaitable[T]]) -> T:
         )
 
     async def run() -> T:
-        store = SQLiteStore(settings.db_path, synchronous=settings.gate.synchronous)
+        store = SQLiteStore(
+            settings.db_path,
+            synchronous=settings.gate.synchronous,
+            busy_timeout=settings.gate.busy_timeout_seconds,
+            readonly=readonly,
+        )
         await store.open()
         try:
             return await work(store)
@@ -57,7 +62,7 @@ def notify_group() -> None:
 def status(limit: int, as_json: bool) -> None:
     """Count deliveries per state (pending, delivered, dead) and list the dead ones with their last error,
     and those still retrying after a failure."""
-    summary: OutboxSummary = _with_store(lambda store: store.outbox_summary(limit))
+    summary: OutboxSummary = _with_store(lambda store: store.outbox_summary(limit), readonly=True)
     if as_json:
         click.echo(
             json.dumps(
