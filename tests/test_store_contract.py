@@ -212,3 +212,80 @@ async def test_another_connections_commit_moves_the_counter_and_shows_what_chang
     assert sorted(changed) == ["a1", "a2"]
     assert newest > seen
     assert await store.changed_since(newest) == ([], newest)
+
+
+def targeted(request_id: str, tool: str, target: str) -> NewRequest:
+    filed = new(request_id)
+    return NewRequest(**{**filed.__dict__, "tool": tool, "target": target})
+
+
+async def test_a_claim_takes_only_requests_filed_against_a_target_it_has(store: Store) -> None:
+    await store.insert(targeted("here", "buy_stock", '{"ledger":"/a"}'))
+    await store.insert(targeted("there", "buy_stock", '{"ledger":"/b"}'))
+    await store.insert(targeted("other", "send_email", '{"smtp":"x"}'))
+    for request_id in ("here", "there", "other"):
+        await store.decide(request_id, approval("alice"), NOW)
+    ours = '{"buy_stock": "{\\"ledger\\":\\"/a\\"}"}'
+
+    assert await store.approved_unclaimed(NOW + 1, targets=ours) == ["here"]
+    assert await store.claim("there", "w", NOW, ours) is None
+    assert await store.claim("other", "w", NOW, ours) is None
+    claimed = await store.claim("here", "w", NOW, ours)
+    assert claimed is not None and claimed.target == {"ledger": "/a"}
+
+
+async def test_repeats_return_the_first_request_and_file_nothing(store: Store) -> None:
+    first = await store.insert(NewRequest(**{**new("k1").__dict__, "idempotency_key": "key"}))
+    again = await store.insert(NewRequest(**{**new("k2").__dict__, "idempotency_key": "key"}))
+    pending = await store.insert(NewRequest(**{**new("d1").__dict__, "dedup_since": NOW - 60}))
+    repeat = await store.insert(NewRequest(**{**new("d2").__dict__, "dedup_since": NOW - 60}))
+    elsewhere = await store.insert(NewRequest(**{**new("d3", requested_by="bot").__dict__, "dedup_since": 0}))
+
+    assert again.request_id == first.request_id == "k1"
+    # k1 is pending with the same digest, so d1 repeats it too; d2 repeats what d1 returned.
+    assert pending.request_id == repeat.request_id == "k1"
+    assert elsewhere.request_id == "d3"
+    assert await store.get("k2") is None and await store.get("d2") is None
+
+
+async def test_a_failure_without_effect_can_be_retried_once_and_one_with_unknown_effect_never(
+    store: Store,
+) -> None:
+    for request_id in ("clean", "unknown"):
+        await store.insert(new(request_id))
+        await store.decide(request_id, approval("alice"), NOW)
+        await store.claim(request_id, "w", NOW)
+    await store.finish("clean", Status.FAILED, "w", None, "refused", NOW, effect="none")
+    await store.finish("unknown", Status.FAILED, "w", None, "lost", NOW, effect="unknown")
+
+    retried = await store.retry("clean", "bob", NOW + 1)
+
+    assert retried is not None and retried.status is Status.APPROVED and retried.error is None
+    assert await store.retry("clean", "bob", NOW + 2) is None
+    assert await store.retry("unknown", "bob", NOW + 1) is None
+    assert [event.event for event in await store.audit_trail("clean")][-2:] == ["failed", "retried"]
+
+
+async def test_an_executor_that_lost_its_target_leaves_the_request_executing_of_unknown_outcome(
+    store: Store,
+) -> None:
+    await store.insert(new("a1"))
+    await store.decide("a1", approval("alice"), NOW)
+    await store.claim("a1", "w", NOW)
+
+    assert await store.mark_unknown("a1", "someone-else", "lost", NOW) is None
+    marked = await store.mark_unknown("a1", "w", "sent, then lost", NOW)
+
+    assert marked is not None and marked.status is Status.EXECUTING and marked.effect == "unknown"
+    assert marked.error == "sent, then lost"
+
+
+async def test_events_that_leave_no_request_are_audited_but_not_published(store: Store) -> None:
+    _, seen = await store.changed_since(None)
+    await store.record_event("p1", "passed", "agent", {"tool": "fs__read"}, NOW)
+    await store.insert(new("a1"))
+
+    changed, newest = await store.changed_since(seen)
+
+    assert changed == ["a1"] and newest > seen
+    assert [event.event for event in await store.audit_trail("p1")] == ["passed"]

@@ -97,7 +97,12 @@ class Settings:
 
     def ttl_for(self, tool: str) -> int:
         policy = self.policies.get(tool)
-        for override in (policy.ttl_seconds if policy else None, self.actions[tool].ttl_seconds):
+        # An upstream's tool has no [actions.NAME] table: its policy or the default decides.
+        configured = self.actions.get(tool)
+        for override in (
+            policy.ttl_seconds if policy else None,
+            configured.ttl_seconds if configured else None,
+        ):
             if override is not None:
                 return override
         return self.gate.default_ttl_seconds

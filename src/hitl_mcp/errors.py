@@ -6,7 +6,7 @@ A `HitlError` is a refusal written for the person or agent who caused it: faces 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 
 class HitlError(Exception):
@@ -68,9 +68,20 @@ class ActionFailed(HitlError):
 
     exit_code = 6
 
-    def __init__(self, message: str, *, effect: Effect = "unknown") -> None:
+    def __init__(
+        self, message: str, *, effect: Effect = "unknown", result: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.effect: Effect = effect
+        self.result = result
+        """What the target answered, when it answered with a failure (an upstream's error content)."""
+
+
+class OutcomeUnknown(HitlError):
+    """The action was handed to its target, which was then lost before it answered: whether it took effect
+    is unknown. The request stays executing, shown as outcome unknown, for a person to settle."""
+
+    exit_code = 6
 
 
 class StoreUnavailable(HitlError):

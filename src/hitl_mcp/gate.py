@@ -35,6 +35,7 @@ from hitl_mcp.errors import (
     NotAllowed,
     NotFound,
     NotPending,
+    OutcomeUnknown,
     StoreUnavailable,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
@@ -89,6 +90,16 @@ def canonical_json(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How one run of an action ended: `status` None when it was handed over and then lost."""
+
+    status: Status | None
+    result: dict[str, Any] | None
+    error: str | None
+    effect: Effect | None
+
+
+@dataclass(frozen=True)
 class Filing:
     """What one gated call did: filed `request`, or — `repeated` — found the earlier request it repeats
     and filed nothing (`by_key`: its idempotency key; else the same call while that one is pending)."""
@@ -122,11 +133,28 @@ class Gate:
         self.clock = clock
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._changed = anyio.Event()
-        self.targets = {name: action.target() for name, action in actions.items()}
-        # What `claim` compares a request's stored target with, for every tool at once.
-        self._targets_json = canonical_json({name: canonical_json(t) for name, t in self.targets.items()})
+        self.targets: dict[str, dict[str, str]] = {}
+        self._stored_targets: dict[str, str] = {}
+        self.actions_changed()
         # Requests this gate is deciding and will run itself: its runner leaves them alone.
         self._running_here: set[str] = set()
+
+    def actions_changed(self) -> None:
+        """Take in actions added, replaced or removed since (an upstream's tools come and go) and wake
+        whatever waits for approved requests this process may now run."""
+        self.targets = {name: action.target() for name, action in self.actions.items()}
+        self._stored_targets = {name: canonical_json(target) for name, target in self.targets.items()}
+        self._signal()
+
+    def _runnable_targets(self) -> str:
+        """What `claim` compares a request's stored target with, for every tool this process can run now."""
+        return canonical_json(
+            {
+                name: target
+                for name, target in self._stored_targets.items()
+                if (action := self.actions.get(name)) is not None and action.ready()
+            }
+        )
 
     # -- filing ----------------------------------------------------------------------------------
 
@@ -159,7 +187,7 @@ class Gate:
         if snapshot.approval == "deny":
             details = {"arguments_digest": digest, "policy": snapshot.describe()}
             with _unless_stored("nothing was filed"):
-                await self.store.record_denial(request_id, tool, principal, details, now)
+                await self.store.record_event(request_id, "denied", principal, {"tool": tool, **details}, now)
             raise NotAllowed(
                 f"the policy for {tool} refuses this request ({snapshot.describe()}); nothing was filed"
             )
@@ -188,6 +216,13 @@ class Gate:
         if new.auto_approved:
             return Filing(await self.execute(request_id))
         return Filing(filed)
+
+    async def record_pass(
+        self, tool: str, arguments: Mapping[str, Any], principal: str, outcome: str
+    ) -> None:
+        """Audit a call forwarded at once to an upstream (no request): who, what, and how it ended."""
+        details = {"tool": tool, "arguments_digest": arguments_digest(tool, arguments), "outcome": outcome}
+        await self.store.record_event(new_request_id(), "passed", principal, details, self.clock())
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -255,12 +290,12 @@ class Gate:
             raise NotPending(
                 f"request {request.request_id} is {request.status}, not pending; nothing was changed"
             )
-        action = self._action(request.tool)
         elsewhere = self.elsewhere(request)
         if elsewhere is not None:
             # The edit is previewed here, so it would show the approver another target's state.
             raise NotAllowed(f"{elsewhere}; edit it from a process configured for that; nothing was changed")
-        unknown = sorted(set(changes) - set(action.arguments_model.model_fields))
+        action = self._action(request.tool)
+        unknown = sorted(set(changes) - action.argument_names())
         if unknown:
             raise InvalidArguments(f"{unknown[0]}: {request.tool} has no such argument")
         args = action.parse({**request.arguments, **changes})
@@ -313,7 +348,7 @@ class Gate:
         does a process not configured for the request's target (see `elsewhere`)."""
         _test_pause("before-claim", request_id)
         with _unless_stored("the request stays approved, for this or another process to run"):
-            claimed = await self.store.claim(request_id, self.worker, self.clock(), self._targets_json)
+            claimed = await self.store.claim(request_id, self.worker, self.clock(), self._runnable_targets())
         if claimed is None:
             request = await self.get(request_id)
             if request.status is Status.APPROVED and request.expires_at.timestamp() <= self.clock():
@@ -324,9 +359,18 @@ class Gate:
             return request
         self._signal()
         _test_pause("after-claim", request_id)
-        status, result, error, effect = await self._run(claimed)
+        outcome = await self._run(claimed)
         _test_pause("after-action", request_id)
-        finished = await self._finish(request_id, status, result, error, effect)
+        if outcome.status is None:
+            # Handed over, then lost: recorded as such and left executing, never run again by itself.
+            with _unless_stored("it stays executing and shows as outcome unknown once this process ends"):
+                finished = await self.store.mark_unknown(
+                    request_id, self.worker, outcome.error or "outcome unknown", self.clock()
+                )
+        else:
+            finished = await self._finish(
+                request_id, outcome.status, outcome.result, outcome.error, outcome.effect
+            )
         self._signal()
         return self._observed(finished) if finished is not None else await self.get(request_id)
 
@@ -437,25 +481,31 @@ class Gate:
         self._signal()
         return settled
 
-    async def _run(self, request: Request) -> tuple[Status, dict[str, Any] | None, str | None, Effect | None]:
+    async def _run(self, request: Request) -> Outcome:
         if arguments_digest(request.tool, request.arguments) != request.arguments_digest:
             error = "the stored arguments no longer match what was approved; not run"
-            return Status.FAILED, None, error, "none"
-        action = self.actions[request.tool]
+            return Outcome(Status.FAILED, None, error, "none")
+        action = self.actions.get(request.tool)
+        if action is None:
+            gone = f"{request.tool} is no longer an action here; not run"
+            return Outcome(Status.FAILED, None, gone, "none")
         try:
             args = action.parse(request.arguments)
         except HitlError as error:
-            return Status.FAILED, None, f"{error}; not run", "none"
+            return Outcome(Status.FAILED, None, f"{error}; not run", "none")
         try:
             result = await action.execute(args, Execution(request.request_id, request.preview))
         except ActionFailed as error:
-            return Status.FAILED, None, str(error), error.effect
+            return Outcome(Status.FAILED, error.result, str(error), error.effect)
+        except OutcomeUnknown as error:
+            return Outcome(None, None, str(error), "unknown")
         except HitlError as error:
-            return Status.FAILED, None, str(error), "unknown"
+            return Outcome(Status.FAILED, None, str(error), "unknown")
         except Exception as error:
             logger.exception("action %s crashed on request %s", request.tool, request.request_id)
-            return Status.FAILED, None, f"the action crashed ({type(error).__name__}: {error})", "unknown"
-        return Status.EXECUTED, result, None, None
+            error_text = f"the action crashed ({type(error).__name__}: {error})"
+            return Outcome(Status.FAILED, None, error_text, "unknown")
+        return Outcome(Status.EXECUTED, result, None, None)
 
     # -- housekeeping ----------------------------------------------------------------------------
 
@@ -481,7 +531,7 @@ class Gate:
         return await self._run_approved(self.clock() - grace)
 
     async def _run_approved(self, decided_before: float) -> int:
-        ids = await self.store.approved_unclaimed(decided_before, RUNNER_BATCH, self._targets_json)
+        ids = await self.store.approved_unclaimed(decided_before, RUNNER_BATCH, self._runnable_targets())
         released = 0
         for request_id in ids:
             if request_id in self._running_here:
@@ -551,7 +601,9 @@ class Gate:
             return request
         host = self.worker.rpartition(":")[0]
         timeout = self.settings.gate.executing_timeout_seconds
-        if not claimant_gone(request, now=self.clock(), timeout=timeout, host=host):
+        # `effect` unknown on an executing request: its executor itself lost the target mid-call.
+        lost = request.effect == "unknown"
+        if not lost and not claimant_gone(request, now=self.clock(), timeout=timeout, host=host):
             return request
         return request.model_copy(update={"outcome_unknown": True})
 

@@ -32,6 +32,8 @@ STATUS_AFTER = {
     "expired": "expired",
     "cancelled": "cancelled",
     "denied": "denied",
+    # A call an upstream's rules forward at once: no request, but the trail and the report show it.
+    "passed": "passed",
 }
 # The order a person reads outcomes in: still open first, then how they ended.
 OUTCOME_ORDER = (
@@ -42,6 +44,7 @@ OUTCOME_ORDER = (
     "failed",
     "rejected",
     "denied",
+    "passed",
     "expired",
     "cancelled",
 )

@@ -82,9 +82,14 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
         return settings
 
     @classmethod
+    def argument_names(cls) -> frozenset[str]:
+        """The arguments it takes (an approver's edit may change only these)."""
+        return frozenset(cls.arguments_model.model_fields)
+
+    @classmethod
     def policy_names(cls) -> frozenset[str]:
         """The names a policy rule's `when` may use for this action."""
-        return frozenset(cls.arguments_model.model_fields) | frozenset(cls.preview_types)
+        return cls.argument_names() | frozenset(cls.preview_types)
 
     def policy_values(self, args: ArgsT, preview: Mapping[str, Any]) -> dict[str, object]:
         values: dict[str, object] = {name: preview[name] for name in self.preview_types if name in preview}
@@ -103,6 +108,11 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
         the server. A request records it when filed and runs only in a process with the same target, so
         an approver never makes it act on something other than what they were shown. Empty: anywhere."""
         return {}
+
+    def ready(self) -> bool:
+        """Whether this process can run it now. An upstream's tool cannot while its session is down; an
+        approved request then waits for it rather than failing."""
+        return True
 
     @abstractmethod
     def summary(self, args: ArgsT) -> str:

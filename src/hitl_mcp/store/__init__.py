@@ -91,10 +91,15 @@ class Store(Protocol):
         Returns the record as stored, read in the same transaction — or, filing nothing, the request this
         one repeats (the same idempotency key, or the same digest while pending since `dedup_since`)."""
 
-    async def record_denial(
-        self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
+    async def record_event(
+        self, event_id: str, event: str, actor: str, details: dict[str, Any], now: float
     ) -> None:
-        """Audit a request the policy refused at filing time; nothing else is stored."""
+        """Audit an event that leaves no request behind: a call the policy refused at filing (`denied`),
+        a call passed through to an upstream at once (`passed`)."""
+
+    async def mark_unknown(self, request_id: str, worker: str, reason: str, now: float) -> Request | None:
+        """Record that `worker`, still executing the request, lost its target after handing the action
+        over: it stays executing, of unknown outcome (`effect` unknown), never run again by itself."""
 
     async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
         """Apply `plan(request as it stands)` in one transaction; the plan raises to refuse."""

@@ -363,12 +363,25 @@ class SQLiteStore:
 
         return await self._write(insert)
 
-    async def record_denial(
-        self, request_id: str, tool: str, principal: str, details: dict[str, Any], now: float
+    async def record_event(
+        self, event_id: str, event: str, actor: str, details: dict[str, Any], now: float
     ) -> None:
-        await self._write(
-            lambda conn: _audit(conn, request_id, "denied", principal, now, {"tool": tool, **details})
-        )
+        await self._write(lambda conn: _audit(conn, event_id, event, actor, now, details))
+
+    async def mark_unknown(self, request_id: str, worker: str, reason: str, now: float) -> Request | None:
+        def mark(conn: sqlite3.Connection) -> Request | None:
+            # updated_at stays: on an executing request it says when it was claimed.
+            changed = conn.execute(
+                "UPDATE requests SET effect = 'unknown', error = ? "
+                "WHERE id = ? AND status = 'executing' AND claimed_by = ?",
+                (reason, request_id, worker),
+            ).rowcount
+            if not changed:
+                return None
+            _audit(conn, request_id, "outcome-unknown", worker, now, {"error": reason})
+            return fetch(conn, request_id)
+
+        return await self._write(mark)
 
     async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
         def decide(conn: sqlite3.Connection) -> Request:
@@ -623,10 +636,13 @@ class SQLiteStore:
             if audit_seq is None:
                 return [], conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0]
             rows = conn.execute(
-                "SELECT request_id, MAX(seq) FROM audit WHERE seq > ? GROUP BY request_id", (audit_seq,)
+                "SELECT request_id, MAX(seq), MAX(event NOT IN ('denied', 'passed')) FROM audit "
+                "WHERE seq > ? GROUP BY request_id",
+                (audit_seq,),
             ).fetchall()
             newest = max((row[1] for row in rows), default=audit_seq)
-            return [row[0] for row in rows], newest
+            # A denial or a passed call leaves no request behind to read: nothing to tell subscribers.
+            return [row[0] for row in rows if row[2]], newest
 
         return await self._run(changed)
 

@@ -1,0 +1,208 @@
+"""hitl's own MCP tools for the upstreams' tools, kept in step as upstreams start, restart and change.
+
+A gated tool keeps the upstream's input schema and annotations and files a request like a built-in
+action. A passed tool is forwarded at once and answered with the upstream's result as it is, keeping its
+output schema; each pass is one audit record (tool, principal, arguments digest, outcome). Both are
+registered on the MCP server as tools whose schema is the upstream's own, not one derived from a Python
+signature.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.tools.base import Tool
+from mcp.server.mcpserver.utilities.func_metadata import func_metadata
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import SubscriptionBus, ToolsListChanged
+from mcp_types import CallToolResult, TextContent
+from mcp_types import Tool as ToolInfo
+from pydantic import Field
+
+from hitl_mcp.gate import Gate
+from hitl_mcp.gateway.action import PreviewCall, UpstreamCalls, gated_description, upstream_tool
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult]]
+
+
+async def _no_function() -> None:
+    """Stands in for the function a tool is usually built from: a proxy tool's `run` calls its handler."""
+
+
+_NO_FUNCTION_METADATA = func_metadata(_no_function)
+
+
+class ProxyTool(Tool):
+    """A tool whose schema comes from elsewhere (an upstream) and whose call goes to `handler`."""
+
+    handler: Handler = Field(exclude=True)
+    proxied_output_schema: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        return self.proxied_output_schema
+
+    async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
+        return await self.handler(arguments, context)
+
+
+@dataclass(frozen=True)
+class Exposed:
+    """One upstream tool as the rules expose it."""
+
+    upstream: str
+    tool: ToolInfo
+    gated: bool
+    why: str
+    target: dict[str, str]
+    preview_call: PreviewCall | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.upstream}__{self.tool.name}"
+
+
+class UpstreamView(UpstreamCalls, Protocol):
+    def exposed(self) -> Sequence[Exposed]:
+        """Every tool of every ready upstream, as the rules expose it."""
+
+
+PassRecorder = Callable[[str, dict[str, Any], Context[Any, Any], str], Awaitable[None]]
+FileHandler = Callable[[str, dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult]]
+
+
+class GatewayTools:
+    """Registers and unregisters hitl's tools for the upstreams' tools; `sync` after every change."""
+
+    def __init__(
+        self,
+        app: MCPServer[Any],
+        view: UpstreamView,
+        *,
+        file: FileHandler,
+        record_pass: PassRecorder,
+        bus: SubscriptionBus,
+    ) -> None:
+        self.app = app
+        self.view = view
+        self.file = file
+        self.record_pass = record_pass
+        self.bus = bus
+        self.names: set[str] = set()
+        self._signature: dict[str, str] = {}
+        # Sessions of clients on the older protocol, told of tool changes directly (newer ones listen).
+        self.sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+
+    def builtin_names(self) -> set[str]:
+        return {tool.name for tool in self.app._tool_manager.list_tools() if not isinstance(tool, ProxyTool)}
+
+    def sync(self, gate: Gate) -> bool:
+        """Make the registered tools and the gate's actions match what the upstreams offer now. True when
+        the tool listing changed."""
+        manager = self.app._tool_manager
+        taken = self.builtin_names()
+        wanted: dict[str, Exposed] = {}
+        for exposed in self.view.exposed():
+            if exposed.name in taken:
+                logger.error(
+                    "upstream tool %s would hide hitl's own tool of that name; not exposed", exposed.name
+                )
+                continue
+            wanted[exposed.name] = exposed
+        signature = {name: _signature(exposed) for name, exposed in wanted.items()}
+        if signature == self._signature:
+            gate.actions_changed()  # readiness may have moved even when the listing did not
+            return False
+        actions = gate.actions
+        assert isinstance(actions, MutableMapping)
+        for name in self.names - set(wanted):
+            manager.remove_tool(name)
+            # The action stays: a request filed for it fails clearly at execution instead of waiting.
+        for name, exposed in wanted.items():
+            if self._signature.get(name) == signature[name]:
+                continue
+            manager._tools[name] = self._tool(exposed)
+            if exposed.gated:
+                action_type = upstream_tool(
+                    exposed.upstream, exposed.tool, target=exposed.target, preview_call=exposed.preview_call
+                )
+                actions[name] = action_type(self.view)
+        self.names = set(wanted)
+        self._signature = signature
+        gate.actions_changed()
+        return True
+
+    async def tell_clients(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        for session in list(self.sessions):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # the client went away
+                self.sessions.discard(session)
+
+    def _tool(self, exposed: Exposed) -> ProxyTool:
+        info = exposed.tool
+        handler: Handler
+        output_schema: dict[str, Any] | None
+        if exposed.gated:
+
+            async def file(arguments: dict[str, Any], ctx: Context[Any, Any]) -> CallToolResult:
+                return await self.file(exposed.name, arguments, ctx)
+
+            handler, description, output_schema = (
+                file,
+                gated_description(exposed.upstream, info),
+                _filed_schema(),
+            )
+        else:
+
+            async def forward(arguments: dict[str, Any], ctx: Context[Any, Any]) -> CallToolResult:
+                return await self._forward(exposed, arguments, ctx)
+
+            handler, description, output_schema = forward, info.description or "", info.output_schema
+        return ProxyTool(
+            fn=_no_function,
+            name=exposed.name,
+            title=info.title,
+            description=description,
+            parameters=info.input_schema,
+            fn_metadata=_NO_FUNCTION_METADATA,
+            is_async=True,
+            annotations=info.annotations,
+            handler=handler,
+            proxied_output_schema=output_schema,
+        )
+
+    async def _forward(
+        self, exposed: Exposed, arguments: dict[str, Any], ctx: Context[Any, Any]
+    ) -> CallToolResult:
+        outcome = "answered"
+        try:
+            result = await self.view.call(exposed.upstream, exposed.tool.name, arguments)
+            if result.is_error:
+                outcome = "answered with an error"
+        except Exception as error:
+            outcome = f"failed: {type(error).__name__}: {error}"
+            result = CallToolResult(
+                is_error=True,
+                content=[TextContent(type="text", text=f"{exposed.upstream} did not answer: {error}")],
+            )
+        await self.record_pass(exposed.name, arguments, ctx, outcome)
+        return result
+
+
+def _signature(exposed: Exposed) -> str:
+    return repr((exposed.gated, exposed.tool.model_dump(mode="json"), exposed.target, exposed.preview_call))
+
+
+def _filed_schema() -> dict[str, Any]:
+    from hitl_mcp.server import FiledRequest
+
+    return FiledRequest.model_json_schema()
