@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file in WAL mode, shared safely by any number of processes.
 
-Each public method runs one whole transaction in a worker thread, so the event loop never waits on a
-lock held by another process, and a transition costs one thread hop and one commit.
+Each public method runs in a worker thread, so the event loop never waits on a lock held by another
+process. A read is one snapshot; a transition is one savepoint of a write transaction that it shares with
+the transitions arriving at the same moment, committed once (hitl_mcp.store.sqlite_connection).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.store import NewRequest, Page, Planner
 from hitl_mcp.store import sqlite_schema as schema
+from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, dumps, fetch, request_of
 
 T = TypeVar("T")
@@ -47,48 +49,12 @@ def _audit(
     _enqueue_notifications(conn, request_id, event, actor, at, details or {})
 
 
-class _Connection(sqlite3.Connection):
-    """A connection that carries the store's notification routing to `_audit`, which sees only `conn`."""
-
-    routing: Routing | None = None
-
-
-class Connection:
-    """One connection, used by one worker thread at a time; SQLite's errors leave it as `StoreUnavailable`
-    saying what went wrong in words."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn: sqlite3.Connection | None = conn
-        self._lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("the store is not open")
-            try:
-                return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
-            except (sqlite3.OperationalError, sqlite3.DataError) as error:
-                raise schema.fault(error) from None
-            except sqlite3.DatabaseError as error:
-                if type(error) is not sqlite3.DatabaseError:
-                    raise  # an integrity or programming error is a bug, not a fault of the store
-                raise schema.fault(error) from None
-
-    async def close(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-
 def _enqueue_notifications(
     conn: sqlite3.Connection, request_id: str, event: str, actor: str, at: float, details: dict[str, Any]
 ) -> None:
     """One outbox row per notifier that wants this event, in the transition's transaction (see
     hitl_mcp.notify); the request is read here, so the message shows it as this transition leaves it."""
-    routing = conn.routing if isinstance(conn, _Connection) else None
+    routing = conn.routing if isinstance(conn, RoutedConnection) else None
     if routing is None or not routing.wants(event):
         return
     audit_seq: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -180,7 +146,7 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         # Writes go through one connection, reads through another: a write waiting for another process's
         # lock never holds up a read, which WAL serves from the last commit without waiting.
-        self._writer: Connection | None = None
+        self._writer: GroupCommit | None = None
         self._reader: Connection | None = None
         self._watch: sqlite3.Connection | None = None
 
@@ -194,7 +160,7 @@ class SQLiteStore:
             timeout=self._busy_timeout,
             isolation_level=None,
             check_same_thread=False,
-            factory=_Connection,
+            factory=RoutedConnection,
         )
         try:
             conn.routing = self._routing
@@ -207,7 +173,7 @@ class SQLiteStore:
         return conn
 
     def _connect_reader(self) -> sqlite3.Connection:
-        conn = open_reader(self.path, timeout=self._busy_timeout, factory=_Connection)
+        conn = open_reader(self.path, timeout=self._busy_timeout, factory=RoutedConnection)
         conn.routing = self._routing  # type: ignore[attr-defined]
         return conn
 
@@ -239,7 +205,7 @@ class SQLiteStore:
             for conn in opened:
                 conn.close()
             raise
-        self._writer = None if self.readonly else Connection(opened[0])
+        self._writer = None if self.readonly else GroupCommit(opened[0])
         self._reader = Connection(reader)
         self._watch = watch
 
@@ -257,6 +223,11 @@ class SQLiteStore:
             return StoreUnavailable(f"{self.path}: the store cannot be opened ({error})")
         fault = schema.fault(error)
         return StoreUnavailable(f"{self.path}: {fault.reason}", certain=fault.certain)
+
+    @property
+    def commit_counts(self) -> CommitCounts:
+        """How many transitions shared how many durable commits since the store opened."""
+        return self._writer.counts if self._writer is not None else CommitCounts()
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._open_sync)
@@ -293,20 +264,7 @@ class SQLiteStore:
                 raise StoreUnavailable("this command opened the store read-only")
             raise RuntimeError("the store is not open")
 
-        def transaction(conn: sqlite3.Connection) -> T:
-            # IMMEDIATE takes the write lock up front, so the conditional UPDATE never meets a
-            # concurrent writer half-way and never needs a retry.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                outcome = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return outcome
-
-        return await writer.run(transaction)
+        return await writer.run(fn)
 
     # -- transitions -----------------------------------------------------------------------------
 
