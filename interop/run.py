@@ -39,14 +39,13 @@ START_TIMEOUT_SECONDS = 30
 # reference server: most scenarios call its fixtures by name. Their outcome is shown, never counted.
 FIXTURE_TOOL = "calls the suite's fixture tool {}; hitl-mcp's tools are its gated actions and companions"
 NOT_OFFERED = {
-    "logging-set-level": "no `logging` capability is declared; rightly answered -32601 (method not found)",
     "completion-complete": "no `completions` capability (nothing to complete); rightly answered -32601",
     "tools-call-simple-text": FIXTURE_TOOL.format("test_simple_text"),
     "tools-call-image": FIXTURE_TOOL.format("test_image_content"),
     "tools-call-audio": FIXTURE_TOOL.format("test_audio_content"),
     "tools-call-embedded-resource": FIXTURE_TOOL.format("test_embedded_resource"),
     "tools-call-mixed-content": FIXTURE_TOOL.format("test_multiple_content_types"),
-    "tools-call-with-logging": FIXTURE_TOOL.format("test_tool_with_logging") + " (and needs `logging`)",
+    "tools-call-with-logging": FIXTURE_TOOL.format("test_tool_with_logging"),
     "tools-call-error": FIXTURE_TOOL.format("test_error_handling"),
     "tools-call-with-progress": FIXTURE_TOOL.format("test_tool_with_progress"),
     "tools-call-sampling": FIXTURE_TOOL.format("test_sampling") + "; hitl-mcp never asks for sampling",

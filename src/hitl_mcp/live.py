@@ -19,6 +19,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ResourceUpdated, SubscriptionBus
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
+from hitl_mcp.client_log import LogListeners, level_of, message
 from hitl_mcp.store import Store, wait_for_change
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,28 @@ class LegacySubscribers:
 class ChangeFeed:
     """Publishes an update for every request that changed, and for the pending queue."""
 
-    def __init__(self, store: Store, bus: SubscriptionBus, legacy: LegacySubscribers) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: SubscriptionBus,
+        legacy: LegacySubscribers,
+        logs: LogListeners | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.legacy = legacy
+        self.logs = logs
+
+    async def log(self, changed: list[str], *, after: int) -> None:
+        """Each new event of each changed request, as a log message to the sessions that asked."""
+        assert self.logs is not None
+        for request_id in changed:
+            request = await self.store.get(request_id)
+            for event in await self.store.audit_trail(request_id):
+                if event.seq > after:
+                    tool = request.tool if request else None
+                    status = request.status.value if request else None
+                    await self.logs.emit(level_of(event.event), message(event, tool, status))
 
     async def publish(self, uri: str) -> None:
         await self.bus.publish(ResourceUpdated(uri=uri))
@@ -86,10 +105,13 @@ class ChangeFeed:
                 continue
             version = current
             try:
+                before = seen
                 changed, seen = await self.store.changed_since(seen)
                 for request_id in changed:
                     await self.publish(request_uri(request_id))
                 if changed:
                     await self.publish(PENDING_URI)
+                if self.logs:
+                    await self.log(changed, after=before)
             except Exception:
                 logger.exception("publishing request changes failed; carrying on")

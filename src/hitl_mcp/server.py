@@ -19,16 +19,19 @@ from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
     CallToolResult,
+    SetLevelRequestParams,
     SubscribeRequestParams,
     TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl, BaseModel, Field
 
 from hitl_mcp import __version__
 from hitl_mcp.actions import Action, build_actions
 from hitl_mcp.auth import PrincipalTokens, authenticated_principal, is_loopback
+from hitl_mcp.client_log import LogListeners, level_of, send
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
@@ -101,12 +104,13 @@ def build_server(
     actions = build_actions(settings.actions)
     bus = InMemorySubscriptionBus()
     legacy = LegacySubscribers()
+    logs = LogListeners()
     # Resources have no request context to reach the lifespan state through; they read it here.
     running: list[ServerState] = []
 
     @asynccontextmanager
     async def serving(opened: Gate, *, housekeeping: bool) -> AsyncIterator[ServerState]:
-        feed = ChangeFeed(opened.store, bus, legacy)
+        feed = ChangeFeed(opened.store, bus, legacy, logs)
         async with anyio.create_task_group() as tasks:
             if housekeeping:
                 tasks.start_soon(opened.maintain)
@@ -152,6 +156,8 @@ def build_server(
         )
     _add_companions(app)
     _add_resources(app, running, legacy)
+    # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
+    app._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, logs.set_level)
     app.middleware.append(_strict_arguments(app))
     return app
 
@@ -276,6 +282,20 @@ def _strict_arguments(app: MCPServer[ServerState]) -> ServerMiddleware[Any]:
     return middleware
 
 
+# The event each status is reached by, for the level of the log message that reports it.
+STATUS_EVENTS = {Status.PENDING: "filed", Status.EXECUTING: "claimed"}
+
+
+async def _tell(ctx: Context[ServerState, Any], request: Request) -> Request:
+    """Where the call left the request, as a log message for a 2026-07-28 request that opted in (the SDK
+    drops it otherwise). Older clients hear every change through `logging/setLevel` instead."""
+    if ctx.request_context.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        event = STATUS_EVENTS.get(request.status, request.status.value)
+        data = {"request_id": request.request_id, "tool": request.tool, "status": request.status.value}
+        await send(ctx.request_context.session, level_of(event), data, related=ctx.request_id)
+    return request
+
+
 async def _call(work: Awaitable[T]) -> T:
     """Turn a refusal into a tool error the model reads; anything else stays a crash."""
     try:
@@ -292,6 +312,7 @@ def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # 
                 action.name, arguments, _principal(ctx), idempotency_key=meta.get(IDEMPOTENCY_KEY)
             )
         )
+        await _tell(ctx, filing.request)
         return _filed(filing)
 
     # The input schema the model reads is the action's own argument model, field by field.
@@ -408,7 +429,7 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         if request.status in (Status.APPROVED, Status.EXECUTING) and request.approval.waiting_on is None:
             # Released here but run by another process: its outcome usually follows within moments.
             request = await _call(gate.wait(request.request_id, APPROVE_WAIT_SECONDS))
-        return request
+        return await _tell(ctx, request)
 
     @app.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def reject(
@@ -419,7 +440,7 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         ],
     ) -> Request:
         """Reject someone else's pending request; it will never run."""
-        return await _call(_state(ctx).gate.reject(request_id, _principal(ctx), reason))
+        return await _tell(ctx, await _call(_state(ctx).gate.reject(request_id, _principal(ctx), reason)))
 
     @app.tool(annotations=read_only)
     async def wait_for_decision(
@@ -436,9 +457,9 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         async def progress(elapsed: float, total: float) -> None:
             await ctx.report_progress(elapsed, total, "waiting for a decision")
 
-        return await _call(_state(ctx).gate.wait(request_id, timeout_seconds, progress))
+        return await _tell(ctx, await _call(_state(ctx).gate.wait(request_id, timeout_seconds, progress)))
 
     @app.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def cancel_request(ctx: Context[ServerState, Any], request_id: RequestId) -> Request:
         """Withdraw a pending request you filed; it will never run."""
-        return await _call(_state(ctx).gate.cancel(request_id, _principal(ctx)))
+        return await _tell(ctx, await _call(_state(ctx).gate.cancel(request_id, _principal(ctx))))
