@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hitl_mcp.actions import Action, ActionSettings, Execution
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.tokens import token_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -25,10 +27,14 @@ HITL = VENV_BIN / "hitl"
 AGENT = "agent"
 APPROVER = "alice"
 
+# `dedup_seconds = 0`: a gated call that repeats a pending request of the same principal (same tool and
+# arguments) would otherwise return that request and file nothing, and every figure that files the same
+# order again and again would measure a lookup instead of a filing.
 CONFIG = """\
 [gate]
 default_ttl_seconds = 86400
 sweep_interval_seconds = 5.0
+dedup_seconds = 0
 
 [actions.buy_stock]
 ledger = "ledger.db"
@@ -37,10 +43,23 @@ starting_cash = 1000000000000.0
 [actions.send_email]
 smtp_host = "127.0.0.1"
 smtp_port = 1025
-
-[principals.alice]
-roles = ["trader"]
 """
+PRINCIPALS = {APPROVER: ["trader"]}
+
+
+def config_text(tokens: Mapping[str, str] | None = None) -> str:
+    """The bench config; with `tokens` (principal → bearer token), each principal's `token_sha256`, so an
+    HTTP server admits those tokens only and each acts as its principal."""
+    lines = [CONFIG]
+    tokens = tokens or {}
+    for name in sorted({*PRINCIPALS, *tokens}):
+        lines.append(f"[principals.{name}]")
+        if name in PRINCIPALS:
+            lines.append(f"roles = {json.dumps(PRINCIPALS[name])}")
+        if name in tokens:
+            lines.append(f'token_sha256 = "{token_sha256(tokens[name])}"')
+        lines.append("")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -92,10 +111,10 @@ class Setup:
         return self.settings.db_path
 
 
-def setup(folder: Path, *, db_name: str = "hitl.db") -> Setup:
+def setup(folder: Path, *, db_name: str = "hitl.db", tokens: Mapping[str, str] | None = None) -> Setup:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "hitl.toml"
-    config.write_text(CONFIG, encoding="utf-8")
+    config.write_text(config_text(tokens), encoding="utf-8")
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(folder),

@@ -56,23 +56,16 @@ async def gate_cycles(gate: Gate, cycles: int, start: int) -> float:
 
 
 class CommitCounter:
-    """Counts COMMITs on the store's own connection (bench-only introspection of a private attribute)."""
+    """Durable commits and transitions on the store's writer since this was made (`commit_counts`)."""
 
     def __init__(self, store: SQLiteStore) -> None:
-        self.conn: sqlite3.Connection | None = getattr(store, "_conn", None)
-        self.count = 0
-        if self.conn is not None:
-            self.conn.set_trace_callback(self._trace)
+        self.store = store
+        counts = store.commit_counts
+        self.commits, self.transitions = counts.commits, counts.transitions
 
-    def _trace(self, statement: str) -> None:
-        if statement.strip().upper().startswith("COMMIT"):
-            self.count += 1
-
-    def stop(self) -> float:
-        if self.conn is None:
-            return float("nan")
-        self.conn.set_trace_callback(None)
-        return self.count
+    def stop(self) -> tuple[int, int]:
+        counts = self.store.commit_counts
+        return counts.commits - self.commits, counts.transitions - self.transitions
 
 
 def audit_records(path: Path) -> tuple[int, int]:
@@ -101,7 +94,7 @@ def run(ctx: Context) -> list[Figure]:
             # Warm-up (imports, caches, the file's first pages), counting the store's commits meanwhile.
             commits = CommitCounter(store)
             await gate_cycles(gate, 20, 0)
-            counted.append(commits.stop() / 20)
+            counted.extend(n / 20 for n in commits.stop())
             floor_cycles(floor_path, 20, synchronous)
             gate_times: list[float] = []
             floor_times: list[float] = []
@@ -120,7 +113,7 @@ def run(ctx: Context) -> list[Figure]:
     requests, records = audit_records(settings.db_path)
     # The median of the rounds' ratios: a burst of someone else's disk traffic spoils one round, not all.
     ratio = median(f / g for f, g in zip(floor_times, gate_times, strict=True))
-    traced = counted[0] if counted else float("nan")
+    traced, transitions = counted if counted else (float("nan"), float("nan"))
     warning = (
         []
         if traced == TRANSACTIONS_PER_CYCLE
@@ -136,7 +129,8 @@ def run(ctx: Context) -> list[Figure]:
             baseline=f"sqlite3 {floor_rate:,.0f} cycles/s ({floor_time / total * 1000:.2f} ms)",
             notes=[
                 f"a cycle commits {TRANSACTIONS_PER_CYCLE} transactions ({TRANSACTIONS}), read from the "
-                f"code; traced on the store's connection: {traced:g} COMMITs a cycle, "
+                f"code; counted by the store (commit_counts): {traced:g} commits for {transitions:g} "
+                "transitions a cycle, "
                 f"{records / requests:.2f} audit records a request; WAL, "
                 f"synchronous={synchronous.upper()} on both sides; {total} cycles each in {ROUNDS} "
                 "alternating rounds, the ratio is the median round's",

@@ -9,12 +9,19 @@ system), policy selection, the insert with its audit record, and the read-back.
 A third tool shows what durability alone costs: the no-op that also commits one small row in its own SQLite
 file (WAL, the store's `synchronous`) from a worker thread, as the store does — the least any call that
 files something durably before answering can take. Its ratio is printed beside the figure.
+
+The bench config turns the repeat check off (`[gate] dedup_seconds = 0`): the same order filed again while
+the first is pending would otherwise return the first and file nothing. A fourth series files `buy_stock`
+with the default window (600 s) on a second server with a store and ledger of its own (two stores sharing
+one file would each find its page cache spoilt by the other's commits), a different quantity each call so
+that nothing repeats: what the lookup for a repeated call adds to a filing.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +82,14 @@ def run(ctx: Context) -> list[Figure]:
     env = setup(ctx.folder("mcp_file"))
     calls = ctx.reps(600, 60)
 
-    async def measure() -> tuple[list[float], list[float], list[float]]:
-        async with open_gate(env.settings) as gate:  # one order on the ledger, so the preview reads it
-            filed = await gate.file("buy_stock", BUY, AGENT)
-            await gate.approve(filed.request_id, APPROVER)
+    other = setup(ctx.folder("mcp_file_dedup")).settings
+    windowed = replace(other, gate=other.gate.model_copy(update={"dedup_seconds": 600.0}))
+
+    async def measure() -> tuple[list[float], list[float], list[float], list[float]]:
+        for settings in (env.settings, windowed):
+            async with open_gate(settings) as gate:  # one order on the ledger, so the preview reads it
+                filed = await gate.file("buy_stock", BUY, AGENT)
+                await gate.approve(filed.request_id, APPROVER)
         app = build_server(env.settings, principal=AGENT)
         app.add_tool(noop, name="noop", description="Does nothing (benchmark only).")
         durable_noop = DurableNoop(env.folder / "durable-noop.db", env.settings.gate.synchronous)
@@ -86,21 +97,24 @@ def run(ctx: Context) -> list[Figure]:
         gated: list[float] = []
         plain: list[float] = []
         durable: list[float] = []
+        deduped: list[float] = []
         try:
-            async with Client(app) as client:
-                for _ in range(30):  # warm-up
+            async with Client(app) as client, Client(build_server(windowed, principal=AGENT)) as checked:
+                for n in range(30):  # warm-up
                     await timed(client, "noop", BUY)
                     await timed(client, "durable_noop", BUY)
                     await timed(client, "buy_stock", BUY)
-                for _ in range(calls):  # interleaved, so drift hits all alike
+                    await timed(checked, "buy_stock", BUY | {"quantity": 10_000 + n})
+                for n in range(calls):  # interleaved, so drift hits all alike
                     plain.append(await timed(client, "noop", BUY))
                     durable.append(await timed(client, "durable_noop", BUY))
                     gated.append(await timed(client, "buy_stock", BUY))
+                    deduped.append(await timed(checked, "buy_stock", BUY | {"quantity": 20_000 + n}))
         finally:
             durable_noop.conn.close()
-        return gated, plain, durable
+        return gated, plain, durable, deduped
 
-    gated, plain, durable = anyio.run(measure)
+    gated, plain, durable, deduped = anyio.run(measure)
     ratio = median(gated) / median(plain)
     durable_ratio = median(gated) / median(durable)
     return [
@@ -113,10 +127,22 @@ def run(ctx: Context) -> list[Figure]:
             baseline=f"no-op tool p50 {ms(median(plain))}",
             notes=[
                 f"{calls} calls each, interleaved, one in-process client session",
-                f"a no-op tool that commits one row durably (WAL, synchronous="
-                f"{env.settings.gate.synchronous.upper()}, worker thread): p50 {ms(median(durable))}; "
-                f"buy_stock is {durable_ratio:.2f}× that",
+                f"with the default repeat window (dedup_seconds = 600; every call distinct, so each looks up "
+                f"and files): buy_stock p50 {ms(median(deduped))}, "
+                f"{median(deduped) / median(gated):.2f}× the figure's",
             ],
-            extra={"mcp_file_ratio_vs_durable_noop": round(durable_ratio, 3)},
-        )
+            extra={"mcp_file_ratio_with_dedup": round(median(deduped) / median(plain), 3)},
+        ),
+        Figure(
+            key="mcp_file_ratio_vs_durable_noop",
+            value=round(durable_ratio, 3),
+            target="≤ 1.5",
+            met=durable_ratio <= 1.5,
+            measured=f"buy_stock p50 {ms(median(gated))}",
+            baseline=f"durable no-op p50 {ms(median(durable))}",
+            notes=[
+                "the no-op tool that also commits one row to its own SQLite file, WAL, synchronous="
+                f"{env.settings.gate.synchronous.upper()} like the store, from a worker thread; same calls"
+            ],
+        ),
     ]

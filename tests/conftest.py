@@ -11,7 +11,10 @@ import pytest
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import Gate, open_gate
 from tests.environment import process_env, write_config
+from tests.postgres_cluster import pg_empty_url, pg_url, postgres_cluster
 from tests.smtp_sink import SmtpSink
+
+__all__ = ["pg_empty_url", "pg_url", "postgres_cluster"]  # PostgreSQL fixtures, for every test module
 
 USERS = [
     (1, "ann@test.com", 25, "active", "2025-06-01", None),
@@ -67,3 +70,23 @@ def settings(env: dict[str, str]) -> Settings:
 async def gate(settings: Settings) -> AsyncIterator[Gate]:
     async with open_gate(settings) as opened:
         yield opened
+
+
+@pytest.fixture
+def counter(tmp_path: Path) -> Path:
+    """Where tests/upstream_server.py records each side effect it has."""
+    return tmp_path / "effects.jsonl"
+
+
+@pytest.fixture
+def gateway_env(tmp_path: Path, smtp: SmtpSink, counter: Path) -> dict[str, str]:
+    """A config with one upstream, tests/upstream_server.py: its writes and deletes gated, reads passed."""
+    from tests.test_gateway import upstream_table
+
+    config = write_config(tmp_path / "gateway.toml", smtp_port=smtp.port, extra=upstream_table(counter))
+    return process_env(tmp_path, config)
+
+
+@pytest.fixture
+def gateway_settings(gateway_env: dict[str, str]) -> Settings:
+    return load_settings(gateway_env)

@@ -45,7 +45,8 @@ def refused_in_one_line(result_stderr: str, returncode: int) -> str:
         ("HITL_CONFIG", lambda tmp: _file(tmp / "broken.toml", b"[gate\n"), "not valid TOML"),
         ("HITL_DB", lambda tmp: _folder(tmp / "store"), "is a folder"),
         ("HITL_DB", lambda tmp: str(_file(tmp / "plain", b"x")) + "/hitl.db", "is not a folder"),
-        ("HITL_DB", lambda tmp: "postgresql://hitl:secret@db.example.com/hitl", "postgresql"),
+        ("HITL_DB", lambda tmp: "mysql://hitl:secret@db.example.com/hitl", "mysql"),
+        ("HITL_DB", lambda tmp: "postgresql://hitl:secret@db.example.com", "must name its database"),
         ("HITL_DB", lambda tmp: "sqlite://db.example.com/hitl.db", "absolute file path"),
     ],
 )
@@ -81,15 +82,15 @@ def test_a_database_url_is_refused_naming_the_scheme_and_never_taken_as_a_file(
     work.mkdir()
 
     with pytest.raises(ConfigError) as refused:
-        load_settings({**env, "HITL_DB": "postgresql://hitl:secret@db.example.com/hitl"})
+        load_settings({**env, "HITL_DB": "mysql://hitl:secret@db.example.com/hitl"})
     message = str(refused.value)
-    assert "postgresql" in message and "only SQLite file paths" in message
+    assert "mysql:// is not supported" in message and "postgresql://" in message
     assert "secret" not in message  # a URL may carry a password: only its scheme is repeated
 
-    # Read as a relative path, the URL would have become ./postgresql:/u@h/db in the caller's folder.
+    # Read as a relative path, the URL would have become ./mysql:/u@h/db in the caller's folder.
     listed = subprocess.run(
         [HITL, "list"],
-        env={**env, "HITL_DB": "postgresql://u@h/db"},
+        env={**env, "HITL_DB": "mysql://u@h/db"},
         cwd=work,
         capture_output=True,
         text=True,
@@ -98,6 +99,22 @@ def test_a_database_url_is_refused_naming_the_scheme_and_never_taken_as_a_file(
     )
     refused_in_one_line(listed.stderr, listed.returncode)
     assert list(work.iterdir()) == []
+
+
+def test_a_postgresql_url_selects_the_postgresql_store_and_is_shown_without_its_password(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    url = "postgresql://hitl:secret@db.example.com:5433/hitl"
+
+    from_env = load_settings({**env, "HITL_DB": url}).store
+    config = tmp_path / "store.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n', encoding="utf-8")
+    from_file = load_settings({**env, "HITL_DB": "", "HITL_CONFIG": str(config)}).store
+
+    assert from_env == from_file
+    assert (from_env.kind, from_env.url, from_env.path) == ("postgresql", url, None)
+    assert from_env.describe() == "postgresql://hitl:***@db.example.com:5433/hitl"
+    assert from_env.setting() == url  # what another process needs to reach it
 
 
 def test_a_sqlite_url_names_its_absolute_file(env: dict[str, str], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from hitl_mcp.config import GateSettings, PrincipalSettings, load_settings
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.policy import ActionPolicy, Level, Rule
 from hitl_mcp.tokens import token_sha256
+from hitl_mcp.upstream.settings import PreviewCall, RestartSettings, UpstreamSettings
 from tests.test_auth import minted, serving
 from tests.test_cli import BUY, HITL, hitl
 
@@ -78,18 +79,45 @@ def test_the_commented_out_parts_of_the_example_show_every_other_setting() -> No
     assert absent == [], f"examples/hitl.toml does not show {', '.join(absent)}"
 
 
+def test_the_commented_out_upstreams_of_the_example_show_every_upstream_setting() -> None:
+    restored = tomllib.loads(uncommented(EXAMPLE.read_text(encoding="utf-8")))
+    upstreams = list(restored.get("upstreams", {}).values())
+    # The keys a table may hold: the model's fields as the TOML spells them (`pass`, `preview`), less the
+    # two the loader fills in itself.
+    keys = {field.alias or name for name, field in UpstreamSettings.model_fields.items()} - {"name", "source"}
+    shown = {key for upstream in upstreams for key in upstream}
+
+    absent = [
+        *(f"upstreams.NAME.{key}" for key in sorted(keys - shown)),
+        *missing(
+            PreviewCall,
+            [preview for upstream in upstreams for preview in upstream.get("preview", {}).values()],
+            "upstreams.NAME.preview.TOOL",
+        ),
+        *missing(
+            RestartSettings, [upstream.get("restart", {}) for upstream in upstreams], "upstreams.NAME.restart"
+        ),
+    ]
+
+    assert absent == [], f"examples/hitl.toml does not show {', '.join(absent)}"
+
+
 @pytest.mark.parametrize("restore", [False, True], ids=["as shipped", "with every setting uncommented"])
 def test_the_example_loads_without_warnings(tmp_path: Path, restore: bool) -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     config = tmp_path / "hitl.toml"
     config.write_text(uncommented(text) if restore else text, encoding="utf-8")
 
-    settings = load_settings({"HITL_CONFIG": str(config), "HITL_DB": str(tmp_path / "hitl.db")})
+    # The variables the example's upstreams take their secrets from.
+    secrets = {"FS_API_KEY": "example", "TICKETS_TOKEN": "example"}
+    settings = load_settings({"HITL_CONFIG": str(config), "HITL_DB": str(tmp_path / "hitl.db"), **secrets})
 
     assert settings.warnings == ()
     assert settings.actions["delete_database_records"].model_dump()["database"] == tmp_path / "app.db"
     if restore:
         assert settings.policies and settings.notifiers and settings.roles_of("bob") == ("risk_manager",)
+        assert settings.upstreams["fs"].env == {"API_KEY": "example"}
+        assert settings.upstreams["tickets"].headers == {"Authorization": "Bearer example"}
 
 
 def mcp_config(env: dict[str, str], *args: str, cwd: Path) -> dict[str, Any]:

@@ -753,3 +753,20 @@ async def test_delivered_rows_are_forgotten_after_the_retention_and_dead_ones_ke
 
     with sqlite3.connect(settings.db_path) as conn:
         assert conn.execute("SELECT count(*) FROM audit WHERE event = 'filed'").fetchone()[0] == 1
+
+
+async def test_messages_link_to_the_request_page_when_the_inbox_has_a_public_url(
+    configure: Configure, receiver: Receiver
+) -> None:
+    settings = configure(
+        f'\n[[notify]]\non = ["filed"]\nwebhook = "{receiver.url("/hook")}"\n'
+        '\n[web]\npublic_url = "https://approvals.example.com/hitl"\n'
+    )
+    async with open_gate(settings) as gate:
+        request = await gate.file("buy_stock", BIG_BUY, "agent")
+        async with delivering(gate):
+            [hit] = await receiver.wait_ok("/hook", 1)
+
+    page = f"https://approvals.example.com/hitl/requests/{request.request_id}"
+    assert page in hit.json["text"]
+    assert hit.json["url"] == page

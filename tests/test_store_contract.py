@@ -1,6 +1,8 @@
 """The Store contract: what the gate relies on from any store. Every implementation runs this suite.
 
-Today that is the SQLite store; a PostgreSQL store joins by adding its factory to `STORES`.
+Each entry of `STORES` opens stores on one database — a file for SQLite, a fresh database of the session's
+throwaway cluster for PostgreSQL (tests/postgres_cluster.py) — as many times as a test asks, as separate
+processes would.
 """
 
 from __future__ import annotations
@@ -22,18 +24,32 @@ NOW = 1_000_000.0
 TTL = 3600.0
 DEFAULT = Snapshot(rule=None, approval="required", levels=DEFAULT_RULE.levels)
 
-StoreFactory = Callable[[Path], Store]
-STORES: dict[str, StoreFactory] = {"sqlite": lambda folder: SQLiteStore(folder / "store.db")}
+# Given the test's request and folder, a way to make stores on one database.
+StoreFactory = Callable[[pytest.FixtureRequest, Path], Callable[[], Store]]
+
+
+def sqlite_stores(request: pytest.FixtureRequest, folder: Path) -> Callable[[], Store]:
+    return lambda: SQLiteStore(folder / "store.db")
+
+
+def postgres_stores(request: pytest.FixtureRequest, folder: Path) -> Callable[[], Store]:
+    from hitl_mcp.store.postgres import PostgresStore
+
+    url: str = request.getfixturevalue("pg_url")  # asked only here: SQLite runs start no cluster
+    return lambda: PostgresStore(url)
+
+
+STORES: dict[str, StoreFactory] = {"sqlite": sqlite_stores, "postgresql": postgres_stores}
 
 
 @pytest.fixture(params=sorted(STORES))
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Store]]:
     """Opens a store on the same database each call — as another process would."""
-    factory = STORES[request.param]
+    factory = STORES[request.param](request, tmp_path)
     opened: list[Store] = []
 
     async def open_one() -> Store:
-        store = factory(tmp_path)
+        store = factory()
         await store.open()
         opened.append(store)
         return store
@@ -289,3 +305,87 @@ async def test_events_that_leave_no_request_are_audited_but_not_published(store:
 
     assert changed == ["a1"] and newest > seen
     assert [event.event for event in await store.audit_trail("p1")] == ["passed"]
+
+
+async def test_racing_retries_in_separate_stores_file_one_request(
+    store: Store, open_store: Callable[[], Awaitable[Store]]
+) -> None:
+    others = [await open_store() for _ in range(4)]
+    filed: list[str] = []
+
+    async def retry(filer: Store, number: int) -> None:
+        keyed = NewRequest(**{**new(f"k{number}").__dict__, "idempotency_key": "same-call"})
+        filed.append((await filer.insert(keyed)).request_id)
+        window = NewRequest(**{**new(f"d{number}", requested_by="bot").__dict__, "dedup_since": NOW - 60})
+        filed.append((await filer.insert(window)).request_id)
+
+    async with anyio.create_task_group() as tasks:
+        for number, filer in enumerate([store, *others]):
+            tasks.start_soon(retry, filer, number)
+    for other in others:
+        await other.close()
+
+    assert len({request_id for request_id in filed if request_id.startswith("k")}) == 1
+    assert len({request_id for request_id in filed if request_id.startswith("d")}) == 1
+    assert len((await store.page(None, None, 50, None)).requests) == 2
+
+
+async def test_housekeeping_in_several_stores_at_once_does_each_thing_once(
+    store: Store, open_store: Callable[[], Awaitable[Store]]
+) -> None:
+    for number in range(40):
+        await store.insert(new(f"r{number:02}"))
+    others = [await open_store() for _ in range(3)]
+    expired: list[str] = []
+
+    async def sweep(sweeper: Store) -> None:
+        while batch := await sweeper.expire_overdue(NOW + TTL + 1, limit=7):
+            expired.extend(batch)
+
+    async with anyio.create_task_group() as tasks:
+        for sweeper in [store, *others]:
+            tasks.start_soon(sweep, sweeper)
+    for other in others:
+        await other.close()
+
+    assert sorted(expired) == [f"r{number:02}" for number in range(40)]
+    for number in range(40):
+        assert [event.event for event in await store.audit_trail(f"r{number:02}")] == ["filed", "expired"]
+
+
+async def test_the_audit_trail_streams_in_order_with_its_head(store: Store) -> None:
+    await store.insert(new("a1"))
+    await store.insert(new("a2", created_at=NOW + 10))
+    await store.cancel("a1", "agent", NOW + 20)
+
+    records = [record async for record in store.audit_records()]
+    later = [record.seq async for record in store.audit_records(since=NOW + 10)]
+    only = [record.event async for record in store.audit_records(request_id="a1", until=NOW + 20)]
+
+    assert [record.seq for record in records] == [1, 2, 3]
+    assert records[1].prev_hash == records[0].hash
+    assert await store.audit_head() == (3, records[-1].hash)
+    assert later == [2, 3] and only == ["filed"]
+    assert await store.audit_request_ids("a") == ["a1", "a2"]
+    assert await store.audit_request_ids("a2") == ["a2"]
+
+
+async def test_what_was_stored_reads_back_exactly(store: Store) -> None:
+    # NUL in an agent's text, and numbers a JSON type would rewrite (1e20 as an integer): the digest of
+    # the approved arguments and the audit hashes are checked against what reads back.
+    strange = NewRequest(
+        **{
+            **new("s1").__dict__,
+            "arguments": {"symbol": "X\x00\u202e", "quantity": 1e20, "price": 0.1 + 0.2},
+            "summary": "Delete rows where email = 'x\u202e\x00\x1b[31m'",
+            "preview": {"sample": ["\x00", "☃", "\ud7ff"], "big": 12345678901234567890},
+        }
+    )
+    await store.insert(strange)
+    await store.decide("s1", approval("alice"), NOW)
+    reread = await store.get("s1")
+
+    assert reread is not None
+    assert reread.arguments == strange.arguments and reread.summary == strange.summary
+    assert reread.preview == strange.preview
+    assert [event.event for event in await store.audit_trail("s1")] == ["filed", "approved"]

@@ -24,7 +24,14 @@ from tests.test_cli import BUY, HITL, file_request, hitl
 from tests.test_server import text
 
 # Every reading command a person runs against a store.
-READERS = [["list"], ["show", "{id}"], ["audit", "verify"], ["audit", "export"], ["report"], ["notify", "status"]]
+READERS = [
+    ["list"],
+    ["show", "{id}"],
+    ["audit", "verify"],
+    ["audit", "export"],
+    ["report"],
+    ["notify", "status"],
+]
 
 
 def count(db: Path, table: str = "requests") -> int:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import sqlite3
 
 GENESIS = "0" * 64
 COLUMNS = "seq, request_id, event, actor, at, details, prev_hash, hash"
@@ -50,6 +52,19 @@ class AuditRecord:
 
     def label(self) -> str:
         return f"seq {self.seq} (request {self.request_id}, {self.event} by {self.actor})"
+
+    def row(self) -> tuple[int, str, str, str, float, str, str, str]:
+        """The values in `COLUMNS` order, to insert."""
+        return (
+            self.seq,
+            self.request_id,
+            self.event,
+            self.actor,
+            self.at,
+            self.details,
+            self.prev_hash,
+            self.hash,
+        )
 
 
 def canonical(
@@ -84,44 +99,25 @@ def record_hash(
     return hashlib.sha256(canonical(prev_hash, seq, request_id, event, actor, at, details)).hexdigest()
 
 
-def append(
-    conn: sqlite3.Connection, request_id: str, event: str, actor: str, at: float, details: str
-) -> None:
-    """Append one chained record. Must run inside the caller's write transaction (BEGIN IMMEDIATE).
-
-    Reading the head and inserting after it are only safe because the write lock is held from before the
-    read until the commit: two processes would otherwise both chain onto the same head. The read is one
-    step down the rowid b-tree, so appending stays as cheap as the plain insert it replaces.
-    """
-    if not conn.in_transaction:
-        raise RuntimeError("an audit record must be appended inside the transition's transaction")
-    head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-    conn.execute(
-        f"INSERT INTO audit ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            seq,
-            request_id,
-            event,
-            actor,
-            at,
-            details,
-            prev_hash,
-            record_hash(prev_hash, seq, request_id, event, actor, at, details),
-        ),
-    )
+def link(
+    head_seq: int, head_hash: str | None, request_id: str, event: str, actor: str, at: float, details: str
+) -> AuditRecord:
+    """The record that extends a trail whose last record is `head_seq` with `head_hash` (0 and None for an
+    empty trail). Whoever calls this must hold the trail's head until the record is committed (each store
+    says how), or two writers would chain onto the same head."""
+    seq, prev_hash = head_seq + 1, head_hash if head_hash is not None else GENESIS
+    digest = record_hash(prev_hash, seq, request_id, event, actor, at, details)
+    return AuditRecord(seq, request_id, event, actor, at, details, prev_hash, digest)
 
 
 def read_records(
     conn: sqlite3.Connection, where: str = "", params: Iterable[Any] = ()
 ) -> Iterator[AuditRecord]:
-    """Records in seq order, streamed from the cursor: a million of them never sit in memory at once.
+    """The records of an open SQLite store connection in seq order (what scripts and tests hold); the
+    store's own `audit_records` is the way to read any store."""
+    from hitl_mcp.store import sqlite_audit
 
-    One SELECT is one read snapshot in WAL mode, so writers carry on and the walk sees a consistent trail.
-    """
-    sql = f"SELECT {COLUMNS} FROM audit {'WHERE ' + where if where else ''} ORDER BY seq"
-    for row in conn.execute(sql, tuple(params)):
-        yield AuditRecord.from_row(row)
+    return sqlite_audit.read_records(conn, where, params)
 
 
 @dataclass(frozen=True)
@@ -155,24 +151,59 @@ class VerifyResult:
 def verify(source: sqlite3.Connection | Iterable[AuditRecord]) -> VerifyResult:
     """Walk the trail in seq order and name the first record that was changed, removed or inserted.
 
-    Pass an open connection (the records are streamed) or records already in seq order.
+    Pass records in seq order (a store's `audit_records` streams them: see `verify_stream`), or an open
+    SQLite store connection.
     """
-    records = read_records(source) if isinstance(source, sqlite3.Connection) else iter(source)
-    previous: AuditRecord | None = None
-    sound = 0
+    records = read_records(source) if hasattr(source, "execute") else iter(source)  # type: ignore[arg-type]
+    walk = _Walk()
     current = next(records, None)
     while current is not None:
         # One record of look-ahead: a forged record is recognised by its successor linking past it.
         following = next(records, None)
+        found = walk.step(current, following)
+        if found is not None:
+            return found
+        current = following
+    return walk.end()
+
+
+async def verify_stream(records: AsyncIterable[AuditRecord]) -> VerifyResult:
+    """`verify` over records streamed from a store, never holding more than two of them."""
+    stream = aiter(records)
+    walk = _Walk()
+    current = await anext(stream, None)
+    while current is not None:
+        following = await anext(stream, None)
+        found = walk.step(current, following)
+        if found is not None:
+            return found
+        current = following
+    return walk.end()
+
+
+class _Walk:
+    """What a walk along the chain remembers: the last sound record and how many were sound."""
+
+    def __init__(self) -> None:
+        self.previous: AuditRecord | None = None
+        self.sound = 0
+
+    def step(self, current: AuditRecord, following: AuditRecord | None) -> VerifyResult | None:
+        """The verdict when `current` breaks the chain; None to walk on."""
+        previous = self.previous
         broken = _check(previous, current, following)
-        if broken is not None:
-            # A record found to have been inserted may be the one before `current`, already counted.
-            if previous is not None and broken.seq == previous.seq:
-                sound -= 1
-            return VerifyResult(sound, _head_before(previous, broken), broken)
-        sound += 1
-        previous, current = current, following
-    return VerifyResult(sound, previous.hash if previous else GENESIS)
+        if broken is None:
+            self.sound += 1
+            self.previous = current
+            return None
+        sound = self.sound
+        # A record found to have been inserted may be the one before `current`, already counted.
+        if previous is not None and broken.seq == previous.seq:
+            sound -= 1
+        return VerifyResult(sound, _head_before(previous, broken), broken)
+
+    def end(self) -> VerifyResult:
+        return VerifyResult(self.sound, self.previous.hash if self.previous else GENESIS)
 
 
 def _head_before(previous: AuditRecord | None, broken: Break) -> str:

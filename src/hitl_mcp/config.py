@@ -5,26 +5,63 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hitl_mcp.actions import ACTION_TYPES, ActionSettings
+from hitl_mcp.actions import ActionSettings, registry
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.notify.settings import Notifier, load_notifiers
 from hitl_mcp.policy import ActionPolicy, load_policies, policy_warnings
+from hitl_mcp.upstream.settings import UpstreamSettings, load_upstreams, merge_upstreams
 
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
-TOP_LEVEL_TABLES = frozenset({"gate", "actions", "principals", "policy", "notify"})
+TOP_LEVEL_TABLES = frozenset(
+    {"gate", "actions", "principals", "policy", "notify", "upstreams", "web", "store"}
+)
 # `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where the gate's store is: an SQLite file (`path`, the default) or a PostgreSQL database (`url`)."""
+
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def kind(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.url is not None else "sqlite"
+
+    def describe(self) -> str:
+        """The location for a person to read: a URL without its password."""
+        if self.url is None:
+            return str(self.path)
+        return redact(self.url)
+
+    def setting(self) -> str:
+        """What HITL_DB says to reach this store from another process (a URL with its password, if any)."""
+        return self.url if self.url is not None else str(self.path)
+
+
+def redact(url: str) -> str:
+    """A database URL with any password replaced by `***`: for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 class GateSettings(BaseModel):
@@ -68,6 +105,35 @@ class GateSettings(BaseModel):
     )
 
 
+class WebSettings(BaseModel):
+    """The `[web]` table: the inbox and REST API that `hitl serve --http` serves beside `/mcp`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="Where people reach the inbox (behind a proxy, say): notifications link to its pages, "
+        "and an https URL makes the session cookie Secure. Not set: no links",
+    )
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 90, allow_inf_nan=False, description="How long a sign-in lasts"
+    )
+
+
+class StoreSettings(BaseModel):
+    """The `[store]` table: where the store is when HITL_DB does not say."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A file path or sqlite:///path (SQLite), or postgresql://USER@HOST:PORT/DB (PostgreSQL); "
+        "HITL_DB, when set, wins",
+    )
+
+
 class PrincipalSettings(BaseModel):
     """One `[principals.NAME]` table: the roles a principal holds, and its HTTP token's SHA-256."""
 
@@ -80,6 +146,7 @@ class PrincipalSettings(BaseModel):
 @dataclass(frozen=True)
 class Settings:
     db_path: Path
+    """The SQLite store's file; unused when `store_url` names a PostgreSQL database."""
     config_path: Path | None
     principal: str
     gate: GateSettings
@@ -87,9 +154,18 @@ class Settings:
     principals: Mapping[str, PrincipalSettings] = field(default_factory=dict)
     policies: Mapping[str, ActionPolicy] = field(default_factory=dict)
     notifiers: tuple[Notifier, ...] = ()
+    upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
+    """The upstream MCP servers, by name: `[upstreams.NAME]`, and `hitl serve --upstreams FILE`'s."""
+    web: WebSettings = field(default_factory=WebSettings)
     warnings: tuple[str, ...] = ()
     """What loads but cannot work as written (a rule that fails on every call, a level nobody can fill):
     `hitl policy check` and `hitl serve` print these."""
+    store_url: str | None = None
+    """The PostgreSQL database the store is in (HITL_DB or `[store] url`); None: the SQLite file."""
+
+    @property
+    def store(self) -> StoreLocation:
+        return StoreLocation(url=self.store_url) if self.store_url else StoreLocation(path=self.db_path)
 
     def roles_of(self, principal: str) -> tuple[str, ...]:
         known = self.principals.get(fold_principal(principal))
@@ -148,15 +224,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
     config_path = Path(env["HITL_CONFIG"]).expanduser().resolve() if env.get("HITL_CONFIG") else None
     raw = _read_toml(config_path) if config_path else {}
     base_dir = config_path.parent if config_path else data_dir()
-    db_path = _db_path(env.get("HITL_DB"))
+    location = _store_location(env.get("HITL_DB"), raw.get("store", {}), base_dir)
     if principal is None:
         principal = check_principal(env.get("HITL_PRINCIPAL") or DEFAULT_PRINCIPAL, "HITL_PRINCIPAL")
     else:
         principal = check_principal(principal, "principal")
     principals = _principals(raw.get("principals", {}))
-    policies = load_policies(raw.get("policy", {}), principals)
+    upstreams = load_upstreams(raw.get("upstreams", {}), base_dir, env, config_path=config_path)
+    policies = load_policies(raw.get("policy", {}), principals, upstreams)
     return Settings(
-        db_path=db_path,
+        db_path=location.path or _db_path(None),
+        store_url=location.url,
         config_path=config_path,
         principal=principal,
         gate=_gate_settings(raw.get("gate", {})),
@@ -164,13 +242,50 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         principals=principals,
         policies=policies,
         notifiers=load_notifiers(raw.get("notify"), principals),
+        upstreams=upstreams,
+        web=_web_settings(raw.get("web", {})),
         warnings=tuple(policy_warnings(policies, principals)),
     )
 
 
-def _db_path(value: str | None) -> Path:
-    """The store's file from HITL_DB: a path, or `sqlite:///absolute/path`. Any other URL is refused rather
-    than read as a relative file name, which would quietly start an empty store beside the current folder."""
+def with_upstreams(settings: Settings, added: Iterable[UpstreamSettings]) -> Settings:
+    """`settings` with more upstreams (a desktop client's, read by `hitl serve --upstreams FILE`); a name
+    already configured is refused, naming both places."""
+    return replace(settings, upstreams=merge_upstreams(settings.upstreams, added))
+
+
+def _store_location(env_value: str | None, raw: Any, base_dir: Path) -> StoreLocation:
+    """HITL_DB if set, else `[store] url` (a relative path there is the config file's folder's), else the
+    SQLite file in the user data directory."""
+    if not isinstance(raw, dict):
+        raise ConfigError("store: must be a table")
+    try:
+        table = StoreSettings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix="store.")) from None
+    if env_value:
+        return _location(env_value, "HITL_DB", Path.cwd())
+    if table.url:
+        return _location(table.url, "store.url", base_dir)
+    return StoreLocation(path=_db_path(None))
+
+
+def _location(value: str, source: str, base_dir: Path) -> StoreLocation:
+    url = URL_SCHEME.match(value)
+    if url and url.group(1).lower() in POSTGRES_SCHEMES:
+        parts = urlsplit(value)
+        if not parts.path.strip("/"):
+            raise ConfigError(
+                f"{source}: a PostgreSQL URL must name its database, e.g. postgresql://hitl@db.example.com/hitl"
+            )
+        return StoreLocation(url=value)
+    return StoreLocation(path=_db_path(value, source, base_dir))
+
+
+def _db_path(value: str | None, source: str = "HITL_DB", base_dir: Path | None = None) -> Path:
+    """The store's file from HITL_DB: a path, or `sqlite:///absolute/path`. Any other URL but PostgreSQL's
+    is refused rather than read as a relative file name, which would quietly start an empty store beside
+    the current folder."""
     if not value:
         return (data_dir() / "hitl.db").resolve()
     url = URL_SCHEME.match(value)
@@ -179,25 +294,26 @@ def _db_path(value: str | None) -> Path:
         if scheme != "sqlite":
             # Only the scheme is repeated: the rest of a database URL may hold a password.
             raise ConfigError(
-                f"HITL_DB: {scheme}:// is not supported: this version supports only SQLite file paths, "
-                "e.g. HITL_DB=/srv/hitl/hitl.db or sqlite:///srv/hitl/hitl.db"
+                f"{source}: {scheme}:// is not supported: name an SQLite file (e.g. /srv/hitl/hitl.db or "
+                "sqlite:///srv/hitl/hitl.db) or a PostgreSQL database (postgresql://USER@HOST:PORT/DB)"
             )
         if not rest.startswith("/") or "?" in rest or "#" in rest:
             raise ConfigError(
-                "HITL_DB: a sqlite:// URL must name an absolute file path with no host or options, "
+                f"{source}: a sqlite:// URL must name an absolute file path with no host or options, "
                 "e.g. sqlite:///srv/hitl/hitl.db"
             )
         value = "/" + unquote(rest).lstrip("/")
     if Path(value).name == ":memory:":
         raise ConfigError(
-            "HITL_DB: an in-memory store cannot be shared by the server and the CLI; name a file"
+            f"{source}: an in-memory store cannot be shared by the server and the CLI; name a file"
         )
-    path = Path(value).expanduser().resolve()
+    path = Path(value).expanduser()
+    path = (path if path.is_absolute() or base_dir is None else base_dir / path).resolve()
     if path.is_dir():
-        raise ConfigError(f"HITL_DB: {path} is a folder; name the store's file, e.g. {path / 'hitl.db'}")
+        raise ConfigError(f"{source}: {path} is a folder; name the store's file, e.g. {path / 'hitl.db'}")
     existing = next((parent for parent in path.parents if parent.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise ConfigError(f"HITL_DB: {existing} is not a folder, so {path} cannot be created")
+        raise ConfigError(f"{source}: {existing} is not a folder, so {path} cannot be created")
     return path
 
 
@@ -242,16 +358,26 @@ def _gate_settings(raw: Any) -> GateSettings:
         raise ConfigError(describe_validation_error(error, prefix="gate.")) from None
 
 
+def _web_settings(raw: Any) -> WebSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("web: must be a table")
+    try:
+        return WebSettings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix="web.")) from None
+
+
 def _action_settings(raw: Any, base_dir: Path) -> dict[str, ActionSettings]:
     if not isinstance(raw, dict):
         raise ConfigError("actions: must be a table of [actions.NAME] tables")
-    unknown = sorted(set(raw) - set(ACTION_TYPES))
+    action_types = registry()  # every installed action, plug-ins' too, each validating its own table
+    unknown = sorted(set(raw) - set(action_types))
     if unknown:
         raise ConfigError(
-            f"actions.{unknown[0]}: no such action; known actions: {', '.join(sorted(ACTION_TYPES))}"
+            f"actions.{unknown[0]}: no such action; known actions: {', '.join(sorted(action_types))}"
         )
     settings = {}
-    for name, action_type in ACTION_TYPES.items():
+    for name, action_type in action_types.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"actions.{name}: must be a table")

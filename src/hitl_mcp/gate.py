@@ -284,6 +284,11 @@ class Gate:
         self._signal()
         return request
 
+    async def preview_edit(self, ref: str, changes: Mapping[str, Any]) -> Edit:
+        """What approving with `changes` would approve — validated, re-previewed, the policy it selects —
+        changing nothing: what a person confirms before `approve(..., arguments=changes)`."""
+        return await self._prepare_edit(await self.get(ref), changes)
+
     async def _prepare_edit(self, request: Request, changes: Mapping[str, Any]) -> Edit:
         """Validate an approver's changes like the original arguments, re-preview and re-select policy."""
         if request.status is not Status.PENDING:
@@ -707,19 +712,12 @@ async def open_gate(
     *,
     readonly: bool = False,
 ) -> AsyncIterator[Gate]:
-    """A gate over the configured SQLite store and actions (built from the settings unless given);
-    `readonly` for commands that only read, which then work on a read-only store and take no lock."""
+    """A gate over the configured store (SQLite or PostgreSQL) and actions (built from the settings unless
+    given); `readonly` for commands that only read, which then work on a read-only store and take no lock."""
     from hitl_mcp.actions import build_actions
-    from hitl_mcp.store.sqlite import SQLiteStore
+    from hitl_mcp.store import open_store
 
-    store = SQLiteStore(
-        settings.db_path,
-        synchronous=settings.gate.synchronous,
-        busy_timeout=settings.gate.busy_timeout_seconds,
-        notify=settings.notifiers,
-        readonly=readonly,
-    )
-    await store.open()
+    store = await open_store(settings, readonly=readonly)
     try:
         yield Gate(store, build_actions(settings.actions) if actions is None else actions, settings)
     finally:

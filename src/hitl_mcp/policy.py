@@ -6,7 +6,7 @@ never changes what an open request needs. Approvals are counted against that sna
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING, Any, Literal
@@ -90,17 +90,27 @@ class Snapshot(BaseModel):
         return f"{source}{condition}: {steps}"
 
 
-def load_policies(raw: Any, principals: Mapping[str, Any]) -> dict[str, ActionPolicy]:
-    """Validate every `[policy.TOOL]`; expressions are parsed now so a bad one stops the start."""
-    from hitl_mcp.actions import ACTION_TYPES
+def load_policies(
+    raw: Any, principals: Mapping[str, Any], upstreams: Collection[str] = ()
+) -> dict[str, ActionPolicy]:
+    """Validate every `[policy.TOOL]`; expressions are parsed now so a bad one stops the start.
 
+    TOOL is a registered action, or `UPSTREAM__TOOL`, an upstream's: its tools are known only once it
+    runs, so the names a `when` uses are checked then (`hitl policy check` asks it)."""
+    from hitl_mcp.actions import registry
+
+    action_types = registry()
     if not isinstance(raw, dict):
         raise ConfigError("policy: must be a table of [policy.TOOL] tables")
     known_roles = {role for principal in principals.values() for role in principal.roles}
     policies = {}
     for tool, table in raw.items():
-        if tool not in ACTION_TYPES:
-            raise ConfigError(f"policy.{tool}: no such action; known: {', '.join(sorted(ACTION_TYPES))}")
+        # `hitl serve --upstreams FILE` may add the upstream after this file is read: any `NAME__TOOL`
+        # is an upstream's tool; `hitl policy check` says when none such is offered.
+        upstream_tool = "__" in tool
+        if tool not in action_types and not upstream_tool:
+            known = ", ".join([*sorted(action_types), *(f"{name}__TOOL" for name in sorted(upstreams))])
+            raise ConfigError(f"policy.{tool}: no such action; known: {known}")
         if not isinstance(table, dict):
             raise ConfigError(f"policy.{tool}: must be a table")
         try:
@@ -109,7 +119,7 @@ def load_policies(raw: Any, principals: Mapping[str, Any]) -> dict[str, ActionPo
             from hitl_mcp.actions.base import describe_validation_error
 
             raise ConfigError(describe_validation_error(error, prefix=f"policy.{tool}.")) from None
-        names = ACTION_TYPES[tool].policy_names()
+        names = None if upstream_tool else action_types[tool].policy_names()
         for index, rule in enumerate(policy.rules):
             where = f"policy.{tool}.rules[{index}]"
             if rule.when is not None:
@@ -125,11 +135,14 @@ def load_policies(raw: Any, principals: Mapping[str, Any]) -> dict[str, ActionPo
     return policies
 
 
-def _check_expression(text: str, names: frozenset[str], key: str) -> None:
+def _check_expression(text: str, names: frozenset[str] | None, key: str) -> None:
+    """Parse `text`; with `names`, refuse any other name. (None: names known only later.)"""
     try:
         node = expr.parse(text)
     except expr.ExpressionError as error:
         raise ConfigError(f"{key}: {error}") from None
+    if names is None:
+        return
     unknown = sorted(expr.names(node) - names)
     if unknown:
         raise ConfigError(
@@ -140,11 +153,13 @@ def _check_expression(text: str, names: frozenset[str], key: str) -> None:
 def policy_warnings(policies: Mapping[str, ActionPolicy], principals: Mapping[str, Any]) -> list[str]:
     """What loads but cannot work as written, each naming its key like a load error: a rule no call reaches,
     a `when` that fails on every call that reaches it, a level too few principals can fill."""
-    from hitl_mcp.actions import ACTION_TYPES
+    from hitl_mcp.actions import registry
 
     warnings: list[str] = []
     for tool, policy in policies.items():
-        types = _name_types(ACTION_TYPES[tool])
+        action = registry().get(tool)
+        # An upstream's tool: its argument types come from its schema once it runs; only levels now.
+        types = _name_types(action) if action is not None else None
         for index, rule in enumerate(policy.rules):
             where = f"policy.{tool}.rules[{index}]"
             earlier = next((i for i, r in enumerate(policy.rules[:index]) if r.when is None), None)
@@ -153,7 +168,7 @@ def policy_warnings(policies: Mapping[str, ActionPolicy], principals: Mapping[st
                     f"{where}: never applies: rules[{earlier}] has no `when`, so that rule applies to every "
                     "call first"
                 )
-            if rule.when is not None:
+            if rule.when is not None and types is not None:
                 warnings.extend(_when_warnings(rule.when, types, f"{where}.when"))
             warnings.extend(_level_warnings(rule.levels, principals, where))
     return warnings

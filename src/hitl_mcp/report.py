@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hitl_mcp.audit import AuditRecord, read_records
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from hitl_mcp.store import Store
 
 # The status a request is in after each event. `approved` is not here: under a quorum one approval may
 # leave the request pending, and the record says which (`details.status`). Events absent from this table
@@ -133,35 +137,59 @@ class Report:
 
 def build(records: Iterable[AuditRecord], since: float | None = None) -> Report:
     """The report over `records` in seq order, for requests filed at or after `since` (all when None)."""
-    progress: dict[str, _Progress] = {}
-    # Requests filed before the window: their later records are skipped, not mistaken for new requests.
-    earlier: set[str] = set()
-    approvers: dict[str, Counter[str]] = {}
-    events: Counter[str] = Counter()
-    auto_approved = 0
-    waits: list[float] = []
-
+    tally = _Tally(since)
     for record in records:
+        tally.add(record)
+    return tally.report()
+
+
+async def build_stream(records: AsyncIterable[AuditRecord], since: float | None = None) -> Report:
+    """`build` over records streamed from a store."""
+    tally = _Tally(since)
+    async for record in records:
+        tally.add(record)
+    return tally.report()
+
+
+async def from_store(store: Store, since: float | None = None) -> Report:
+    """The report over a store's whole audit trail, streamed in one read snapshot."""
+    return await build_stream(store.audit_records(), since)
+
+
+class _Tally:
+    """One pass over the trail in seq order: what each request in the window has come to."""
+
+    def __init__(self, since: float | None) -> None:
+        self.since = since
+        self.progress: dict[str, _Progress] = {}
+        # Requests filed before the window: their later records are skipped, not mistaken for new requests.
+        self.earlier: set[str] = set()
+        self.approvers: dict[str, Counter[str]] = {}
+        self.events: Counter[str] = Counter()
+        self.auto_approved = 0
+        self.waits: list[float] = []
+
+    def add(self, record: AuditRecord) -> None:
         request_id, event = record.request_id, record.event
-        state = progress.get(request_id)
+        state = self.progress.get(request_id)
         if state is None:
-            if request_id in earlier:
-                continue
-            if since is not None and record.at < since:
-                earlier.add(request_id)
-                continue
+            if request_id in self.earlier:
+                return
+            if self.since is not None and record.at < self.since:
+                self.earlier.add(request_id)
+                return
             tool = _details(record).get("tool")
-            state = progress[request_id] = _Progress(
+            state = self.progress[request_id] = _Progress(
                 tool=tool if isinstance(tool, str) and tool else UNKNOWN_TOOL,
                 status=STATUS_AFTER.get(event, "pending"),
                 filed_at=record.at if event == "filed" else None,
             )
-        events[event] += 1
+        self.events[event] += 1
 
         if event in DECISIONS:
-            approvers.setdefault(record.actor, Counter())[event] += 1
+            self.approvers.setdefault(record.actor, Counter())[event] += 1
             if not state.decided and state.filed_at is not None:
-                waits.append(record.at - state.filed_at)
+                self.waits.append(record.at - state.filed_at)
             state.decided = True
             if event == "rejected":
                 state.verdict = "rejected"
@@ -175,36 +203,39 @@ def build(records: Iterable[AuditRecord], since: float | None = None) -> Report:
         elif event in STATUS_AFTER:
             state.status = STATUS_AFTER[event]
         if event == "policy-auto-approved":
-            auto_approved += 1
+            self.auto_approved += 1
         elif event == "escalated":
             state.escalated = True
         elif event == "expired":
             state.expired = True
 
-    tools: dict[str, Counter[str]] = {}
-    for state in progress.values():
-        tools.setdefault(state.tool, Counter())[state.status] += 1
-    waits.sort()
-    return Report(
-        since=since,
-        tools={tool: ordered(tools[tool]) for tool in sorted(tools)},
-        approved=sum(1 for s in progress.values() if s.verdict == "approved"),
-        rejected=sum(1 for s in progress.values() if s.verdict == "rejected"),
-        auto_approved=auto_approved,
-        decision_seconds_p50=percentile(waits, 50),
-        decision_seconds_p95=percentile(waits, 95),
-        decisions_timed=len(waits),
-        approvers={
-            name: {event: approvers[name][event] for event in DECISIONS} for name in sorted(approvers)
-        },
-        expired=sum(1 for s in progress.values() if s.expired),
-        escalated=sum(1 for s in progress.values() if s.escalated),
-        events=dict(sorted(events.items())),
-    )
+    def report(self) -> Report:
+        progress, approvers = self.progress, self.approvers
+        tools: dict[str, Counter[str]] = {}
+        for state in progress.values():
+            tools.setdefault(state.tool, Counter())[state.status] += 1
+        waits = sorted(self.waits)
+        return Report(
+            since=self.since,
+            tools={tool: ordered(tools[tool]) for tool in sorted(tools)},
+            approved=sum(1 for s in progress.values() if s.verdict == "approved"),
+            rejected=sum(1 for s in progress.values() if s.verdict == "rejected"),
+            auto_approved=self.auto_approved,
+            decision_seconds_p50=percentile(waits, 50),
+            decision_seconds_p95=percentile(waits, 95),
+            decisions_timed=len(waits),
+            approvers={
+                name: {event: approvers[name][event] for event in DECISIONS} for name in sorted(approvers)
+            },
+            expired=sum(1 for s in progress.values() if s.expired),
+            escalated=sum(1 for s in progress.values() if s.escalated),
+            events=dict(sorted(self.events.items())),
+        )
 
 
 def from_connection(conn: sqlite3.Connection, since: float | None = None) -> Report:
-    """The report over a store's `audit` table, streamed in one read snapshot."""
+    """The report over an open SQLite store connection's trail (for callers holding one); `from_store`
+    reads any store."""
     return build(read_records(conn), since)
 
 

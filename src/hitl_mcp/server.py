@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
@@ -38,6 +40,12 @@ from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers
 from hitl_mcp.models import Request, RequestSummary, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
+
+if TYPE_CHECKING:
+    from hitl_mcp.web import SignIn
+
+if TYPE_CHECKING:
+    from hitl_mcp.gateway import Gateway
 
 T = TypeVar("T")
 
@@ -107,11 +115,14 @@ def build_server(
     logs = LogListeners()
     # Resources have no request context to reach the lifespan state through; they read it here.
     running: list[ServerState] = []
+    gateway: Gateway | None = None
 
     @asynccontextmanager
     async def serving(opened: Gate, *, housekeeping: bool) -> AsyncIterator[ServerState]:
         feed = ChangeFeed(opened.store, bus, legacy, logs)
         async with anyio.create_task_group() as tasks:
+            if gateway is not None:
+                tasks.start_soon(gateway.run, opened)
             if housekeeping:
                 tasks.start_soon(opened.maintain)
                 tasks.start_soon(opened.run_approved_forever)
@@ -156,10 +167,33 @@ def build_server(
         )
     _add_companions(app)
     _add_resources(app, running, legacy)
+    if settings.upstreams:
+        gateway = _gateway(app, settings, bus)
     # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
     app._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, logs.set_level)
-    app.middleware.append(_strict_arguments(app))
+    app.middleware.append(_strict_arguments(app, gateway))
     return app
+
+
+def _gateway(app: MCPServer[ServerState], settings: Settings, bus: InMemorySubscriptionBus) -> Gateway:
+    """The upstreams' tools on this server, and the list_changed announcement older clients need."""
+    from hitl_mcp.gateway import Gateway  # the SDK's client comes with it: only for servers with upstreams
+
+    async def file(name: str, arguments: dict[str, Any], ctx: Context[ServerState, Any]) -> CallToolResult:
+        return await _file(ctx, name, arguments)
+
+    gateway = Gateway(app, settings.upstreams.values(), bus=bus, file=file, principal_of=_principal)
+    lowlevel = app._lowlevel_server
+    announced = lowlevel.create_initialization_options
+
+    def with_tools_changing(
+        notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any
+    ) -> InitializationOptions:
+        # Older clients learn from the handshake that tools/list_changed will come as upstreams change.
+        return announced(notification_options or NotificationOptions(tools_changed=True), *args, **kwargs)
+
+    lowlevel.create_initialization_options = with_tools_changing  # type: ignore[method-assign]
+    return gateway
 
 
 def _add_resources(
@@ -201,21 +235,44 @@ def _add_resources(
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, legacy.unsubscribe)
 
 
-def serve_http(app: MCPServer[ServerState], *, host: str, port: int) -> None:
-    """Serve `app` at http://HOST:PORT/mcp until interrupted, every log line on stderr.
+def serve_http(app: MCPServer[ServerState], *, host: str, port: int, sign_in: SignIn | None = None) -> None:
+    """Serve `app` at http://HOST:PORT/mcp until interrupted, every log line on stderr; with `sign_in`, the
+    inbox and /api/v1 beside it (`hitl_mcp.web`), on the same gate.
 
     Not `app.run(transport="streamable-http")`: that keeps uvicorn's default of access lines on stdout."""
     import uvicorn  # only the HTTP face pays for importing it
 
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    mcp_http = app.streamable_http_app(host=host, transport_security=rebinding_protection(host))
+    served: Callable[..., Awaitable[None]] = mcp_http
+    server: uvicorn.Server | None = None
+    if sign_in is not None:
+        from hitl_mcp.web import inbox_app
+
+        def running_gate() -> Gate | None:
+            # The SDK keeps the lifespan's state on its session manager while it runs; 2.3 has no public
+            # accessor for it, and the web face must use the very gate the MCP tools use.
+            state = getattr(app.session_manager, "_lifespan_state", None)
+            return state.gate if isinstance(state, ServerState) else None
+
+        served = inbox_app(
+            mcp_http,
+            running_gate=running_gate,
+            sign_in=sign_in,
+            host=host,
+            stopping=lambda: server is not None and server.should_exit,
+        )
     config = uvicorn.Config(
-        app.streamable_http_app(host=host, transport_security=rebinding_protection(host)),
+        served,
         host=host,
         port=port,
         log_config=log_config,
+        # An event stream a client holds open (MCP's GET stream) would otherwise hold the shutdown up forever.
+        timeout_graceful_shutdown=3,
     )
-    anyio.run(uvicorn.Server(config).serve)
+    server = uvicorn.Server(config)
+    anyio.run(server.serve)
 
 
 def rebinding_protection(host: str) -> TransportSecuritySettings | None:
@@ -243,25 +300,28 @@ def _principal(ctx: Context[ServerState, Any]) -> str:
     return principal
 
 
-def _strict_arguments(app: MCPServer[ServerState]) -> ServerMiddleware[Any]:
+def _strict_arguments(app: MCPServer[ServerState], gateway: Gateway | None) -> ServerMiddleware[Any]:
     """Refuse a tool argument the tool does not take, rather than drop it: the caller meant something by
     it (a limit price, a principal it hoped to act as). The tool listing says so with
-    `additionalProperties: false`."""
-    known: dict[str, frozenset[str]] = {}
+    `additionalProperties: false`. An upstream's tool keeps its own schema, which its validation (or the
+    upstream's) applies."""
+    manager = app._tool_manager
+
+    def own(name: object) -> Any:
+        """hitl's own tool of that name; None for an upstream's (or none)."""
+        if not isinstance(name, str) or (gateway is not None and name in gateway.tools.names):
+            return None
+        return manager.get_tool(name)
 
     async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method == "tools/call" and ctx.params:
             name, sent = ctx.params.get("name"), ctx.params.get("arguments") or {}
-            if isinstance(name, str) and isinstance(sent, dict):
-                if not known:
-                    tools = await app.list_tools()
-                    known.update(
-                        {tool.name: frozenset(tool.input_schema.get("properties", {})) for tool in tools}
-                    )
-                allowed = known.get(name)
-                unknown = sorted(set(sent) - allowed) if allowed is not None else []
+            tool = own(name)
+            if tool is not None and isinstance(sent, dict):
+                allowed = frozenset(tool.parameters.get("properties", {}))
+                unknown = sorted(set(sent) - allowed)
                 if unknown:
-                    takes = ", ".join(sorted(allowed or ())) or "no arguments"
+                    takes = ", ".join(sorted(allowed)) or "no arguments"
                     # A key that was not valid text has no name to give (pydantic says `(arguments)` too);
                     # the prefix is the SDK's own, so clients read this like its other refusals.
                     field = "(arguments)" if "\ufffd" in unknown[0] else unknown[0]
@@ -270,12 +330,18 @@ def _strict_arguments(app: MCPServer[ServerState]) -> ServerMiddleware[Any]:
                         f"(it takes {takes}); nothing was done"
                     )
                     return CallToolResult(is_error=True, content=[TextContent(type="text", text=text)])
+        if (
+            gateway is not None
+            and ctx.method == "tools/list"
+            and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        ):
+            gateway.tools.connections.add(ctx.session._connection)
         result = await call_next(ctx)
         if ctx.method == "tools/list" and isinstance(result, dict):
-            # The listing arrives serialised; each tool's schema says it takes nothing else.
-            for tool in result.get("tools", ()):
-                schema = tool.get("inputSchema") if isinstance(tool, dict) else None
-                if isinstance(schema, dict):
+            # The listing arrives serialised; each of hitl's own tools says it takes nothing else.
+            for listed in result.get("tools", ()):
+                schema = listed.get("inputSchema") if isinstance(listed, dict) else None
+                if isinstance(schema, dict) and own(listed.get("name")) is not None:
                     schema["additionalProperties"] = False
         return result
 
@@ -306,14 +372,7 @@ async def _call(work: Awaitable[T]) -> T:
 
 def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # type: ignore[type-arg]
     async def file_request(ctx: Context[ServerState, Any], **arguments: Any) -> CallToolResult:
-        meta = ctx.request_context.meta or {}
-        filing = await _call(
-            _state(ctx).gate.file_call(
-                action.name, arguments, _principal(ctx), idempotency_key=meta.get(IDEMPOTENCY_KEY)
-            )
-        )
-        await _tell(ctx, filing.request)
-        return _filed(filing)
+        return await _file(ctx, action.name, arguments)
 
     # The input schema the model reads is the action's own argument model, field by field.
     parameters = [
@@ -330,6 +389,18 @@ def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # 
     file_request.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": FiledRequest}
     file_request.__name__ = action.name
     return file_request
+
+
+async def _file(ctx: Context[ServerState, Any], tool: str, arguments: dict[str, Any]) -> CallToolResult:
+    """A gated call, built-in or an upstream's: file it (or find the request it repeats) and answer."""
+    meta = ctx.request_context.meta or {}
+    filing = await _call(
+        _state(ctx).gate.file_call(
+            tool, arguments, _principal(ctx), idempotency_key=meta.get(IDEMPOTENCY_KEY)
+        )
+    )
+    await _tell(ctx, filing.request)
+    return _filed(filing)
 
 
 def _next_step(filing: Filing) -> str:

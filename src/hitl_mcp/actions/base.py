@@ -1,4 +1,25 @@
-"""What an action is: a name, an argument model, a summary, a side-effect-free preview, and `execute`."""
+"""What an action is: a name, an argument model, a summary, a side-effect-free preview, and `execute`.
+
+For plug-in authors: an action in another package is what the built-ins are, registered the same way.
+Subclass `Action[YourArguments, YourSettings]` and set `name` (the MCP tool name: 1-128 of A-Z a-z 0-9
+`_ - .`; no `__`, which names upstream servers' tools, and none of the companion tools' names),
+`description` (what the agent reads: say that nothing happens until a person approves), `arguments_model`
+(pydantic, `extra="forbid"` so a misspelt argument is refused), `settings_model` (an `ActionSettings`
+subclass validating `[actions.NAME]`; give each field a default, or the start refuses until it is set, and
+type paths `ConfigPath` so relative ones resolve against the config file's folder) and `preview_types` (the
+preview values `[policy.NAME]` rules may name). Implement `summary`, `preview` (no side effects: a person
+reads it before anything happens), `execute` (idempotent by `execution.request_id`; raise
+`ActionFailed(..., effect="none")` only when certainly nothing happened) and `target()` (what it acts on,
+so a request runs only where it was previewed); previews and results are JSON-compatible dicts. Then name
+the class in your pyproject.toml, the entry point's name being the action's `name`:
+
+    [project.entry-points."hitl_mcp.actions"]
+    create_ticket = "your_package:CreateTicket"
+
+Installed beside hitl-mcp, it is served by `hitl serve` and configured like a built-in; one that fails to
+import or to pass these checks stops the start with a `ConfigError` naming it and its distribution.
+`examples/hitl-action-example` is a complete one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +31,7 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
-from hitl_mcp.errors import ConfigError, InvalidArguments
+from hitl_mcp.errors import ActionFailed, ConfigError, InvalidArguments
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 SettingsT = TypeVar("SettingsT", bound="ActionSettings")
@@ -125,3 +146,16 @@ class Action(ABC, Generic[ArgsT, SettingsT]):
     @abstractmethod
     async def execute(self, args: ArgsT, execution: Execution) -> dict[str, Any]:
         """Do the real thing, idempotently keyed by `execution.request_id`. Refuse with `ActionFailed`."""
+
+
+# What a plug-in needs, from one module.
+__all__ = [
+    "Action",
+    "ActionFailed",
+    "ActionSettings",
+    "ConfigPath",
+    "Execution",
+    "InvalidArguments",
+    "describe_target",
+    "describe_validation_error",
+]

@@ -1,6 +1,18 @@
 """The human face: `hitl`. Parses, establishes who is acting, calls the gate, renders the answer."""
 
-from hitl_mcp.cli import audit, mcp_config, notify, policy, requests, serve, token, watch
+from hitl_mcp.cli import audit, db, mcp_config, notify, policy, requests, serve, token, upstreams, watch
 from hitl_mcp.cli.app import main
 
-__all__ = ["audit", "main", "mcp_config", "notify", "policy", "requests", "serve", "token", "watch"]
+__all__ = [
+    "audit",
+    "db",
+    "main",
+    "mcp_config",
+    "notify",
+    "policy",
+    "requests",
+    "serve",
+    "token",
+    "upstreams",
+    "watch",
+]

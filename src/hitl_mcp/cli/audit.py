@@ -1,8 +1,8 @@
 """`hitl audit verify|export` and `hitl report`: read the audit trail, never write it.
 
 These commands open the store read-only and bypass the gate: opening a gate would create a missing store,
-and a reader must not be able to alter what it is checking. One SELECT is one read snapshot in WAL mode,
-so they can run beside a live server.
+and a reader must not be able to alter what it is checking. The store streams the trail from one read
+snapshot (SQLite's WAL, PostgreSQL's repeatable read), so they can run beside live servers.
 """
 
 from __future__ import annotations
@@ -11,23 +11,25 @@ import csv
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import click
 
 from hitl_mcp import display
 from hitl_mcp import report as reports
-from hitl_mcp.audit import COLUMNS, AuditRecord, read_records, verify
+from hitl_mcp.audit import AuditRecord, verify_stream
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals, table
-from hitl_mcp.errors import AmbiguousId, ConfigError, HitlError, NotFound
+from hitl_mcp.errors import AmbiguousId, ConfigError, NotFound
 from hitl_mcp.models import utc
+from hitl_mcp.store import Store, open_store
+
+T = TypeVar("T")
 
 AGE = re.compile(r"^(\d{1,9})([smhdw])$", re.IGNORECASE)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -64,25 +66,22 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> fl
         raise click.BadParameter(str(error)) from None
 
 
-@contextmanager
-def reading() -> Iterator[sqlite3.Connection]:
-    """The configured store, opened read-only; a missing or foreign file is a refusal, not a traceback."""
-    path = load().db_path
-    if not path.is_file():
+def reading(work: Callable[[Store], Awaitable[T]]) -> T:
+    """`work` on the configured store, opened read-only whatever schema it holds (evidence is read as it
+    is); a missing store is a refusal, never created."""
+    settings = load()
+    path = settings.store.path
+    if path is not None and not path.is_file():
         raise ConfigError(f"no store at {path}; HITL_DB names the store file (the one `hitl serve` uses)")
-    from hitl_mcp.store.sqlite import open_reader  # the store's module: only these commands need it
 
-    try:
-        conn = open_reader(path)
-    except sqlite3.DatabaseError as error:
-        raise HitlError(f"cannot read the audit trail in {path}: {error}") from None
-    try:
-        conn.execute(f"SELECT {COLUMNS} FROM audit LIMIT 0")
-        yield conn
-    except sqlite3.DatabaseError as error:
-        raise HitlError(f"cannot read the audit trail in {path}: {error}") from None
-    finally:
-        conn.close()
+    async def run() -> T:
+        store = await open_store(settings, readonly=True, any_schema=True)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return anyio.run(run)
 
 
 @main.group()
@@ -99,8 +98,7 @@ def verify_command() -> None:
     exits 1. The chain cannot show records cut off its end: write the head hash down somewhere the
     store's owner cannot rewrite, and check later that `hitl audit export` still shows it at that seq.
     """
-    with reading() as conn:
-        result = verify(conn)
+    result = reading(lambda store: verify_stream(store.audit_records()))
     if result.broken is not None:
         # The message quotes what it found in the store, which whoever changed it chose.
         message = display.visible(result.broken.message)
@@ -142,30 +140,17 @@ def export(since: float | None, until: float | None, fmt: str, request_prefix: s
     """
     if since is not None and until is not None and since >= until:
         raise click.BadParameter("must be later than --since", param_hint="'--until'")
-    clauses: list[str] = []
-    params: list[Any] = []
-    with reading() as conn:
-        if request_prefix is not None:
-            clauses.append("request_id = ?")
-            params.append(_request_id(conn, request_prefix))
-        if since is not None:
-            clauses.append("at >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("at < ?")
-            params.append(until)
-        records = read_records(conn, " AND ".join(clauses), params)
-        _to_stdout(lambda: _write_csv(records) if fmt == "csv" else _write_jsonl(records))
+
+    async def write(store: Store) -> None:
+        request_id = None if request_prefix is None else await _request_id(store, request_prefix)
+        records = store.audit_records(since=since, until=until, request_id=request_id)
+        await _to_stdout(_write_csv(records) if fmt == "csv" else _write_jsonl(records))
+
+    reading(write)
 
 
-def _request_id(conn: sqlite3.Connection, prefix: str) -> str:
-    # GLOB with a literal prefix is a range scan of the request_id index.
-    found = [
-        row[0]
-        for row in conn.execute(
-            "SELECT DISTINCT request_id FROM audit WHERE request_id GLOB ? LIMIT 2", (prefix + "*",)
-        )
-    ]
+async def _request_id(store: Store, prefix: str) -> str:
+    found = await store.audit_request_ids(prefix, limit=2)
     if not found:
         raise NotFound(f"--request: no audit records for a request id starting {prefix!r}")
     if len(found) > 1:
@@ -180,9 +165,9 @@ def _iso(at: Any) -> str:
         return str(at)
 
 
-def _write_jsonl(records: Iterator[AuditRecord]) -> None:
+async def _write_jsonl(records: AsyncIterator[AuditRecord]) -> None:
     write = sys.stdout.write
-    for record in records:
+    async for record in records:
         try:
             details: Any = json.loads(record.details)
         except (TypeError, ValueError):  # exported as stored, for whoever investigates the damage
@@ -201,18 +186,18 @@ def _write_jsonl(records: Iterator[AuditRecord]) -> None:
         write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
-def _write_csv(records: Iterator[AuditRecord]) -> None:
+async def _write_csv(records: AsyncIterator[AuditRecord]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(EXPORT_FIELDS)
-    for r in records:
+    async for r in records:
         writer.writerow(
             (r.seq, r.request_id, r.event, r.actor, _iso(r.at), repr(r.at), r.details, r.prev_hash, r.hash)
         )
 
 
-def _to_stdout(write: Callable[[], None]) -> None:
+async def _to_stdout(write: Awaitable[None]) -> None:
     try:
-        write()
+        await write
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader (`| head`) has what it wanted; point stdout at nothing so the interpreter's final
@@ -235,8 +220,7 @@ def report_command(since: float | None, as_json: bool) -> None:
     the policy approved by itself are counted apart. Time to decision runs from filing to the first
     approve or reject.
     """
-    with reading() as conn:
-        figures = reports.from_connection(conn, since)
+    figures = reading(lambda store: reports.from_store(store, since))
     if as_json:
         click.echo(json.dumps(figures.to_json(), indent=2))
     else:

@@ -53,7 +53,7 @@ def mcp_config(use_http: bool, host: str, port: int) -> None:
                     err=True,
                 )
     else:
-        env = {"HITL_DB": str(settings.db_path), "HITL_PRINCIPAL": settings.principal}
+        env = {"HITL_DB": settings.store.setting(), "HITL_PRINCIPAL": settings.principal}
         if settings.config_path is not None:
             env = {"HITL_CONFIG": str(settings.config_path), **env}
         entry = {**_command(), "env": env}

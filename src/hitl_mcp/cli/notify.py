@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TypeVar
 
 import anyio
@@ -20,26 +20,20 @@ from hitl_mcp.cli.common import load, refusals, table, truncate
 from hitl_mcp.errors import ConfigError, NotPending
 from hitl_mcp.models import utc
 from hitl_mcp.notify.outbox import Delivery, OutboxStore, OutboxSummary
-from hitl_mcp.store.sqlite import SQLiteStore
+from hitl_mcp.store import open_store
 
 T = TypeVar("T")
 
 
 def _with_store(work: Callable[[OutboxStore], Awaitable[T]], *, readonly: bool = False) -> T:
     settings = load()
-    if not settings.db_path.is_file():
-        raise ConfigError(
-            f"no store at {settings.db_path}; HITL_DB names the store file (the one `hitl serve` uses)"
-        )
+    path = settings.store.path
+    if path is not None and not path.is_file():
+        raise ConfigError(f"no store at {path}; HITL_DB names the store file (the one `hitl serve` uses)")
 
     async def run() -> T:
-        store = SQLiteStore(
-            settings.db_path,
-            synchronous=settings.gate.synchronous,
-            busy_timeout=settings.gate.busy_timeout_seconds,
-            readonly=readonly,
-        )
-        await store.open()
+        # Without the notifiers: these commands move outbox rows, they never route new ones.
+        store = await open_store(replace(settings, notifiers=()), readonly=readonly)
         try:
             return await work(store)
         finally:

@@ -6,16 +6,20 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
 
-from hitl_mcp import policy
-from hitl_mcp.actions import build_actions, find
+from hitl_mcp import display, expr, policy
+from hitl_mcp.actions import Action, build_actions, find
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import InvalidArguments
+
+# How long `check` and `explain` wait for an upstream to start and list its tools.
+PROBE_SECONDS = 20.0
 
 
 @main.group("policy")
@@ -48,10 +52,62 @@ def check(config: Path | None, strict: bool) -> None:
         click.echo(f"{tool}:")
         for line in _policy_lines(settings, tool):
             click.echo(f"  {line}")
-    for warning in settings.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    if strict and settings.warnings:
+    warnings = list(settings.warnings)
+    if settings.upstreams or any("__" in tool for tool in settings.policies):
+        warnings += _check_upstreams(settings)
+    for warning in warnings:
+        click.echo(f"warning: {display.visible(warning)}", err=True)
+    if strict and warnings:
         sys.exit(1)
+
+
+def _check_upstreams(settings: Settings) -> list[str]:
+    """Each upstream's tools, read from the upstream itself, and what its `[policy."NAME__TOOL"]`
+    tables ask of them: warnings for a tool it does not offer or a name its schema does not have."""
+    from hitl_mcp.upstream.state import Status
+    from hitl_mcp.upstream.supervisor import probe
+
+    async def probe_all() -> dict[str, Any]:
+        return {name: await probe(upstream, PROBE_SECONDS) for name, upstream in settings.upstreams.items()}
+
+    states = anyio.run(probe_all)
+    warnings: list[str] = []
+    for name, state in states.items():
+        if state.status is not Status.READY:
+            warnings.append(f"upstreams.{name}: could not be checked: {state.reason}")
+            continue
+        for listed in state.tools:
+            exposure = listed.exposure
+            click.echo(f"{exposure.exposed_name}: {exposure.decision} ({exposure.why})")
+            if exposure.gated:
+                for line in _policy_lines(settings, exposure.exposed_name):
+                    click.echo(f"  {line}")
+    for tool, configured in settings.policies.items():
+        if "__" not in tool:
+            continue
+        upstream, _, name = tool.partition("__")
+        key = f'policy."{tool}"'
+        state = states.get(upstream)
+        if state is None:
+            warnings.append(f"{key}: no upstream {upstream!r} is configured")
+            continue
+        if state.status is not Status.READY:
+            continue
+        listed = state.tool(name)
+        if listed is None or not listed.exposure.gated:
+            why = "does not offer it" if listed is None else "passes it at once, so no policy applies"
+            warnings.append(f"{key}: {upstream} {why}")
+            continue
+        known = frozenset(listed.tool.input_schema.get("properties", {}))
+        for index, rule in enumerate(configured.rules):
+            if rule.when is not None:
+                unknown = sorted(expr.names(expr.parse(rule.when)) - known)
+                if unknown:
+                    warnings.append(
+                        f"{key}.rules[{index}].when: {name} has no argument {unknown[0]!r}; it takes: "
+                        f"{', '.join(sorted(known)) or 'no arguments'}"
+                    )
+    return warnings
 
 
 def _policy_lines(settings: Settings, tool: str) -> list[str]:
@@ -78,7 +134,9 @@ def explain(tool: str, arguments: str) -> None:
 
     Example: hitl policy explain buy_stock '{"symbol": "GOOGL", "quantity": 100, "price": 150}'"""
     settings = load()
-    action = find(build_actions(settings.actions), tool)
+    action = (
+        find(build_actions(settings.actions), tool) if "__" not in tool else _upstream_action(settings, tool)
+    )
     try:
         raw = json.loads(arguments)
     except json.JSONDecodeError as error:
@@ -86,7 +144,8 @@ def explain(tool: str, arguments: str) -> None:
     if not isinstance(raw, dict):
         raise InvalidArguments("arguments: must be a JSON object")
     args = action.parse(raw)
-    preview = anyio.run(action.preview, args)
+    # An upstream's preview would call the upstream; its rules see only the call's arguments anyway.
+    preview = anyio.run(action.preview, args) if "__" not in tool else {}
     snapshot = policy.select(settings.policies.get(tool), action.policy_values(args, preview))
     click.echo(action.summary(args))
     click.echo(f"applies: {snapshot.describe()}")
@@ -99,3 +158,24 @@ def explain(tool: str, arguments: str) -> None:
             )
             click.echo(f"level {number}: {level.describe()}{escalation}")
     click.echo(f"expires after {settings.ttl_for(tool)} s")
+
+
+def _upstream_action(settings: Settings, tool: str) -> Action:  # type: ignore[type-arg]
+    """The gated action for an upstream's tool, read from the upstream itself (no session kept)."""
+    from hitl_mcp.gateway.action import Offline, upstream_tool
+    from hitl_mcp.upstream.state import Status
+    from hitl_mcp.upstream.supervisor import probe
+
+    name, _, upstream_name = tool.partition("__")
+    upstream = settings.upstreams.get(name)
+    if upstream is None:
+        known = ", ".join(sorted(settings.upstreams)) or "none"
+        raise InvalidArguments(f"tool: no upstream is named {name!r} (configured: {known})")
+    state = anyio.run(probe, upstream, PROBE_SECONDS)
+    if state.status is not Status.READY:
+        raise InvalidArguments(f"tool: {name} could not be reached: {state.reason}")
+    listed = state.tool(upstream_name)
+    if listed is None or not listed.exposure.gated:
+        why = "offers no such tool" if listed is None else "passes it at once (no policy applies)"
+        raise InvalidArguments(f"tool: {name} {why}: {upstream_name}")
+    return upstream_tool(name, listed.tool, target=state.target)(Offline())

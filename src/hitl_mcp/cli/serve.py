@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import anyio
 import click
 
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
-from hitl_mcp.config import Settings
+from hitl_mcp.config import Settings, with_upstreams
+from hitl_mcp.upstream.desktop import load_mcp_servers
+
+if TYPE_CHECKING:
+    from hitl_mcp.auth import PrincipalTokens
+    from hitl_mcp.web import SignIn
 
 
 @main.command()
@@ -16,8 +24,15 @@ from hitl_mcp.config import Settings
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port for --http."
 )
+@click.option(
+    "--upstreams",
+    "upstreams_file",
+    type=click.Path(path_type=Path),
+    help="Also the MCP servers of a desktop client's configuration (its mcpServers JSON, such as "
+    "claude_desktop_config.json) as upstreams; their tools' annotations decide what is gated.",
+)
 @refusals
-def serve(use_http: bool, host: str, port: int) -> None:
+def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> None:
     """Run the MCP server: stdio by default, or HTTP at http://HOST:PORT/mcp.
 
     Over stdio the server acts as the principal named by HITL_PRINCIPAL (default: agent): requests it
@@ -31,6 +46,8 @@ def serve(use_http: bool, host: str, port: int) -> None:
     from hitl_mcp.server import build_server, serve_http
 
     settings = load()
+    if upstreams_file is not None:
+        settings = with_upstreams(settings, load_mcp_servers(upstreams_file))
     # A store that cannot be used is refused in one line before anything is served.
     anyio.run(check_store, settings)
     # On stderr, which stdio leaves free: a rule that fails on every call should be heard of before one does.
@@ -54,13 +71,38 @@ def serve(use_http: bool, host: str, port: int) -> None:
         )
     else:
         who = "for the principals " + ", ".join(tokens.principals) + " (bearer tokens)"
-    click.echo(f"hitl-mcp: serving MCP at http://{host}:{port}/mcp {who}, store {settings.db_path}", err=True)
-    serve_http(app, host=host, port=port)
+    store = settings.store.describe()
+    click.echo(f"hitl-mcp: serving MCP at http://{host}:{port}/mcp {who}, store {store}", err=True)
+    serve_http(app, host=host, port=port, sign_in=inbox_sign_in(settings, tokens, host, port))
+
+
+def inbox_sign_in(settings: Settings, tokens: PrincipalTokens | None, host: str, port: int) -> SignIn | None:
+    """How people sign in to the inbox served beside /mcp, said on stderr; None when it cannot be served
+    safely, which leaves /mcp as it is."""
+    from hitl_mcp.web import InboxOff, SignIn
+
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        sign_in = SignIn.for_server(settings, tokens)
+    except InboxOff as off:
+        click.echo(f"hitl-mcp: the inbox and /api/v1 are off: {off}", err=True)
+        return None
+    if sign_in.link_token is None:
+        click.echo(
+            f"hitl-mcp: inbox at {base}/ (sign in with a principal's token), API at {base}/api/v1", err=True
+        )
+    else:
+        # One line, for a person to open and a script to read: the link lasts as long as this server.
+        click.echo(
+            f"hitl-mcp: inbox at {base}/ — sign in as {sign_in.link_principal} (until this server stops): "
+            f"{base}/login?token={sign_in.link_token}",
+            err=True,
+        )
+    return sign_in
 
 
 async def check_store(settings: Settings) -> None:
-    from hitl_mcp.store.sqlite import SQLiteStore
+    from hitl_mcp.store import open_store
 
-    store = SQLiteStore(settings.db_path, busy_timeout=settings.gate.busy_timeout_seconds)
-    await store.open()
+    store = await open_store(settings)
     await store.close()

@@ -339,7 +339,7 @@ def watch(as_name: str | None, tool: str | None) -> None:
 
     async def run(interactive: bool) -> int:
         async with open_gate(settings) as gate:
-            screen = Screen(principal, tool, str(settings.db_path))
+            screen = Screen(principal, tool, settings.store.describe())
             return await watch_queue(gate, screen, Keyboard(fd), interactive)
 
     with keys_one_at_a_time(fd) as interactive:

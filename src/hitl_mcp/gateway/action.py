@@ -20,6 +20,8 @@ from pydantic import RootModel
 from hitl_mcp.actions.base import Action, ActionSettings, Execution
 from hitl_mcp.errors import ActionFailed, InvalidArguments, OutcomeUnknown
 from hitl_mcp.gateway.summary import call_summary
+from hitl_mcp.upstream.delivery import NotSent
+from hitl_mcp.upstream.settings import PreviewCall
 
 # A preview call may take this long before its note says it did not answer; filing never waits longer.
 PREVIEW_CALL_SECONDS = 10.0
@@ -28,14 +30,6 @@ PREVIEW_TEXT_LIMIT = 20_000
 
 class UpstreamArguments(RootModel[dict[str, Any]]):
     """An upstream tool's arguments, as the caller sent them once they passed the upstream's schema."""
-
-
-class NotSent(Exception):
-    """The call never reached the upstream: certainly no effect."""
-
-
-class LostAfterSend(Exception):
-    """The call was handed to the upstream, which was lost before it answered: the outcome is unknown."""
 
 
 class UpstreamCalls(Protocol):
@@ -50,12 +44,24 @@ class UpstreamCalls(Protocol):
     async def call(
         self, upstream: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
     ) -> CallToolResult:
-        """Call `tool` once; raises `NotSent` or `LostAfterSend` (or their equivalents) as above."""
+        """Call `tool` once. Raises `NotSent` when it certainly never reached the upstream; anything
+        else raised (`LostAfterSend` among them) leaves its outcome unknown."""
 
 
-class PreviewCall(Protocol):
-    tool: str
-    arguments: Mapping[str, Any]
+class Offline:
+    """No session at all: what a command that only reads an upstream's tool list (`hitl policy explain`)
+    gives the tool. Nothing is live, and a call never leaves."""
+
+    def live(self, upstream: str, tool: str) -> bool:
+        return False
+
+    def passes(self, upstream: str, tool: str) -> bool:
+        return False
+
+    async def call(
+        self, upstream: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
+    ) -> CallToolResult:
+        raise NotSent(f"this command has no session to {upstream}; {tool} was not sent")
 
 
 class UpstreamTool(Action[UpstreamArguments, ActionSettings]):
@@ -69,11 +75,10 @@ class UpstreamTool(Action[UpstreamArguments, ActionSettings]):
     arguments_model = UpstreamArguments
     settings_model = ActionSettings
 
-    def __init__(self, calls: UpstreamCalls, not_sent: tuple[type[BaseException], ...] = (NotSent,)) -> None:
+    def __init__(self, calls: UpstreamCalls) -> None:
         super().__init__(ActionSettings())
         self.calls = calls
         self.validator = validators.validator_for(self.tool.input_schema)(self.tool.input_schema)
-        self.not_sent = not_sent
 
     @classmethod
     def argument_names(cls) -> frozenset[str]:
@@ -143,11 +148,11 @@ class UpstreamTool(Action[UpstreamArguments, ActionSettings]):
             )
         try:
             result = await self.calls.call(self.upstream, self.tool.name, args.root)
-        except self.not_sent as error:
+        except NotSent as error:
             raise ActionFailed(
                 f"{self.upstream} could not be reached: {error}; not sent", effect="none"
             ) from None
-        except Exception as error:
+        except Exception as error:  # LostAfterSend, or anything unforeseen: it may have run
             raise OutcomeUnknown(
                 f"the call was sent to {self.upstream}, which was then lost "
                 f"({type(error).__name__}: {error}); "

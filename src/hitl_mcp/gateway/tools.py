@@ -10,22 +10,24 @@ signature.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import func_metadata
-from mcp.server.session import ServerSession
 from mcp.server.subscriptions import SubscriptionBus, ToolsListChanged
 from mcp_types import CallToolResult, TextContent
 from mcp_types import Tool as ToolInfo
 from pydantic import Field
 
+from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import Gate
-from hitl_mcp.gateway.action import PreviewCall, UpstreamCalls, gated_description, upstream_tool
+from hitl_mcp.gateway.action import UpstreamCalls, gated_description, upstream_tool
+from hitl_mcp.upstream.settings import PreviewCall
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,14 @@ class ProxyTool(Tool):
         return self.proxied_output_schema
 
     async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
-        return await self.handler(arguments, context)
+        # Errors read as they do from every other tool: the SDK's prefix, a refusal's own words after it,
+        # and nothing of a crash's.
+        try:
+            return await self.handler(arguments, context)
+        except ToolError as error:
+            raise ToolError(f"Error executing tool {self.name}: {error}") from error
+        except Exception as error:
+            raise UnexpectedToolError(f"Error executing tool {self.name}") from error
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,8 @@ class UpstreamView(UpstreamCalls, Protocol):
         """Every tool of every ready upstream, as the rules expose it."""
 
 
-PassRecorder = Callable[[str, dict[str, Any], Context[Any, Any], str], Awaitable[None]]
 FileHandler = Callable[[str, dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult]]
+PrincipalOf = Callable[[Context[Any, Any]], str]
 
 
 class GatewayTools:
@@ -87,18 +96,20 @@ class GatewayTools:
         view: UpstreamView,
         *,
         file: FileHandler,
-        record_pass: PassRecorder,
+        principal_of: PrincipalOf,
         bus: SubscriptionBus,
     ) -> None:
         self.app = app
         self.view = view
         self.file = file
-        self.record_pass = record_pass
+        self.principal_of = principal_of
         self.bus = bus
+        self.gate: Gate | None = None
         self.names: set[str] = set()
         self._signature: dict[str, str] = {}
-        # Sessions of clients on the older protocol, told of tool changes directly (newer ones listen).
-        self.sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        # Connections of clients on the older protocol that listed tools: told of changes directly (newer
+        # clients hear through subscriptions/listen). Forgotten when a message cannot reach them.
+        self.connections: set[Connection] = set()
 
     def builtin_names(self) -> set[str]:
         return {tool.name for tool in self.app._tool_manager.list_tools() if not isinstance(tool, ProxyTool)}
@@ -106,6 +117,7 @@ class GatewayTools:
     def sync(self, gate: Gate) -> bool:
         """Make the registered tools and the gate's actions match what the upstreams offer now. True when
         the tool listing changed."""
+        self.gate = gate
         manager = self.app._tool_manager
         taken = self.builtin_names()
         wanted: dict[str, Exposed] = {}
@@ -141,11 +153,11 @@ class GatewayTools:
 
     async def tell_clients(self) -> None:
         await self.bus.publish(ToolsListChanged())
-        for session in list(self.sessions):
+        for connection in list(self.connections):
             try:
-                await session.send_tool_list_changed()
+                await connection.send_tool_list_changed()
             except Exception:  # the client went away
-                self.sessions.discard(session)
+                self.connections.discard(connection)
 
     def _tool(self, exposed: Exposed) -> ProxyTool:
         info = exposed.tool
@@ -183,6 +195,7 @@ class GatewayTools:
     async def _forward(
         self, exposed: Exposed, arguments: dict[str, Any], ctx: Context[Any, Any]
     ) -> CallToolResult:
+        principal = self.principal_of(ctx)  # before anything is forwarded: no call without a principal
         outcome = "answered"
         try:
             result = await self.view.call(exposed.upstream, exposed.tool.name, arguments)
@@ -194,7 +207,12 @@ class GatewayTools:
                 is_error=True,
                 content=[TextContent(type="text", text=f"{exposed.upstream} did not answer: {error}")],
             )
-        await self.record_pass(exposed.name, arguments, ctx, outcome)
+        assert self.gate is not None
+        try:
+            await self.gate.record_pass(exposed.name, arguments, principal, outcome)
+        except HitlError:
+            # The call has happened and its answer is the caller's; the missing record is logged loudly.
+            logger.exception("the passed call %s by %s could not be audited", exposed.name, principal)
         return result
 
 

@@ -58,7 +58,7 @@ class OutboxSummary:
 
 @runtime_checkable
 class OutboxStore(Protocol):
-    """What the worker and the CLI need from a store beyond `Store`; SQLiteStore implements it."""
+    """What the worker and the CLI need of the outbox; part of every `Store` (SQLite's and PostgreSQL's)."""
 
     async def change_counter(self) -> int:
         """A number that changes whenever any process commits to the store (as in `Store`)."""

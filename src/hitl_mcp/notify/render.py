@@ -6,6 +6,7 @@ the preview come from the agent and a decision's reason from a human: they are s
 for Slack, on their own lines for text), never as part of the instructions around them. In the text and
 Slack forms, every character that could change how the rest reads (bidi overrides, controls, U+2028…) is
 shown as an escape such as `\\u202e` (see `hitl_mcp.display`); the webhook's JSON fields are data, as sent.
+With `[web] public_url` set, every form also links to the request's page in the inbox.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def commands(payload: dict[str, Any]) -> dict[str, str]:
         found["approve"] = f"hitl approve {request_id}"
         found["reject"] = f'hitl reject {request_id} --reason "…"'
     return found
+
+
+def request_url(payload: dict[str, Any], public_url: str | None) -> str | None:
+    """The request's page in the inbox, when the inbox's public address is configured."""
+    if not public_url:
+        return None
+    return f"{public_url.rstrip('/')}/requests/{payload['request']['request_id']}"
 
 
 def _level(approval: dict[str, Any], index: int) -> str:
@@ -102,7 +110,7 @@ def facts(payload: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
-def text(payload: dict[str, Any]) -> str:
+def text(payload: dict[str, Any], *, public_url: str | None = None) -> str:
     """The plain-text message (email body, and the webhook's `text`)."""
     out = [display.visible(headline(payload)), ""]
     out += [f"{label:<10} {display.visible(value)}" for label, value in facts(payload)]
@@ -111,6 +119,9 @@ def text(payload: dict[str, Any]) -> str:
     if "approve" in found:
         out += [f"Approve:  {found['approve']}", f"Reject:   {found['reject']}"]
     out.append(f"Details:  {found['show']}")
+    url = request_url(payload, public_url)
+    if url is not None:
+        out.append(f"Open:     {url}")
     return "\n".join(out) + "\n"
 
 
@@ -124,8 +135,12 @@ def subject(payload: dict[str, Any]) -> str:
     return display.clip(line, SUBJECT_LIMIT)
 
 
-def webhook_body(payload: dict[str, Any], delivery_id: int) -> dict[str, Any]:
-    """The generic webhook's JSON: the snapshot, the commands and the text, with the delivery's id."""
+def webhook_body(
+    payload: dict[str, Any], delivery_id: int, *, public_url: str | None = None
+) -> dict[str, Any]:
+    """The generic webhook's JSON: the snapshot, the commands and the text, with the delivery's id (and the
+    request page's `url` when the inbox's address is configured)."""
+    url = request_url(payload, public_url)
     return {
         "delivery_id": delivery_id,
         "event": payload["event"],
@@ -134,7 +149,8 @@ def webhook_body(payload: dict[str, Any], delivery_id: int) -> dict[str, Any]:
         "details": payload.get("details") or {},
         "request": payload["request"],
         "commands": commands(payload),
-        "text": text(payload),
+        "text": text(payload, public_url=public_url),
+        **({"url": url} if url is not None else {}),
     }
 
 
@@ -148,7 +164,7 @@ def _slack_pieces(value: str, *, lines: bool = False) -> list[str]:
     return [_slack_escape(piece) for piece in display.pieces(value, lines=lines)]
 
 
-def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
+def slack_body(payload: dict[str, Any], *, public_url: str | None = None) -> dict[str, Any]:
     """A Slack incoming-webhook message: `text` (notifications, fallback) and Block Kit `blocks`."""
     facts_pieces: list[str] = []
     for label, value in facts(payload):
@@ -163,6 +179,9 @@ def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
         how = f"Approve: `{found['approve']}`\nReject: `{found['reject']}`"
     else:
         how = f"Details: `{found['show']}`"
+    url = request_url(payload, public_url)
+    if url is not None:
+        how += f"\n<{_slack_escape(url)}|Open in the inbox>"
     title = headline(payload)
     return {
         "text": "".join(_slack_pieces(f"{title}: {payload['request']['summary']}")),

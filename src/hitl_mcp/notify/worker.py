@@ -129,6 +129,8 @@ class Deliverer:
         self.notifiers = {notifier.key: notifier for notifier in settings.notifiers}
         smtp = settings.actions.get("send_email")
         self.smtp = smtp if isinstance(smtp, SendEmailSettings) else SendEmailSettings()
+        # Where the inbox is reached: each message then links to its request's page.
+        self.public_url = settings.web.public_url
         self._http: httpx2.AsyncClient | None = None
 
     async def __aenter__(self) -> Self:
@@ -261,10 +263,15 @@ class Deliverer:
 
     async def _send(self, notifier: Notifier, row: ClaimedDelivery) -> None:
         if notifier.webhook is not None:
-            body = render.webhook_body(row.payload, row.row_id)
+            body = render.webhook_body(row.payload, row.row_id, public_url=self.public_url)
             await self._post(notifier.webhook, body, row, notifier)
         elif notifier.slack_webhook is not None:
-            await self._post(notifier.slack_webhook, render.slack_body(row.payload), row, notifier)
+            await self._post(
+                notifier.slack_webhook,
+                render.slack_body(row.payload, public_url=self.public_url),
+                row,
+                notifier,
+            )
         else:
             await self._email(notifier, row)
 
@@ -306,7 +313,7 @@ class Deliverer:
         # One id per row: a message sent twice (the at-least-once window) is recognisably the same.
         message["Message-ID"] = f"<notify-{row.row_id}.{row.request_id}@{MESSAGE_ID_DOMAIN}>"
         message["X-Hitl-Event"] = row.event
-        message.set_content(render.text(row.payload))
+        message.set_content(render.text(row.payload, public_url=self.public_url))
         try:
             await deliver(message, smtp, timeout=min(smtp.timeout_seconds, self.policy.timeout_seconds))
         except aiosmtplib.SMTPRecipientsRefused as error:

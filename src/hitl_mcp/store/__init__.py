@@ -4,19 +4,28 @@ Every method that changes a request is one transaction holding one conditional w
 so a transition is either wholly applied or not at all, and two processes can never both win it.
 Methods report honestly: a transition that did not apply returns `None` / `False`, never raises — except
 `decide`, whose plan (the gate's rules, run inside the transaction) raises the refusal it finds.
+
+`open_store` picks the implementation the settings name: `store/sqlite.py` (one file, the default) or
+`store/postgres.py` (a PostgreSQL database that any number of servers share). Nothing outside this package
+opens a database of the gate's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
-from hitl_mcp.errors import Effect
+from hitl_mcp.audit import AuditRecord
+from hitl_mcp.errors import ConfigError, Effect
 from hitl_mcp.models import AuditEvent, Change, Request, Status
+from hitl_mcp.notify.outbox import OutboxStore
 from hitl_mcp.policy import Snapshot
+
+if TYPE_CHECKING:
+    from hitl_mcp.config import Settings
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,9 @@ class Page:
     next_cursor: str | None
 
 
-class Store(Protocol):
+class Store(OutboxStore, Protocol):
+    """Requests, their decisions and audit trail, and the notification outbox (`OutboxStore`)."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -158,6 +169,18 @@ class Store(Protocol):
     async def change_counter(self) -> int:
         """A number that changes whenever any process commits to the store."""
 
+    def audit_records(
+        self, *, since: float | None = None, until: float | None = None, request_id: str | None = None
+    ) -> AsyncIterator[AuditRecord]:
+        """Audit records as stored, in seq order, streamed from one read snapshot (a million of them never
+        sit in memory): those of `request_id`, at or after `since`, before `until`."""
+
+    async def audit_head(self) -> tuple[int, str]:
+        """The last audit record's seq and hash: (0, GENESIS) for an empty trail."""
+
+    async def audit_request_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Request ids in the audit trail (denied and passed calls' too) that start with `prefix`."""
+
     async def changed_since(self, audit_seq: int | None) -> tuple[list[str], int]:
         """Requests with an audit record after `audit_seq` (every change writes one), and the newest seq;
         with None, no requests and the newest seq, to start from."""
@@ -170,6 +193,16 @@ CHANGE_POLL_SECONDS = 0.02
 
 class Counted(Protocol):
     async def change_counter(self) -> int: ...
+
+
+@runtime_checkable
+class Announced(Protocol):
+    """A store that hears of every commit as it happens (PostgreSQL's LISTEN): waiters need not poll."""
+
+    async def change_counter(self) -> int: ...
+
+    def next_change(self) -> anyio.Event:
+        """Set at the next change of the counter, by any process."""
 
 
 async def wait_for_change(
@@ -186,6 +219,9 @@ async def wait_for_change(
     Take `before` (and `local`) before reading the state you wait to see change: a commit landing between
     that read and this wait then still ends it."""
     with anyio.move_on_after(timeout):
+        if isinstance(store, Announced):
+            await _wait_announced(store, before, local)
+            return
         while await store.change_counter() == before:
             if local is None:
                 await anyio.sleep(poll)
@@ -193,3 +229,65 @@ async def wait_for_change(
             with anyio.move_on_after(poll):
                 await local.wait()
                 return
+
+
+async def _wait_announced(store: Announced, before: int, local: anyio.Event | None) -> None:
+    # The event is taken before the counter is compared, so a change between the two still ends the wait.
+    while True:
+        changed = store.next_change()
+        if await store.change_counter() != before or (local is not None and local.is_set()):
+            return
+        if local is None:
+            await changed.wait()
+            continue
+        async with anyio.create_task_group() as tasks:
+
+            async def first(event: anyio.Event) -> None:
+                await event.wait()
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(first, changed)
+            tasks.start_soon(first, local)
+
+
+async def open_store(settings: Settings, *, readonly: bool = False, any_schema: bool = False) -> Store:
+    """The store the settings name, opened: SQLite (a file, the default) or PostgreSQL (`HITL_DB` or
+    `[store] url` of `postgresql://…`). `readonly` for commands that only read; `any_schema` (with it) to
+    examine a trail whatever schema holds it (`hitl audit`). Close it when done."""
+    location = settings.store
+    store: Store
+    if location.url is not None:
+        require_postgres_driver()
+        from hitl_mcp.store.postgres import PostgresStore
+
+        store = PostgresStore(
+            location.url,
+            notify=settings.notifiers,
+            readonly=readonly,
+            any_schema=any_schema,
+            lock_timeout=settings.gate.busy_timeout_seconds,
+        )
+    else:
+        from hitl_mcp.store.sqlite import SQLiteStore
+
+        store = SQLiteStore(
+            settings.db_path,
+            synchronous=settings.gate.synchronous,
+            busy_timeout=settings.gate.busy_timeout_seconds,
+            notify=settings.notifiers,
+            readonly=readonly,
+            any_schema=any_schema,
+        )
+    await store.open()
+    return store
+
+
+def require_postgres_driver() -> None:
+    """Refuse, in one line, a PostgreSQL store without its driver (an optional extra)."""
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "HITL_DB: a PostgreSQL store needs its driver, which is not installed: "
+            "pip install 'hitl-mcp[postgres]'"
+        ) from None

@@ -11,19 +11,21 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
 
+from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
+from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
 from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import NewRequest, Page, Planner
+from hitl_mcp.store import NewRequest, Page, Planner, sqlite_audit
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, dumps, fetch, request_of
@@ -42,10 +44,7 @@ def _audit(
     details: dict[str, Any] | None = None,
 ) -> None:
     # Chained onto the previous record inside the caller's BEGIN IMMEDIATE transaction: see hitl_mcp.audit.
-    # Imported here to keep this change inside the one function (a cached module lookup, well under a µs).
-    from hitl_mcp.audit import append
-
-    append(conn, request_id, event, actor, at, dumps(details or {}))
+    sqlite_audit.append(conn, request_id, event, actor, at, dumps(details or {}))
     _enqueue_notifications(conn, request_id, event, actor, at, details or {})
 
 
@@ -126,9 +125,15 @@ def open_reader(
         return connect("ro&immutable=1")
 
 
+# Audit records read per trip to the worker thread while streaming the trail.
+AUDIT_BATCH = 2000
+
+
 class SQLiteStore:
     """`readonly` opens an existing, current store without ever writing to it: what reading commands use,
-    so they work on a read-only file and never take the write lock."""
+    so they work on a read-only file and never take the write lock. `any_schema` (with `readonly`) skips
+    the schema check, so `hitl audit` can examine whatever trail a file holds — one damaged, foreign or
+    written by a newer version included."""
 
     def __init__(
         self,
@@ -138,9 +143,11 @@ class SQLiteStore:
         busy_timeout: float = 5.0,
         notify: Sequence[Notifier] = (),
         readonly: bool = False,
+        any_schema: bool = False,
     ) -> None:
         self.path = path
         self.readonly = readonly
+        self._any_schema = any_schema and readonly
         self._routing = Routing(notify) if notify else None
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
@@ -194,7 +201,7 @@ class SQLiteStore:
                 opened.append(first := self._connect(readonly=False))
                 schema.prepare(first, self.path)
             opened.append(reader := self._connect_reader())
-            if self.readonly:
+            if self.readonly and not self._any_schema:
                 schema.check_readable(schema.inspect(reader), self.path)
             opened.append(watch := self._connect_reader())
         except (sqlite3.Error, OSError) as error:
@@ -603,6 +610,60 @@ class SQLiteStore:
             return [row[0] for row in rows if row[2]], newest
 
         return await self._run(changed)
+
+    async def audit_records(
+        self, *, since: float | None = None, until: float | None = None, request_id: str | None = None
+    ) -> AsyncIterator[AuditRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("request_id = ?", request_id), ("at >= ?", since), ("at < ?", until)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit {where}ORDER BY seq"
+        # A connection of its own, holding one read snapshot for the whole walk however long it takes: WAL
+        # writers carry on meanwhile, and the reads of the store's other callers are not held up.
+        try:
+            conn = await anyio.to_thread.run_sync(self._connect_reader)
+        except sqlite3.Error as error:
+            raise self._unreadable(error) from None
+        try:
+
+            def start() -> sqlite3.Cursor:
+                conn.execute("BEGIN")
+                return conn.execute(sql, params)
+
+            try:
+                cursor = await anyio.to_thread.run_sync(start)
+                while batch := await anyio.to_thread.run_sync(cursor.fetchmany, AUDIT_BATCH):
+                    for row in batch:
+                        yield AuditRecord.from_row(row)
+            except sqlite3.Error as error:
+                raise self._unreadable(error) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(conn.close)
+
+    def _unreadable(self, error: sqlite3.Error) -> HitlError:
+        return HitlError(f"cannot read the audit trail in {self.path}: {error}")
+
+    async def audit_head(self) -> tuple[int, str]:
+        seq, head = await self._run(sqlite_audit.head)
+        return seq, head if head is not None else GENESIS
+
+    async def audit_request_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        # GLOB with a literal prefix is a range scan of the request_id index; callers refuse wildcards.
+        return await self._run(
+            lambda conn: [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT DISTINCT request_id FROM audit WHERE request_id GLOB ? "
+                    "ORDER BY request_id LIMIT ?",
+                    (prefix + "*", limit),
+                )
+            ]
+        )
 
     async def change_counter(self) -> int:
         watch = self._watch

@@ -1,0 +1,251 @@
+"""Copy an SQLite store into an empty PostgreSQL database: `hitl db migrate --to URL`.
+
+Everything is copied as it is stored — requests, decisions, the audit trail with its hashes, the outbox —
+read from one snapshot of the file and written in one transaction, so the copy is whole or absent and its
+audit chain is the original's, record for record: `hitl audit verify` prints the same head on both. Rows
+keep their numbers (request seq, decision order, outbox ids), and the counters behind them continue after
+the largest. A target that holds anything is refused: this is a move, never a merge.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from hitl_mcp.audit import GENESIS
+from hitl_mcp.config import redact
+from hitl_mcp.errors import ConfigError
+from hitl_mcp.store import postgres_schema, sqlite_schema
+from hitl_mcp.store.postgres import PostgresStore
+from hitl_mcp.store.postgres_connection import FAULTS, fault
+from hitl_mcp.store.postgres_rows import Conn, text_in
+from hitl_mcp.store.sqlite import open_reader
+
+BATCH = 5000
+
+Progress = Callable[[str, int, int], None]
+"""Told (table, rows copied so far, rows in all) as a long copy goes on."""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    select: str
+    """The SQLite query, in the target's column order."""
+    columns: tuple[str, ...]
+    text_columns: tuple[int, ...] = ()
+    """Positions of free text the target holds as JSON strings (postgres_rows.text_in)."""
+    identity: str | None = None
+    """The target's identity column, whose counter must continue after the copied rows."""
+
+
+TABLES = (
+    Table(
+        "requests",
+        "SELECT seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
+        "created_at, expires_at, updated_at, claimed_by, result, error, policy, level, escalate_at, "
+        "escalated_level, original_arguments, target, effect, idempotency_key FROM requests ORDER BY seq",
+        (
+            "seq",
+            "id",
+            "tool",
+            "arguments",
+            "arguments_digest",
+            "summary",
+            "preview",
+            "status",
+            "requested_by",
+            "created_at",
+            "expires_at",
+            "updated_at",
+            "claimed_by",
+            "result",
+            "error",
+            "policy",
+            "level",
+            "escalate_at",
+            "escalated_level",
+            "original_arguments",
+            "target",
+            "effect",
+            "idempotency_key",
+        ),
+        text_columns=(5, 14),
+        identity="seq",
+    ),
+    Table(
+        "decisions",
+        "SELECT rowid, request_id, principal, verdict, reason, decided_at, roles, level, edit FROM decisions "
+        "ORDER BY rowid",
+        ("id", "request_id", "principal", "verdict", "reason", "decided_at", "roles", "level", "edit"),
+        text_columns=(4,),
+        identity="id",
+    ),
+    Table(
+        "audit",
+        "SELECT seq, request_id, event, actor, at, details, prev_hash, hash FROM audit ORDER BY seq",
+        ("seq", "request_id", "event", "actor", "at", "details", "prev_hash", "hash"),
+    ),
+    Table(
+        "outbox",
+        "SELECT id, audit_seq, request_id, event, channel, notifier, label, payload, state, attempts, "
+        "created_at, next_attempt_at, claim, lease_until, last_error, delivered_at FROM outbox ORDER BY id",
+        (
+            "id",
+            "audit_seq",
+            "request_id",
+            "event",
+            "channel",
+            "notifier",
+            "label",
+            "payload",
+            "state",
+            "attempts",
+            "created_at",
+            "next_attempt_at",
+            "claim",
+            "lease_until",
+            "last_error",
+            "delivered_at",
+        ),
+        text_columns=(14,),
+        identity="id",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Copied:
+    counts: dict[str, int]
+    source_head: str
+    target_head: str
+
+
+class _Source:
+    """The SQLite file, read in one snapshot from a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        if not self.path.is_file():
+            raise ConfigError(f"no store at {self.path}; HITL_DB names the SQLite store to copy")
+        conn = open_reader(self.path)
+        try:
+            sqlite_schema.check_readable(sqlite_schema.inspect(conn), self.path)
+            conn.execute("BEGIN")  # one snapshot for every table, however long the copy takes
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def count(self, table: str) -> int:
+        assert self.conn is not None
+        return int(self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def head(self) -> str:
+        assert self.conn is not None
+        row = self.conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return GENESIS if row is None else str(row[0])
+
+    def rows(self, table: Table) -> Iterator[list[tuple[Any, ...]]]:
+        assert self.conn is not None
+        cursor = self.conn.execute(table.select)
+        while batch := cursor.fetchmany(BATCH):
+            yield [_converted(row, table.text_columns) for row in batch]
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _converted(row: Sequence[Any], text_columns: tuple[int, ...]) -> tuple[Any, ...]:
+    values = list(row)
+    for index in text_columns:
+        values[index] = text_in(values[index])
+    return tuple(values)
+
+
+async def copy_to_postgres(source: Path, url: str, progress: Progress | None = None) -> Copied:
+    """Copy the SQLite store at `source` into the empty database at `url` (creating its schema)."""
+    reader = _Source(source)
+    await anyio.to_thread.run_sync(reader.open)
+    try:
+        conn = await PostgresStore(url).connect()
+        try:
+            return await _copy(reader, conn, url, progress)
+        except FAULTS as error:
+            raise fault(error, url) from None
+        finally:
+            await conn.close()
+    finally:
+        await anyio.to_thread.run_sync(reader.close)
+
+
+async def _copy(reader: _Source, conn: Conn, url: str, progress: Progress | None) -> Copied:
+    where = redact(url)
+    await _check_empty(conn, where)
+    await postgres_schema.upgrade(conn, where)  # an empty schema, if it had none: still empty after a failure
+    counts: dict[str, int] = {}
+    async with conn.transaction():
+        # Held to the commit: a server started on the target meanwhile waits rather than interleaving.
+        await conn.execute("SELECT seq FROM audit_head FOR UPDATE")
+        await _check_empty(conn, where)
+        for table in TABLES:
+            total = await anyio.to_thread.run_sync(reader.count, table.name)
+            done = 0
+            batches = reader.rows(table)
+            while batch := await anyio.to_thread.run_sync(next, batches, None):
+                await conn.copy_records_to_table(table.name, records=batch, columns=list(table.columns))
+                done += len(batch)
+                if progress is not None:
+                    progress(table.name, done, total)
+            if progress is not None and total == 0:
+                progress(table.name, 0, 0)
+            counts[table.name] = done
+            if table.identity is not None:
+                await _continue_identity(conn, table.name, table.identity)
+        await conn.execute(
+            "UPDATE audit_head SET (seq, hash) = (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) "
+            "WHERE singleton AND EXISTS (SELECT 1 FROM audit)"
+        )
+        target_head = await conn.fetchval("SELECT hash FROM audit_head")
+    source_head = await anyio.to_thread.run_sync(reader.head)
+    return Copied(counts, source_head, str(target_head))
+
+
+async def _check_empty(conn: Conn, where: str) -> None:
+    found = await postgres_schema.inspect(conn)
+    if found.empty:
+        return
+    if not found.ours:
+        postgres_schema.check_ours(found, where)
+    held = []
+    if found.tables >= MIGRATED_TABLES:
+        for table in ("requests", "decisions", "audit", "outbox"):
+            rows = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+            if rows:
+                held.append(f"{rows} {table}")
+    if held or found.version != postgres_schema.SCHEMA_VERSION:
+        what = ", ".join(held) if held else f"schema {found.version}"
+        raise ConfigError(
+            f"--to: {where} is not empty ({what}); copy into an empty database (createdb a new one)"
+        )
+
+
+MIGRATED_TABLES = frozenset({"requests", "decisions", "audit", "outbox"})
+
+
+async def _continue_identity(conn: Conn, table: str, column: str) -> None:
+    # `setval(..., max, true)` makes the next value max + 1; an empty table starts at 1 again.
+    await conn.execute(
+        f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+        f"COALESCE((SELECT max({column}) FROM {table}), 1), (SELECT count(*) > 0 FROM {table}))"
+    )

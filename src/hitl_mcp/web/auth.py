@@ -1,0 +1,212 @@
+"""Who is signed in to the inbox, and who calls the API.
+
+The API takes the bearer tokens MCP takes (`[principals.NAME] token_sha256`, `hitl_mcp.auth`). A person
+signs in to the inbox with one of them and gets a session cookie. A server on loopback with no tokens
+configured (what `make run` starts) makes one sign-in link for the OS user instead: a random token kept in
+memory only, good until the server stops. Signing in always takes a button press, a POST: mail and chat
+scanners open every link they see, and a GET must not sign them in.
+
+Sessions live in this process's memory; a restart signs everyone out. Every state-changing form carries the
+session's CSRF token and must come from this origin; the cookie is HttpOnly and SameSite=Strict, and Secure
+when the inbox is reached over https.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+
+from hitl_mcp.auth import PrincipalTokens
+from hitl_mcp.config import Settings, check_principal
+from hitl_mcp.errors import ConfigError
+from hitl_mcp.web.problems import Refused
+
+SESSION_COOKIE = "hitl_session"
+LOGIN_COOKIE = "hitl_login"
+LOGIN_COOKIE_SECONDS = 3600
+# Sessions are kept in memory: past this many, the ones closest to expiry give way.
+MAX_SESSIONS = 10_000
+# Real tokens are URL-safe base64 (`hitl_mcp.tokens`); anything else is refused before it is hashed.
+TOKEN_MAX = 512
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class InboxOff(Exception):
+    """The inbox cannot be served safely as configured; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Session:
+    principal: str
+    csrf: str
+    expires_at: float
+
+
+class SignIn:
+    """The tokens that sign a principal in, and the sessions they opened."""
+
+    def __init__(
+        self,
+        tokens: PrincipalTokens | None,
+        *,
+        link_principal: str | None = None,
+        session_seconds: float = 12 * 3600,
+        public_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tokens = tokens
+        self.link_principal = link_principal
+        self.link_token = secrets.token_urlsafe(32) if link_principal is not None else None
+        self.session_seconds = session_seconds
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    @classmethod
+    def for_server(cls, settings: Settings, tokens: PrincipalTokens | None) -> SignIn:
+        """Sign-in for `hitl serve --http`: the configured tokens, or — with none, which only a loopback
+        server accepts — a link for the OS user. Never as the principal tokenless MCP clients act as:
+        signed in as it, a person's approvals would be the agent's own."""
+        hours, public_url = settings.web.session_hours, settings.web.public_url
+        if tokens is not None:
+            return cls(tokens, session_seconds=hours * 3600, public_url=public_url)
+        try:
+            user = check_principal(getpass.getuser(), "your OS user name")
+        except (ConfigError, OSError, KeyError) as error:
+            raise InboxOff(f"{error}; configure tokens (hitl token new NAME) to sign in with one") from None
+        if user == settings.principal:
+            raise InboxOff(
+                f"your OS user {user!r} is also HITL_PRINCIPAL, the principal MCP clients without a token "
+                "act as: signed in as it, you would decide an agent's own requests. Set HITL_PRINCIPAL to "
+                "another name, or configure tokens (hitl token new NAME)"
+            )
+        return cls(None, link_principal=user, session_seconds=hours * 3600, public_url=public_url)
+
+    async def principal_of(self, token: str) -> str | None:
+        """The principal `token` signs in, or None."""
+        token = token.strip()
+        if not token or len(token) > TOKEN_MAX or not token.isascii() or not token.isprintable():
+            return None
+        if self.link_token is not None and hmac.compare_digest(token.encode(), self.link_token.encode()):
+            return self.link_principal
+        if self.tokens is None:
+            return None
+        access = await self.tokens.verify_token(token)
+        return access.client_id if access is not None else None
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    def start(self, principal: str) -> tuple[str, Session]:
+        now = self.clock()
+        if len(self._sessions) >= MAX_SESSIONS:
+            self._prune(now)
+        session_id = secrets.token_urlsafe(32)
+        session = Session(principal, secrets.token_urlsafe(32), now + self.session_seconds)
+        self._sessions[session_id] = session
+        return session_id, session
+
+    def session_of(self, request: HttpRequest) -> Session | None:
+        session_id = request.cookies.get(SESSION_COOKIE)
+        session = self._sessions.get(session_id) if session_id else None
+        if session is None:
+            return None
+        if session.expires_at <= self.clock():
+            self._sessions.pop(session_id or "", None)
+            return None
+        return session
+
+    def end(self, request: HttpRequest) -> None:
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE) or "", None)
+
+    def _prune(self, now: float) -> None:
+        for session_id, session in list(self._sessions.items()):
+            if session.expires_at <= now:
+                del self._sessions[session_id]
+        while len(self._sessions) >= MAX_SESSIONS:
+            soonest = min(self._sessions, key=lambda key: self._sessions[key].expires_at)
+            del self._sessions[soonest]
+
+    # -- the API -----------------------------------------------------------------------------------
+
+    async def api_principal(self, request: HttpRequest) -> str:
+        """The caller of an API request: its bearer token's principal. A signed-in browser may read (the
+        inbox's live updates come from `/api/v1/events`) but never change anything without a token, so the
+        API needs no CSRF defence. Anything else is refused with 401."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            principal = await self.principal_of(token) if scheme.lower() == "bearer" else None
+            if principal is None:
+                raise Refused(401, "the bearer token is not one this server knows; nothing was done")
+            return principal
+        if request.method in SAFE_METHODS and (session := self.session_of(request)) is not None:
+            return session.principal
+        raise Refused(
+            401,
+            "this call needs Authorization: Bearer TOKEN, a principal's token (see `hitl token new`); "
+            "nothing was done",
+        )
+
+    # -- cookies and forms ---------------------------------------------------------------------------
+
+    def secure(self, request: HttpRequest) -> bool:
+        """Whether cookies are sent over https only: the inbox is reached over https."""
+        public = self.public_url is not None and self.public_url.startswith("https://")
+        return public or request.url.scheme == "https"
+
+    def set_session_cookie(self, response: Response, request: HttpRequest, session_id: str) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            session_id,
+            max_age=int(self.session_seconds),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=self.secure(request),
+        )
+
+    def set_login_cookie(self, response: Response, request: HttpRequest, value: str) -> None:
+        response.set_cookie(
+            LOGIN_COOKIE,
+            value,
+            max_age=LOGIN_COOKIE_SECONDS,
+            path="/login",
+            httponly=True,
+            samesite="strict",
+            secure=self.secure(request),
+        )
+
+    def check_form(self, request: HttpRequest, submitted: str | None, expected: str | None) -> None:
+        """Refuse (403) a form that came from another site or lacks the token this origin gave it."""
+        foreign = self.foreign_origin(request)
+        if foreign is not None:
+            raise Refused(403, f"this form was sent from another site ({foreign}); nothing was done")
+        if not submitted or not expected or not hmac.compare_digest(submitted.encode(), expected.encode()):
+            raise Refused(
+                403,
+                "this form's CSRF token is missing or out of date: reload the page and try again; "
+                "nothing was done",
+            )
+
+    def foreign_origin(self, request: HttpRequest) -> str | None:
+        """The other site a request came from, or None when it came from this origin (or says nothing;
+        the CSRF token then decides)."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return request.headers.get("origin") or site
+        origin = request.headers.get("origin")
+        if origin is None:
+            return None
+        own = {f"{request.url.scheme}://{request.headers.get('host', '')}"}
+        if self.public_url is not None:
+            public = urlsplit(self.public_url)
+            own.add(f"{public.scheme}://{public.netloc}")
+        return None if origin in own else origin
