@@ -15,6 +15,7 @@ and an httpx2 client, no schema check). The filled store is kept for `rss_mb_100
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -117,6 +118,8 @@ def over_http(env: Setup, cursor: str, count: int) -> dict[str, list[float]]:
         "io.modelcontextprotocol/clientCapabilities": {},
     }
     results: dict[str, list[float]] = {}
+    # httpx2 logs every request at INFO, and the SDK has put a handler on the root logger by now.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     with (
         serve(
             argv, {**env.env, "HITL_PRINCIPAL": APPROVER}, env.folder / "http.log", port, env.folder
