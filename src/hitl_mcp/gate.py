@@ -56,6 +56,7 @@ ProgressFn = Callable[[float, float], Awaitable[None]]
 IDEMPOTENCY_KEY_MAX = 200
 # With no change to wake it, the runner of approved requests looks again this often anyway.
 RUNNER_IDLE_SECONDS = 5.0
+RUNNER_COALESCE_SECONDS = 0.02
 RUNNER_BATCH = 100
 
 # A test seam, inert unless this variable is set: the crash suite (tests/test_crash.py) names a point of
@@ -556,6 +557,9 @@ class Gate:
             except Exception:
                 logger.exception("running approved requests failed; trying again at the next change")
             await wait_for_change(self.store, before, RUNNER_IDLE_SECONDS, local=changed)
+            # A request is several commits (filed, decided, claimed, finished): look once for them all,
+            # not once each. This process runs what it approves itself; this is for the others.
+            await anyio.sleep(RUNNER_COALESCE_SECONDS)
 
     async def maintain(self) -> None:
         """Sweep and release orphans forever; run it in a task group and cancel it to stop."""

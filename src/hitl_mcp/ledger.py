@@ -107,6 +107,9 @@ class Ledger:
         self.path = Path(path)
         self.starting_cash_cents = to_cents(starting_cash)
         self._local = threading.local()
+        # Orders from this process go one at a time through one thread and its connection: writers of one
+        # process meeting in SQLite's lock would wait in its busy handler's sleeps instead.
+        self._write_limiter: anyio.CapacityLimiter | None = None
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -146,7 +149,11 @@ class Ledger:
         """
         if quantity <= 0 or not price > 0:
             raise ValueError("quantity and price must be positive")
-        return await anyio.to_thread.run_sync(self._buy_sync, client_order_id, symbol, quantity, price)
+        if self._write_limiter is None:
+            self._write_limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(
+            self._buy_sync, client_order_id, symbol, quantity, price, limiter=self._write_limiter
+        )
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -185,21 +192,44 @@ class Ledger:
 
     def _read_sync(self, query: Callable[[sqlite3.Connection | None], T]) -> T:
         """Run `query` on a read-only connection, or with None when there is no ledger yet."""
-        if not self.path.exists():
+        conn = self._reader()
+        if conn is None:
             return query(None)
-        # mode=ro: a preview must not create or change the ledger, not even by accident.
-        conn = sqlite3.connect(
-            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS
-        )
-        conn.row_factory = sqlite3.Row
+        conn.execute("BEGIN")  # one snapshot for every statement of the query
         try:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            # A file another process has only just created may not have its tables yet.
-            if not {"account", "positions", "orders"} <= tables:
-                return query(None)
             return query(conn)
         finally:
+            conn.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """This worker thread's read-only connection, kept while the file is the same one (a file removed
+        or replaced underneath is opened afresh); None while there is no ledger with its tables yet."""
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            return None
+        kept: tuple[sqlite3.Connection, int] | None = getattr(self._local, "reader", None)
+        if kept is not None and kept[1] == inode:
+            return kept[0]
+        if kept is not None:
+            kept[0].close()
+            self._local.reader = None
+        # mode=ro: a preview must not create or change the ledger, not even by accident.
+        conn = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # A file another process has only just created may not have its tables yet: look again next time.
+        if not {"account", "positions", "orders"} <= tables:
             conn.close()
+            return None
+        self._local.reader = (conn, inode)
+        return conn
 
     def _cash_and_position(self, conn: sqlite3.Connection | None, symbol: str) -> tuple[int, int]:
         if conn is None:

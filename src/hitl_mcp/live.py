@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from mcp.server.context import ServerRequestContext
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import ResourceUpdated, SubscriptionBus
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent, SubscriptionBus
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from hitl_mcp.client_log import LogListeners, level_of, message
@@ -34,11 +34,36 @@ def request_uri(request_id: str) -> str:
     return REQUEST_URI.format(request_id=request_id)
 
 
+class ListenedBus(InMemorySubscriptionBus):
+    """The SDK's in-process bus, counting its listeners: with none, the feed need not read the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = 0
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listening += 1
+        gone = False
+
+        def stop() -> None:
+            nonlocal gone
+            if not gone:
+                gone = True
+                self.listening -= 1
+            unsubscribe()
+
+        return stop
+
+
 class LegacySubscribers:
     """Sessions that subscribed with `resources/subscribe`, by URI."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, set[ServerSession]] = {}
+
+    def __bool__(self) -> bool:
+        return any(self._sessions.values())
 
     async def subscribe(
         self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
@@ -76,6 +101,11 @@ class ChangeFeed:
         self.legacy = legacy
         self.logs = logs
 
+    def listened(self) -> bool:
+        """Whether anyone would hear of a change: a subscription, an older client's subscribe, a log."""
+        bus_listens = not isinstance(self.bus, ListenedBus) or self.bus.listening > 0
+        return bus_listens or bool(self.legacy) or bool(self.logs)
+
     async def log(self, changed: list[str], *, after: int) -> None:
         """Each new event of each changed request, as a log message to the sessions that asked."""
         assert self.logs is not None
@@ -104,6 +134,9 @@ class ChangeFeed:
             if current == version:
                 continue
             version = current
+            if not self.listened():
+                # Nobody to tell: no read. The next listener hears of what changed since `seen`.
+                continue
             try:
                 before = seen
                 changed, seen = await self.store.changed_since(seen)

@@ -17,7 +17,6 @@ from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.models import InitializationOptions
-from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
     CallToolResult,
@@ -37,7 +36,7 @@ from hitl_mcp.client_log import LogListeners, level_of, send
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
-from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers
+from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
 from hitl_mcp.models import Request, RequestSummary, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
 
@@ -110,7 +109,7 @@ def build_server(
     """
     acting_as = None if tokens else principal or settings.principal
     actions = build_actions(settings.actions)
-    bus = InMemorySubscriptionBus()
+    bus = ListenedBus()
     legacy = LegacySubscribers()
     logs = LogListeners()
     # Resources have no request context to reach the lifespan state through; they read it here.
@@ -175,7 +174,7 @@ def build_server(
     return app
 
 
-def _gateway(app: MCPServer[ServerState], settings: Settings, bus: InMemorySubscriptionBus) -> Gateway:
+def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) -> Gateway:
     """The upstreams' tools on this server, and the list_changed announcement older clients need."""
     from hitl_mcp.gateway import Gateway  # the SDK's client comes with it: only for servers with upstreams
 
