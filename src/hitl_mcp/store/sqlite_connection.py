@@ -123,9 +123,14 @@ class GroupCommit:
             # IMMEDIATE takes the write lock up front, so a conditional UPDATE never meets a concurrent
             # writer half-way and never needs a retry.
             conn.execute("BEGIN IMMEDIATE")
-            for transition in batch:
-                self._apply(conn, transition)
-            conn.execute("COMMIT")
+            if len(batch) == 1:
+                # Alone, the transaction is its savepoint: a refusal rolls all of it back.
+                self._apply_alone(conn, batch[0])
+            else:
+                for transition in batch:
+                    self._apply(conn, transition)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except BaseException as error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -142,6 +147,15 @@ class GroupCommit:
         self.counts.transitions += len(batch)
         if len(self.counts.batches) < 100_000:
             self.counts.batches.append(len(batch))
+
+    @staticmethod
+    def _apply_alone(conn: sqlite3.Connection, transition: _Transition[Any]) -> None:
+        try:
+            transition.result = transition.fn(conn)
+        except Exception as error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            transition.error = translated(error)
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, transition: _Transition[Any]) -> None:
