@@ -4,6 +4,8 @@ and run once on the upstream; passed ones forwarded at once and audited."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.server import build_server
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
+from tests.test_cli import hitl
 from tests.test_server import ok, text
 from tests.upstream_server import effects
 
@@ -260,3 +263,109 @@ def test_policy_check_and_explain_read_the_upstreams_tools(
     assert 'notes__write_note(path="auto", text="b")' in explained.stdout
     assert "applies: rule 1 (when path = 'auto'): no approval needed" in explained.stdout
     assert invalid.returncode == 2 and "'text' is a required property" in invalid.stderr
+
+
+async def test_hitls_own_clients_hear_when_an_upstreams_tools_change(gateway_settings: Settings) -> None:
+    heard: list[str] = []
+
+    async def listen(message: object) -> None:
+        method = getattr(getattr(message, "root", message), "method", None)
+        if isinstance(method, str):
+            heard.append(method)
+
+    app = build_server(gateway_settings, principal="agent")
+    async with Client(app, mode="legacy", message_handler=listen) as older:
+        await until_listed(older, "notes__write_note")
+        ok(await older.call_tool("notes__add_tool", {"name": "announced"}))
+        with anyio.fail_after(30):
+            while "notifications/tools/list_changed" not in heard:  # noqa: ASYNC110 -- the handler appends
+                await anyio.sleep(0.02)
+        assert "notes__announced" in await tool_names(older)
+
+
+async def test_an_edit_is_checked_against_the_upstreams_schema(
+    gateway_settings: Settings, counter: Path
+) -> None:
+    async with session(gateway_settings, "agent") as agent, session(gateway_settings, "alice") as alice:
+        filed = ok(await agent.call_tool("notes__write_note", {"path": "e.txt", "text": "draft"}))
+        wrong = await alice.call_tool(
+            "approve", {"request_id": filed["request_id"], "arguments": {"text": 5}}
+        )
+        edited = ok(
+            await alice.call_tool(
+                "approve", {"request_id": filed["request_id"], "arguments": {"text": "final"}}
+            )
+        )
+
+    assert wrong.is_error and "text: 5 is not of type 'string'" in text(wrong)
+    assert edited["status"] == "executed" and edited["original_arguments"]["text"] == "draft"
+    assert [effect["text"] for effect in writes(counter)] == ["final"]
+
+
+async def test_an_approved_call_waits_for_its_upstream_and_runs_once_it_is_back(
+    tmp_path: Path, smtp: SmtpSink, counter: Path
+) -> None:
+    pids = tmp_path / "pids.txt"
+    table = upstream_table(counter, "--pids", str(pids)) + (
+        "\n[upstreams.notes.restart]\ninitial_delay_seconds = 3\nmax_delay_seconds = 3\n"
+    )
+    settings = load_settings(
+        process_env(tmp_path, write_config(tmp_path / "w.toml", smtp_port=smtp.port, extra=table))
+    )
+    async with session(settings, "agent") as agent:
+        filed = ok(await agent.call_tool("notes__write_note", {"path": "w.txt", "text": "later"}))
+        for pid in {int(line.split()[0]) for line in pids.read_text().splitlines() if line.strip()}:
+            os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(30):
+            while "notes__write_note" in await tool_names(agent):  # noqa: ASYNC110 -- the supervisor notices
+                await anyio.sleep(0.02)
+        # Down: the approval (from a terminal, which has no upstream of its own) is recorded; the call
+        # waits for the upstream rather than fail.
+        env = process_env(tmp_path, tmp_path / "w.toml")
+        approved = await anyio.to_thread.run_sync(
+            lambda: hitl(env, "approve", filed["request_id"], "--as", "alice", "--yes", "--wait", "0")
+        )
+        down = writes(counter)
+        waited = ok(
+            await agent.call_tool(
+                "wait_for_decision", {"request_id": filed["request_id"], "timeout_seconds": 40}
+            )
+        )
+
+    assert approved.returncode == 0 and "still approved" in approved.stdout, approved.stderr
+    assert down == []
+    assert waited["status"] == "executed"
+    assert [effect["path"] for effect in writes(counter)] == ["w.txt"]
+
+
+async def test_a_call_to_a_tool_the_upstream_no_longer_offers_fails_saying_so(
+    tmp_path: Path, smtp: SmtpSink, counter: Path
+) -> None:
+    pids = tmp_path / "pids.txt"
+    table = upstream_table(counter, "--pids", str(pids))
+    settings = load_settings(
+        process_env(tmp_path, write_config(tmp_path / "v.toml", smtp_port=smtp.port, extra=table))
+    )
+    async with session(settings, "agent") as agent:
+        ok(await agent.call_tool("notes__add_tool", {"name": "fleeting"}))
+        await until_listed(agent, "notes__fleeting")
+        filed = ok(await agent.call_tool("notes__fleeting", {}))
+        for pid in {int(line.split()[0]) for line in pids.read_text().splitlines() if line.strip()}:
+            os.kill(pid, signal.SIGKILL)
+        # Back without the tool it added at run time.
+        with anyio.fail_after(30):
+            while "notes__fleeting" in await tool_names(agent):  # noqa: ASYNC110 -- the supervisor notices
+                await anyio.sleep(0.02)
+        await until_listed(agent, "notes__write_note")
+        env = process_env(tmp_path, tmp_path / "v.toml")
+        await anyio.to_thread.run_sync(
+            lambda: hitl(env, "approve", filed["request_id"], "--as", "alice", "--yes", "--wait", "0")
+        )
+        done = ok(
+            await agent.call_tool(
+                "wait_for_decision", {"request_id": filed["request_id"], "timeout_seconds": 30}
+            )
+        )
+
+    assert done["status"] == "failed" and done["effect"] == "none"
+    assert "does not offer fleeting now" in done["error"] and "not sent" in done["error"]

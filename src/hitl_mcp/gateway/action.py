@@ -38,6 +38,9 @@ class UpstreamCalls(Protocol):
     def live(self, upstream: str, tool: str) -> bool:
         """Whether a live session to `upstream` offers `tool` now."""
 
+    def connected(self, upstream: str) -> bool:
+        """Whether there is a live session to `upstream` now, whatever it offers."""
+
     def passes(self, upstream: str, tool: str) -> bool:
         """Whether the rules forward `tool` at once (only such tools may serve preview calls)."""
 
@@ -53,6 +56,9 @@ class Offline:
     gives the tool. Nothing is live, and a call never leaves."""
 
     def live(self, upstream: str, tool: str) -> bool:
+        return False
+
+    def connected(self, upstream: str) -> bool:
         return False
 
     def passes(self, upstream: str, tool: str) -> bool:
@@ -95,7 +101,9 @@ class UpstreamTool(Action[UpstreamArguments, ActionSettings]):
         return dict(self.target_fields)
 
     def ready(self) -> bool:
-        return self.calls.live(self.upstream, self.tool.name)
+        # While its upstream is down an approved call waits for it; once the upstream is back, a tool it
+        # no longer offers is claimed and fails, saying so, rather than wait until it expires.
+        return self.calls.connected(self.upstream)
 
     def parse(self, raw: Mapping[str, Any]) -> UpstreamArguments:
         arguments = dict(raw)

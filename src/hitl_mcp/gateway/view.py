@@ -36,6 +36,12 @@ class SupervisedUpstreams:
     def live(self, upstream: str, tool: str) -> bool:
         return self.upstreams.live(upstream, tool)
 
+    def connected(self, upstream: str) -> bool:
+        try:
+            return self.upstreams.state(upstream).status is Status.READY
+        except KeyError:
+            return False
+
     def passes(self, upstream: str, tool: str) -> bool:
         return self.upstreams.passes(upstream, tool)
 

@@ -186,6 +186,17 @@ class Store(OutboxStore, Protocol):
         with None, no requests and the newest seq, to start from."""
 
 
+def finish_details(
+    error: str | None, effect: Effect | None, details: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a `finish` audit record holds beside its event: the error, the effect, anything given."""
+    return {
+        **({"error": error} if error else {}),
+        **({"effect": effect} if effect else {}),
+        **(details or {}),
+    }
+
+
 # How often the change counter is asked while waiting: it bounds how late another process's commit is
 # seen, and an ask costs microseconds.
 CHANGE_POLL_SECONDS = 0.02

@@ -27,7 +27,7 @@ from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import NewRequest, Page, Planner
+from hitl_mcp.store import NewRequest, Page, Planner, finish_details
 from hitl_mcp.store import postgres_schema as schema
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_rows import (
@@ -378,8 +378,7 @@ class PostgresStore:
         *,
         effect: Effect | None = None,
     ) -> Request | None:
-        audited = {**({"error": error} if error else {}), **({"effect": effect} if effect else {})}
-        audited.update(details or {})
+        audited = finish_details(error, effect, details)
 
         async def finish(tx: Transaction) -> Request | None:
             changed = await tx.conn.fetchval(

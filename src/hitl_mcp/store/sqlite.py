@@ -25,7 +25,7 @@ from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import NewRequest, Page, Planner, sqlite_audit
+from hitl_mcp.store import NewRequest, Page, Planner, finish_details, sqlite_audit
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, dumps, fetch, request_of
@@ -493,8 +493,7 @@ class SQLiteStore:
         *,
         effect: Effect | None = None,
     ) -> Request | None:
-        audited = {**({"error": error} if error else {}), **({"effect": effect} if effect else {})}
-        audited.update(details or {})
+        audited = finish_details(error, effect, details)
 
         def finish(conn: sqlite3.Connection) -> Request | None:
             changed = conn.execute(
