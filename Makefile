@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean interop check-venv
+.PHONY: run test lint typecheck pytest bench clean interop interop-deps check-venv
 
 # Python 3.11+ is checked before it is used, so an old interpreter is named with the way out instead of
 # failing inside pip or the code, the same way on every run.
@@ -68,11 +68,15 @@ bench: $(STAMP)
 
 # Clients we did not write: the official TypeScript SDK and the MCP conformance suite, pinned in
 # interop/package-lock.json and installed into interop/node_modules (needs npm; brings its own Node 22).
-interop: $(RUN_STAMP)
+# The npm packages alone: the interop clients, and the official filesystem server the gateway's tests put
+# behind hitl (they skip without it, except under CI=true).
+interop-deps:
 	@command -v npm >/dev/null || { echo "make interop needs npm (any Node.js); it fetches Node 22 itself" >&2; exit 2; }
 	@test interop/node_modules/.package-lock.json -nt interop/package-lock.json \
 		|| npm ci --prefix interop --no-audit --no-fund --loglevel=error \
 		|| npm ci --prefix interop --no-audit --no-fund --loglevel=error
+
+interop: interop-deps $(RUN_STAMP)
 	$(BIN)/python interop/run.py
 
 clean:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import Gate, open_gate
@@ -15,6 +17,12 @@ from tests.postgres_cluster import pg_empty_url, pg_url, postgres_cluster
 from tests.smtp_sink import SmtpSink
 
 __all__ = ["pg_empty_url", "pg_url", "postgres_cluster"]  # PostgreSQL fixtures, for every test module
+
+# In CI every property test runs the same examples each time: a red build is a bug anyone can replay.
+# Elsewhere hypothesis keeps exploring new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 USERS = [
     (1, "ann@test.com", 25, "active", "2025-06-01", None),

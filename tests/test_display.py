@@ -15,8 +15,15 @@ HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
 
 def independent_width(text: str) -> int:
     """Display columns counted here, not by the module under test."""
+    # Terminals give no column to marks (Mn, Me, whatever their combining class) nor to the Hangul
+    # vowels and finals that join the syllable before them.
     return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text
+        0
+        if unicodedata.category(c) in ("Mn", "Me") or 0x1160 <= ord(c) < 0x1200
+        else 2
+        if unicodedata.east_asian_width(c) in "WF"
+        else 1
+        for c in text
     )
 
 
