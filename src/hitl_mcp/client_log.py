@@ -57,6 +57,15 @@ def level_of(event: str) -> LoggingLevel:
     return EVENT_LEVELS.get(event, "info")
 
 
+def status_after(event: AuditEvent, current: str | None) -> str | None:
+    """Where `event` left its request: fixed for most events; a decision says it in its details."""
+    from hitl_mcp.report import STATUS_AFTER
+
+    decided = event.details.get("status") if event.event in ("approved", "rejected") else None
+    found = decided if isinstance(decided, str) else STATUS_AFTER.get(event.event)
+    return found or current
+
+
 def message(event: AuditEvent, tool: str | None, status: str | None) -> dict[str, Any]:
     """One event as log data: structured, so the summary an agent wrote stays data in its own field."""
     data: dict[str, Any] = {"request_id": event.request_id, "event": event.event, "actor": event.actor}

@@ -19,7 +19,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent, SubscriptionBus
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
-from hitl_mcp.client_log import LogListeners, level_of, message
+from hitl_mcp.client_log import LogListeners, level_of, message, status_after
 from hitl_mcp.store import Store, wait_for_change
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,11 @@ class ChangeFeed:
             for event in await self.store.audit_trail(request_id):
                 if event.seq > after:
                     tool = request.tool if request else None
-                    status = request.status.value if request else None
-                    await self.logs.emit(level_of(event.event), message(event, tool, status))
+                    # The status this event left it in, where the event says; else the one read now.
+                    now = request.status.value if request else None
+                    await self.logs.emit(
+                        level_of(event.event), message(event, tool, status_after(event, now))
+                    )
 
     async def publish(self, uri: str) -> None:
         await self.bus.publish(ResourceUpdated(uri=uri))
