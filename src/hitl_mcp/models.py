@@ -134,7 +134,8 @@ class RequestSummary(BaseModel):
 
     @classmethod
     def of(cls, request: Request) -> RequestSummary:
-        return cls(
+        # Built from a record that is already valid: no second validation of the same values.
+        return cls.model_construct(
             request_id=request.request_id,
             tool=request.tool,
             status=request.status,
