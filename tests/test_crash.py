@@ -3,7 +3,9 @@
 Each trial files a request and runs `hitl approve ID --as alice --yes`, killed with SIGKILL at one moment:
 
 - before-claim, after-claim, after-action (the action done, its outcome not recorded): the gate's test
-  seam `HITL_TEST_PAUSE_AT` stops the process there and says so on stderr, and the test kills it;
+  seam `HITL_TEST_PAUSE_AT` stops the process there and says so on stderr, and the test kills it. The
+  approval that completes a policy claims the request in the same commit, so before-claim is also before
+  the decision: the request must still be pending;
 - mid-action: the email's SMTP server holds the delivery in DATA — it has the whole message and has not
   answered — and the test kills the sender then;
 - anywhere: after a delay, wherever the process happens to be, classified afterwards; the delays home in
@@ -170,11 +172,12 @@ def test_kill_minus_9_at_any_moment_runs_nothing_twice_and_loses_nothing(
 
     # What each moment must leave behind, before anything restarts.
     expected = {
-        "before-claim": {Status.APPROVED},
+        "before-claim": {Status.PENDING},
         "after-claim": {Status.EXECUTING},
         "mid-action": {Status.EXECUTING},
         "after-action": {Status.EXECUTING},
-        "anywhere": {Status.PENDING, Status.APPROVED, Status.EXECUTING, Status.EXECUTED},
+        # Never approved and unclaimed: deciding and claiming are one commit.
+        "anywhere": {Status.PENDING, Status.EXECUTING, Status.EXECUTED},
     }
     for trial in trials:
         assert trial.status in expected[trial.window], trial

@@ -300,7 +300,8 @@ async def test_an_edit_is_checked_against_the_upstreams_schema(
         )
 
     assert wrong.is_error and "text: 5 is not of type 'string'" in text(wrong)
-    assert edited["status"] == "executed" and edited["original_arguments"]["text"] == "draft"
+    assert edited["status"] == "executed" and edited["arguments"]["text"] == "final"
+    assert edited["decisions"][0]["changes"]["text"] == {"before": "draft", "after": "final"}
     assert [effect["text"] for effect in writes(counter)] == ["final"]
 
 

@@ -83,7 +83,11 @@ async def test_approver_agent_releases_the_action_and_the_agent_sees_the_outcome
         )
         record = ok(await agent.call_tool("get_request", {"request_id": request_id}))
 
-        assert approved["status"] == "executed"
+        # The approver's answer has the outcome and who decided, not the record it already read.
+        assert approved["status"] == "executed" and approved["error"] is None
+        assert approved["result"] == record["result"]
+        assert approved["decisions"] == record["decisions"] and approved["waits_on"] is None
+        assert not {"preview", "target", "approval", "requested_by"} & set(approved)
         assert record["status"] == "executed"
         assert record["result"]["quantity"] == 100
         assert record["decisions"][0] == {

@@ -16,8 +16,8 @@ import pytest
 from hitl_mcp.decisions import plan
 from hitl_mcp.errors import NotAllowed, NotFound, NotPending
 from hitl_mcp.models import Request, Status
-from hitl_mcp.policy import DEFAULT_RULE, Snapshot
-from hitl_mcp.store import NewRequest, Planner, Store
+from hitl_mcp.policy import DEFAULT_RULE, Level, Snapshot
+from hitl_mcp.store import ClaimFor, NewRequest, Planner, Store
 from hitl_mcp.store.sqlite import SQLiteStore
 
 NOW = 1_000_000.0
@@ -131,6 +131,42 @@ async def test_exactly_one_of_many_concurrent_claims_wins(
     assert len(won) == 1
     assert won[0].status is Status.EXECUTING
     assert await store.claim("a1", "late", NOW) is None
+
+
+async def test_the_approval_that_completes_the_policy_claims_the_request_in_the_same_transaction(
+    store: Store,
+) -> None:
+    await store.insert(targeted("here", "buy_stock", '{"ledger":"/a"}'))
+    await store.insert(targeted("there", "buy_stock", '{"ledger":"/b"}'))
+    await store.insert(new("rejected"))
+    ours = ClaimFor("w", '{"buy_stock": "{\\"ledger\\":\\"/a\\"}"}')
+
+    claimed = await store.decide("here", approval("alice"), NOW, ours)
+    # Filed against a target this claimant lacks: decided, left approved for a process that has it.
+    elsewhere = await store.decide("there", approval("alice"), NOW, ours)
+    rejection = lambda current: plan(  # noqa: E731
+        current, principal="alice", roles=(), verdict="reject", reason="no", edit=None, now=NOW
+    )
+    rejected = await store.decide("rejected", rejection, NOW, ours)
+
+    assert (claimed.status, claimed.claimed_by) == (Status.EXECUTING, "w")
+    assert [d.principal for d in claimed.decisions] == ["alice"]
+    assert [event.event for event in await store.audit_trail("here")] == ["filed", "approved", "claimed"]
+    assert await store.claim("here", "late", NOW) is None
+    assert (elsewhere.status, elsewhere.claimed_by) == (Status.APPROVED, None)
+    assert [event.event for event in await store.audit_trail("there")] == ["filed", "approved"]
+    assert (rejected.status, rejected.claimed_by) == (Status.REJECTED, None)
+
+
+async def test_a_claiming_decision_short_of_the_policy_claims_nothing(store: Store) -> None:
+    two = Snapshot(rule=0, approval="required", levels=(Level(count=2),))
+    await store.insert(NewRequest(**{**new("q1").__dict__, "policy": two}))
+
+    first = await store.decide("q1", approval("alice"), NOW, ClaimFor("w"))
+    second = await store.decide("q1", approval("bob"), NOW, ClaimFor("w"))
+
+    assert (first.status, first.claimed_by) == (Status.PENDING, None)
+    assert (second.status, second.claimed_by) == (Status.EXECUTING, "w")
 
 
 async def test_finish_applies_only_to_an_executing_request(store: Store) -> None:

@@ -39,7 +39,7 @@ from hitl_mcp.errors import (
     StoreUnavailable,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
-from hitl_mcp.store import Edit, NewRequest, Store, wait_for_change
+from hitl_mcp.store import ClaimFor, Edit, NewRequest, Store, wait_for_change
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,12 @@ class Gate:
         request_id = await self._decidable_id(ref)
         self._running_here.add(request_id)
         try:
-            request = await self.decide(request_id, principal, "approve", reason, arguments)
+            # The approval that completes the policy claims the request in its own commit (one durable
+            # commit fewer; see Store.decide), so the claim is made before anything is decided.
+            _test_pause("before-claim", request_id)
+            request = await self.decide(request_id, principal, "approve", reason, arguments, claim=True)
+            if request.status is Status.EXECUTING and request.claimed_by == self.worker:
+                return await self._run_claimed(request)
             if request.status is Status.APPROVED:
                 return await self.execute(request.request_id)
             return request
@@ -258,12 +263,19 @@ class Gate:
         verdict: Literal["approve", "reject"],
         reason: str | None = None,
         arguments: Mapping[str, Any] | None = None,
+        *,
+        claim: bool = False,
     ) -> Request:
-        """Record one decision under the request's policy, and nothing more: `approve` also runs it."""
+        """Record one decision under the request's policy, and nothing more: `approve` also runs it.
+
+        `claim`: an approval that completes the policy also claims the request for this process, if its
+        target is here (the request is then executing, `claimed_by` this worker, for the caller to run)."""
         request_id = await self._decidable_id(ref)
         edit = None if arguments is None else await self._prepare_edit(await self.get(request_id), arguments)
         now = self.clock()
         roles = self.settings.roles_of(principal)
+        claiming = claim and verdict == "approve"
+        claim_for = ClaimFor(self.worker, self._runnable_targets()) if claiming else None
         try:
             with _unless_stored("nothing was changed"):
                 request = await self.store.decide(
@@ -278,6 +290,7 @@ class Gate:
                         now=now,
                     ),
                     now,
+                    claim_for,
                 )
         except Expired:
             await self.sweep()
@@ -364,6 +377,11 @@ class Gate:
                 logger.info("not running %s here: %s", request_id, elsewhere)
             return request
         self._signal()
+        return await self._run_claimed(claimed)
+
+    async def _run_claimed(self, claimed: Request) -> Request:
+        """Run a request this process has just claimed, and record how it ended."""
+        request_id = claimed.request_id
         _test_pause("after-claim", request_id)
         outcome = await self._run(claimed)
         _test_pause("after-action", request_id)

@@ -149,6 +149,41 @@ class RequestSummary(BaseModel):
         )
 
 
+class Decided(BaseModel):
+    """What a decision answers: where it left the request and, once run, how it ended. The whole record
+    (preview, target, policy, timestamps) is `get_request`'s; a decider already saw it."""
+
+    request_id: str
+    tool: str
+    status: Status
+    summary: str
+    arguments: dict[str, Any] = Field(description="The arguments decided on: an approver's edit, if any")
+    decisions: list[Decision]
+    waits_on: str | None = Field(description="Who may decide the level it still waits on; null when none")
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    effect: Literal["none", "unknown"] | None = Field(
+        default=None, description="For a failed request: whether the failure certainly had no effect"
+    )
+    outcome_unknown: bool = False
+
+    @classmethod
+    def of(cls, request: Request) -> Decided:
+        return cls.model_construct(
+            request_id=request.request_id,
+            tool=request.tool,
+            status=request.status,
+            summary=request.summary,
+            arguments=request.arguments,
+            decisions=request.decisions,
+            waits_on=request.approval.may_decide,
+            result=request.result,
+            error=request.error,
+            effect=request.effect,
+            outcome_unknown=request.outcome_unknown,
+        )
+
+
 class SummaryPage(BaseModel):
     requests: list[RequestSummary]
     next_cursor: str | None = Field(

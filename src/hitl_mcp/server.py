@@ -37,7 +37,7 @@ from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
-from hitl_mcp.models import Request, RequestSummary, Status, SummaryPage
+from hitl_mcp.models import Decided, Request, RequestSummary, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
 
 if TYPE_CHECKING:
@@ -489,17 +489,20 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
                 "(same action, validated and re-checked by policy; recorded as a diff)"
             ),
         ] = None,
-    ) -> Request:
+    ) -> Decided:
         """Approve someone else's pending request, optionally with edited arguments. Once its policy's
-        approvals are complete the action runs once and the record shows the outcome; until then it
-        waits on the next level. Status `approved` means a process configured for the request's target
-        (see `target`) runs it: call wait_for_decision to learn the outcome."""
+        approvals are complete the action runs once and the answer has its outcome (`result` or
+        `error`); until then it waits on the next level (`waits_on`). Status `approved` means a process
+        configured for the request's target (get_request shows it) runs it: call wait_for_decision to
+        learn the outcome."""
         gate = _state(ctx).gate
         request = await _call(gate.approve(request_id, _principal(ctx), reason, arguments))
         if request.status in (Status.APPROVED, Status.EXECUTING) and request.approval.waiting_on is None:
             # Released here but run by another process: its outcome usually follows within moments.
             request = await _call(gate.wait(request.request_id, APPROVE_WAIT_SECONDS))
-        return await _tell(ctx, request)
+        # Not the whole record: the approver has read it, and checking it costs a client more than the rest
+        # of the answer.
+        return Decided.of(await _tell(ctx, request))
 
     @app.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def reject(
@@ -508,9 +511,11 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         reason: Annotated[
             str, Field(min_length=1, max_length=2000, description="Why, shown to the requester")
         ],
-    ) -> Request:
+    ) -> Decided:
         """Reject someone else's pending request; it will never run."""
-        return await _tell(ctx, await _call(_state(ctx).gate.reject(request_id, _principal(ctx), reason)))
+        return Decided.of(
+            await _tell(ctx, await _call(_state(ctx).gate.reject(request_id, _principal(ctx), reason)))
+        )
 
     @app.tool(annotations=read_only)
     async def wait_for_decision(

@@ -85,6 +85,17 @@ Planner = Callable[[Request], DecisionPlan]
 
 
 @dataclass(frozen=True)
+class ClaimFor:
+    """Who claims a request the decision approves, in the decision's own transaction (see `Store.decide`).
+
+    `targets` is as for `Store.claim`: the request is claimed only where it was filed against its tool's
+    target."""
+
+    worker: str
+    targets: str | None = None
+
+
+@dataclass(frozen=True)
 class Page:
     requests: list[Request]
     next_cursor: str | None
@@ -112,8 +123,15 @@ class Store(OutboxStore, Protocol):
         """Record that `worker`, still executing the request, lost its target after handing the action
         over: it stays executing, of unknown outcome (`effect` unknown), never run again by itself."""
 
-    async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
-        """Apply `plan(request as it stands)` in one transaction; the plan raises to refuse."""
+    async def decide(
+        self, request_id: str, plan: Planner, now: float, claim: ClaimFor | None = None
+    ) -> Request:
+        """Apply `plan(request as it stands)` in one transaction; the plan raises to refuse.
+
+        With `claim`, a decision that approves the request also claims it there, as `claim` would (the
+        same conditions, its own audit record): the approver who completes the approvals runs the action
+        without a commit of its own between deciding and claiming. A crash can then leave the request
+        pending or executing, never approved and unclaimed by the one who was about to run it."""
 
     async def escalate_due(self, now: float) -> list[str]:
         """Mark pending requests whose current level waited past its escalation time; returns their ids."""

@@ -27,7 +27,7 @@ from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import NewRequest, Page, Planner, finish_details
+from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, finish_details
 from hitl_mcp.store import postgres_schema as schema
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_rows import (
@@ -52,6 +52,23 @@ REPEAT_LOCK = 1
 # `targets` is a JSON object from tool name to that tool's target (as stored): a request runs only where
 # its tool's target is the one it was filed against.
 _ON_TARGET = "(target IS NULL OR ({targets}::json ->> tool) = target)"
+
+
+async def _claim(tx: Transaction, request_id: str, claim: ClaimFor, now: float) -> Any:
+    """approved → executing for `claim.worker`, with its audit record; the row as claimed, or None."""
+    # A request filed before targets were recorded has none, and runs wherever it is approved.
+    on_target = "" if claim.targets is None else " AND " + _ON_TARGET.format(targets="$5")
+    params: tuple[Any, ...] = (claim.worker, now, request_id, now)
+    # Racing claims queue on the row's lock; each after the first finds it executing and gets none.
+    row = await tx.conn.fetchrow(
+        f"UPDATE requests SET status = 'executing', claimed_by = $1, updated_at = $2 "
+        f"WHERE id = $3 AND status = 'approved' AND expires_at > $4{on_target} "
+        f"RETURNING {REQUEST_COLUMNS}",
+        *(params if claim.targets is None else (*params, claim.targets)),
+    )
+    if row is not None:
+        await tx.audit(request_id, "claimed", claim.worker, now)
+    return row
 
 
 def _like_prefix(prefix: str) -> str:
@@ -226,7 +243,9 @@ class PostgresStore:
 
         return await self._write(mark)
 
-    async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
+    async def decide(
+        self, request_id: str, plan: Planner, now: float, claim: ClaimFor | None = None
+    ) -> Request:
         async def decide(tx: Transaction) -> Request:
             conn = tx.conn
             # The row is locked before the plan reads it: no other server can change the request between
@@ -286,6 +305,8 @@ class PostgresStore:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
             await tx.audit(request_id, event, decision.principal, now, details)
+            if claim is not None and decision.status is Status.APPROVED:
+                await _claim(tx, request_id, claim, now)
             updated = await fetch(conn, request_id)
             assert updated is not None
             return updated
@@ -327,21 +348,10 @@ class PostgresStore:
     async def claim(
         self, request_id: str, worker: str, now: float, targets: str | None = None
     ) -> Request | None:
-        # A request filed before targets were recorded has none, and runs wherever it is approved.
-        on_target = "" if targets is None else " AND " + _ON_TARGET.format(targets="$5")
-        params: tuple[Any, ...] = (worker, now, request_id, now) + (() if targets is None else (targets,))
-
         async def claim(tx: Transaction) -> Request | None:
-            # Racing claims queue on the row's lock; each after the first finds it executing and gets none.
-            row = await tx.conn.fetchrow(
-                f"UPDATE requests SET status = 'executing', claimed_by = $1, updated_at = $2 "
-                f"WHERE id = $3 AND status = 'approved' AND expires_at > $4{on_target} "
-                f"RETURNING {REQUEST_COLUMNS}",
-                *params,
-            )
+            row = await _claim(tx, request_id, ClaimFor(worker, targets), now)
             if row is None:
                 return None
-            await tx.audit(request_id, "claimed", worker, now)
             return from_row(row, (await decisions_of(tx.conn, [request_id])).get(request_id, []))
 
         return await self._write(claim)

@@ -25,7 +25,7 @@ from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import NewRequest, Page, Planner, finish_details, sqlite_audit
+from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, finish_details, sqlite_audit
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, dumps, fetch, request_of
@@ -75,6 +75,22 @@ _ON_TARGET = (
     "(target IS NULL OR EXISTS (SELECT 1 FROM json_each(?) AS t "
     "WHERE t.key = requests.tool AND t.value = requests.target))"
 )
+
+
+def _claim(conn: sqlite3.Connection, request_id: str, claim: ClaimFor, now: float) -> Any:
+    """approved → executing for `claim.worker`, with its audit record; the row as claimed, or None."""
+    # A request filed before targets were recorded has none, and runs wherever it is approved.
+    on_target = "" if claim.targets is None else f" AND {_ON_TARGET}"
+    params: tuple[Any, ...] = (claim.worker, now, request_id, now)
+    row = conn.execute(
+        f"UPDATE requests SET status = 'executing', claimed_by = ?, updated_at = ? "
+        f"WHERE id = ? AND status = 'approved' AND expires_at > ?{on_target} "
+        f"RETURNING {REQUEST_COLUMNS}",
+        params if claim.targets is None else (*params, claim.targets),
+    ).fetchone()
+    if row is not None:
+        _audit(conn, request_id, "claimed", claim.worker, now)
+    return row
 
 
 def _repeated(conn: sqlite3.Connection, request: NewRequest) -> Request | None:
@@ -348,7 +364,9 @@ class SQLiteStore:
 
         return await self._write(mark)
 
-    async def decide(self, request_id: str, plan: Planner, now: float) -> Request:
+    async def decide(
+        self, request_id: str, plan: Planner, now: float, claim: ClaimFor | None = None
+    ) -> Request:
         def decide(conn: sqlite3.Connection) -> Request:
             # The plan reads the row inside this IMMEDIATE transaction, which holds the write lock: no
             # other process can change the request between what the plan saw and what is written here.
@@ -412,6 +430,8 @@ class SQLiteStore:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
             _audit(conn, request_id, event, decision.principal, now, details)
+            if claim is not None and decision.status is Status.APPROVED:
+                _claim(conn, request_id, claim, now)
             updated = fetch(conn, request_id)
             assert updated is not None
             return updated
@@ -448,20 +468,10 @@ class SQLiteStore:
     async def claim(
         self, request_id: str, worker: str, now: float, targets: str | None = None
     ) -> Request | None:
-        # A request filed before targets were recorded has none, and runs wherever it is approved.
-        on_target = "" if targets is None else f" AND {_ON_TARGET}"
-        params: tuple[Any, ...] = (worker, now, request_id, now) + (() if targets is None else (targets,))
-
         def claim(conn: sqlite3.Connection) -> Request | None:
-            row = conn.execute(
-                f"UPDATE requests SET status = 'executing', claimed_by = ?, updated_at = ? "
-                f"WHERE id = ? AND status = 'approved' AND expires_at > ?{on_target} "
-                f"RETURNING {REQUEST_COLUMNS}",
-                params,
-            ).fetchone()
+            row = _claim(conn, request_id, ClaimFor(worker, targets), now)
             if row is None:
                 return None
-            _audit(conn, request_id, "claimed", worker, now)
             return request_of(row, decisions_of(conn, [request_id]).get(request_id, []))
 
         return await self._write(claim)
