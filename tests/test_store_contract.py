@@ -15,7 +15,7 @@ import pytest
 
 from hitl_mcp.decisions import plan
 from hitl_mcp.errors import NotAllowed, NotFound, NotPending
-from hitl_mcp.models import Request, Status
+from hitl_mcp.models import Request, RequestSummary, Status
 from hitl_mcp.policy import DEFAULT_RULE, Level, Snapshot
 from hitl_mcp.store import ClaimFor, NewRequest, Planner, Store
 from hitl_mcp.store.sqlite import SQLiteStore
@@ -425,3 +425,22 @@ async def test_what_was_stored_reads_back_exactly(store: Store) -> None:
     assert reread.arguments == strange.arguments and reread.summary == strange.summary
     assert reread.preview == strange.preview
     assert [event.event for event in await store.audit_trail("s1")] == ["filed", "approved"]
+
+
+async def test_summary_lines_are_the_json_of_the_records_summaries(store: Store) -> None:
+    two = Snapshot(rule=0, approval="required", levels=(Level(count=2),))
+    await store.insert(new("s1"))
+    await store.insert(NewRequest(**{**new("s2", created_at=NOW + 0.123456).__dict__, "policy": two}))
+    await store.decide("s2", approval("alice"), NOW)  # half-way through its quorum: still pending
+    await store.insert(NewRequest(**{**new("s3").__dict__, "summary": "Buy ‮ \x00 <b>GOOGL</b>"}))
+    await store.insert(new("done"))
+    await store.decide("done", approval("alice"), NOW)
+
+    for limit, cursor in ((2, None), (50, None)):
+        records = await store.page([Status.PENDING], None, limit, cursor)
+        lines = await store.summaries([Status.PENDING], None, limit, cursor)
+
+        assert lines.lines == [RequestSummary.of(r).model_dump(mode="json") for r in records.requests]
+        assert lines.next_cursor == records.next_cursor
+    assert [line["request_id"] for line in lines.lines] == ["s1", "s2", "s3"]
+    assert lines.lines[1]["waits_on"] == "2 × anyone but the requester"

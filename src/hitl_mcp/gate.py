@@ -39,7 +39,7 @@ from hitl_mcp.errors import (
     StoreUnavailable,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
-from hitl_mcp.store import ClaimFor, Edit, NewRequest, Store, wait_for_change
+from hitl_mcp.store import ClaimFor, Edit, NewRequest, Store, SummaryRows, wait_for_change
 
 logger = logging.getLogger(__name__)
 
@@ -642,16 +642,26 @@ class Gate:
         limit: int = 50,
         cursor: str | None = None,
     ) -> RequestPage:
+        self._check_page(tool, limit, cursor)
+        page = await self.store.page(statuses, tool, limit, cursor)
+        return RequestPage(
+            requests=[self._observed(request) for request in page.requests], next_cursor=page.next_cursor
+        )
+
+    async def summaries(
+        self, *, tool: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> SummaryRows:
+        """The pending queue as `list` pages it, each request as its one line (`RequestSummary`'s JSON)."""
+        self._check_page(tool, limit, cursor)
+        return await self.store.summaries(OPEN_STATUSES, tool, limit, cursor)
+
+    def _check_page(self, tool: str | None, limit: int, cursor: str | None) -> None:
         if tool is not None:
             self._action(tool)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidArguments(f"limit: must be between 1 and {MAX_PAGE}")
         if cursor is not None and not CURSOR_PATTERN.fullmatch(cursor):
             raise InvalidArguments("cursor: not a cursor this server returned")
-        page = await self.store.page(statuses, tool, limit, cursor)
-        return RequestPage(
-            requests=[self._observed(request) for request in page.requests], next_cursor=page.next_cursor
-        )
 
     async def wait(self, ref: str, timeout: float, progress: ProgressFn | None = None) -> Request:
         """The record as soon as it is decided for good, or as it stands when `timeout` passes.

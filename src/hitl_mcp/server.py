@@ -28,6 +28,7 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl, BaseModel, Field
+from pydantic_core import to_json
 
 from hitl_mcp import __version__
 from hitl_mcp.actions import Action, build_actions
@@ -37,7 +38,7 @@ from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
-from hitl_mcp.models import Decided, Request, RequestSummary, Status, SummaryPage
+from hitl_mcp.models import Decided, Request, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
 
 if TYPE_CHECKING:
@@ -463,13 +464,16 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         cursor: Annotated[
             str | None, Field(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
         ] = None,
-    ) -> SummaryPage:
+    ) -> Annotated[CallToolResult, SummaryPage]:
         """Requests waiting for a decision, oldest first, a page at a time: one line each (summary,
         arguments, who may decide); `get_request` gives the whole record with its preview."""
-        page = await _call(_state(ctx).gate.list(tool=tool, limit=limit, cursor=cursor))
-        # A page of whole records costs a client ten times more to check against the output schema.
-        return SummaryPage(
-            requests=[RequestSummary.of(request) for request in page.requests], next_cursor=page.next_cursor
+        rows = await _call(_state(ctx).gate.summaries(tool=tool, limit=limit, cursor=cursor))
+        # Lines, not whole records: a page of records costs a client ten times more to check against the
+        # output schema. Built as JSON from the rows, with no models between: the SDK still checks the
+        # page against SummaryPage before it goes out.
+        page = {"requests": rows.lines, "next_cursor": rows.next_cursor}
+        return CallToolResult(
+            content=[TextContent(type="text", text=to_json(page).decode())], structured_content=page
         )
 
     @app.tool(annotations=read_only)

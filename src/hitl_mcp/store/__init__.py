@@ -101,6 +101,14 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class SummaryRows:
+    """A page of the queue as the JSON form of its `RequestSummary` lines, built straight from the rows."""
+
+    lines: list[dict[str, Any]]
+    next_cursor: str | None
+
+
 class Store(OutboxStore, Protocol):
     """Requests, their decisions and audit trail, and the notification outbox (`OutboxStore`)."""
 
@@ -176,6 +184,11 @@ class Store(OutboxStore, Protocol):
         self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
     ) -> Page:
         """Requests oldest first, keyset-paginated; `statuses=None` means every status."""
+
+    async def summaries(
+        self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
+    ) -> SummaryRows:
+        """`page`, each request as its one line (`RequestSummary`'s JSON form) instead of its record."""
 
     async def approved_unclaimed(
         self, decided_before: float, limit: int = 100, targets: str | None = None

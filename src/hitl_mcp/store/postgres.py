@@ -23,21 +23,23 @@ from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.config import redact
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
-from hitl_mcp.models import AuditEvent, Request, Status, utc
+from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, finish_details
+from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details
 from hitl_mcp.store import postgres_schema as schema
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_rows import (
     REQUEST_COLUMNS,
+    SUMMARY_COLUMNS,
     Conn,
     decisions_of,
     dumps,
     fetch,
     from_row,
     json_or_none,
+    summary_from_row,
     text_in,
     text_out,
 )
@@ -69,6 +71,35 @@ async def _claim(tx: Transaction, request_id: str, claim: ClaimFor, now: float) 
     if row is not None:
         await tx.audit(request_id, "claimed", claim.worker, now)
     return row
+
+
+async def _page_rows(
+    conn: Conn,
+    columns: str,
+    statuses: Sequence[Status] | None,
+    tool: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[asyncpg.Record], dict[str, list[Decision]], str | None]:
+    """A page's rows of `columns` (seq and id among them), oldest first after `cursor`, their decisions,
+    and the next page's cursor."""
+    clauses = ["seq > $1"]
+    params: list[Any] = [int(cursor) if cursor else 0]
+    if statuses is not None:
+        params.append([status.value for status in statuses])
+        clauses.append(f"status = ANY(${len(params)}::text[])")
+    if tool is not None:
+        params.append(tool)
+        clauses.append(f"tool = ${len(params)}")
+    params.append(limit + 1)
+    rows = await conn.fetch(
+        f"SELECT {columns} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(params)}",
+        *params,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    decisions = await decisions_of(conn, [row["id"] for row in rows])
+    return rows, decisions, str(rows[-1]["seq"]) if more else None
 
 
 def _like_prefix(prefix: str) -> str:
@@ -444,30 +475,26 @@ class PostgresStore:
     async def page(
         self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
     ) -> Page:
-        after = int(cursor) if cursor else 0
-        clauses = ["seq > $1"]
-        params: list[Any] = [after]
-        if statuses is not None:
-            params.append([status.value for status in statuses])
-            clauses.append(f"status = ANY(${len(params)}::text[])")
-        if tool is not None:
-            params.append(tool)
-            clauses.append(f"tool = ${len(params)}")
-        params.append(limit + 1)
-        sql = (
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(clauses)} "
-            f"ORDER BY seq LIMIT ${len(params)}"
-        )
-
         async def page(conn: Conn) -> Page:
-            rows = await conn.fetch(sql, *params)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            decisions = await decisions_of(conn, [row["id"] for row in rows])
-            requests = [from_row(row, decisions.get(row["id"], [])) for row in rows]
-            return Page(requests, str(rows[-1]["seq"]) if more else None)
+            rows, decisions, next_cursor = await _page_rows(
+                conn, REQUEST_COLUMNS, statuses, tool, limit, cursor
+            )
+            return Page([from_row(row, decisions.get(row["id"], [])) for row in rows], next_cursor)
 
         return await self._read(page)
+
+    async def summaries(
+        self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
+    ) -> SummaryRows:
+        async def summaries(conn: Conn) -> SummaryRows:
+            rows, decisions, next_cursor = await _page_rows(
+                conn, SUMMARY_COLUMNS, statuses, tool, limit, cursor
+            )
+            return SummaryRows(
+                [summary_from_row(row, decisions.get(row["id"], [])) for row in rows], next_cursor
+            )
+
+        return await self._read(summaries)
 
     async def approved_unclaimed(
         self, decided_before: float, limit: int = 100, targets: str | None = None

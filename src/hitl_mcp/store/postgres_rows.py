@@ -10,15 +10,27 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from hitl_mcp.models import Decision, Request, utc
-from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, dumps, request_of
+from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, SUMMARY_COLUMNS, dumps, request_of, summary_of
 
-__all__ = ["REQUEST_COLUMNS", "Conn", "decisions_of", "dumps", "fetch", "from_row", "text_in", "text_out"]
+__all__ = [
+    "REQUEST_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "Conn",
+    "decisions_of",
+    "dumps",
+    "fetch",
+    "from_row",
+    "summary_from_row",
+    "text_in",
+    "text_out",
+]
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection of the store's own, or one lent by its pool."""
 
 # Where REQUEST_COLUMNS puts the free-text columns held as JSON strings (see 0001_initial.sql).
 _SUMMARY, _ERROR = 5, 13
+_LINE_SUMMARY = 4  # and where SUMMARY_COLUMNS puts `summary`
 
 
 def text_in(value: str | None) -> str | None:
@@ -33,11 +45,22 @@ def text_out(value: str | None) -> str | None:
     return text
 
 
-def from_row(row: asyncpg.Record, decisions: list[Decision]) -> Request:
+def _values(row: asyncpg.Record) -> tuple[Any, ...]:
     values = list(row.values())
     values[_SUMMARY] = text_out(values[_SUMMARY])
     values[_ERROR] = text_out(values[_ERROR])
-    return request_of(tuple(values), decisions)
+    return tuple(values)
+
+
+def from_row(row: asyncpg.Record, decisions: list[Decision]) -> Request:
+    return request_of(_values(row), decisions)
+
+
+def summary_from_row(row: asyncpg.Record, decisions: list[Decision]) -> dict[str, Any]:
+    """A row of SUMMARY_COLUMNS as its queue line."""
+    values = list(row.values())
+    values[_LINE_SUMMARY] = text_out(values[_LINE_SUMMARY])
+    return summary_of(tuple(values), decisions)
 
 
 async def fetch(conn: Conn, request_id: str) -> Request | None:

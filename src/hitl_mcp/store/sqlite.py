@@ -21,14 +21,22 @@ import anyio.to_thread
 from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
-from hitl_mcp.models import AuditEvent, Request, Status, utc
+from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, finish_details, sqlite_audit
+from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details, sqlite_audit
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
-from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, dumps, fetch, request_of
+from hitl_mcp.store.sqlite_rows import (
+    REQUEST_COLUMNS,
+    SUMMARY_COLUMNS,
+    decisions_of,
+    dumps,
+    fetch,
+    request_of,
+    summary_of,
+)
 
 T = TypeVar("T")
 
@@ -91,6 +99,33 @@ def _claim(conn: sqlite3.Connection, request_id: str, claim: ClaimFor, now: floa
     if row is not None:
         _audit(conn, request_id, "claimed", claim.worker, now)
     return row
+
+
+def _page_rows(
+    conn: sqlite3.Connection,
+    columns: str,
+    statuses: Sequence[Status] | None,
+    tool: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Any], dict[str, list[Decision]], str | None]:
+    """A page's rows of `columns` (seq and id first), oldest first after `cursor`, their decisions, and
+    the next page's cursor."""
+    clauses = ["seq > ?"]
+    params: list[Any] = [int(cursor) if cursor else 0]
+    if statuses is not None:
+        clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+        params.extend(status.value for status in statuses)
+    if tool is not None:
+        clauses.append("tool = ?")
+        params.append(tool)
+    params.append(limit + 1)
+    rows = conn.execute(
+        f"SELECT {columns} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", params
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, decisions_of(conn, [row[1] for row in rows]), str(rows[-1][0]) if more else None
 
 
 def _repeated(conn: sqlite3.Connection, request: NewRequest) -> Request | None:
@@ -552,27 +587,20 @@ class SQLiteStore:
     async def page(
         self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
     ) -> Page:
-        after = int(cursor) if cursor else 0
-        clauses = ["seq > ?"]
-        params: list[Any] = [after]
-        if statuses is not None:
-            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
-            params.extend(status.value for status in statuses)
-        if tool is not None:
-            clauses.append("tool = ?")
-            params.append(tool)
-        sql = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
-        params.append(limit + 1)
-
         def page(conn: sqlite3.Connection) -> Page:
-            rows = conn.execute(sql, params).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            decisions = decisions_of(conn, [row[1] for row in rows])
-            requests = [request_of(row, decisions.get(row[1], [])) for row in rows]
-            return Page(requests, str(rows[-1][0]) if more else None)
+            rows, decisions, next_cursor = _page_rows(conn, REQUEST_COLUMNS, statuses, tool, limit, cursor)
+            return Page([request_of(row, decisions.get(row[1], [])) for row in rows], next_cursor)
 
         return await self._run(page)
+
+    async def summaries(
+        self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
+    ) -> SummaryRows:
+        def summaries(conn: sqlite3.Connection) -> SummaryRows:
+            rows, decisions, next_cursor = _page_rows(conn, SUMMARY_COLUMNS, statuses, tool, limit, cursor)
+            return SummaryRows([summary_of(row, decisions.get(row[1], [])) for row in rows], next_cursor)
+
+        return await self._run(summaries)
 
     async def approved_unclaimed(
         self, decided_before: float, limit: int = 100, targets: str | None = None

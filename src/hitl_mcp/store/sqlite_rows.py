@@ -17,6 +17,13 @@ REQUEST_COLUMNS = (
 )
 
 
+# What a queue line needs of a row, in `summary_of`'s order: `summary` is the fifth.
+SUMMARY_COLUMNS = (
+    "seq, id, tool, arguments, summary, status, requested_by, created_at, expires_at, policy, level, "
+    "escalated_level"
+)
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -66,6 +73,48 @@ def approval_of(policy: str, decisions: list[Decision], escalated: bool) -> Appr
     if decisions:
         return approval_state(snapshot_of(policy), decisions, escalated=escalated)
     return _undecided(policy, escalated).model_copy()  # a copy: callers may keep and change it
+
+
+def iso(timestamp: float) -> str:
+    """A timestamp as the JSON text a record's datetime serialises to (pydantic's form, `Z` for UTC)."""
+    text = utc(timestamp).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def summary_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> dict[str, Any]:
+    """A row of SUMMARY_COLUMNS as the JSON form of its `RequestSummary`, with no model in between: a
+    page of 50 lines is answered several times faster than from whole records."""
+    (
+        _seq,
+        request_id,
+        tool,
+        arguments,
+        summary,
+        status,
+        requested_by,
+        created_at,
+        expires_at,
+        policy,
+        level,
+        escalated_level,
+    ) = row
+    escalated = escalated_level is not None and escalated_level == level
+    if decisions:
+        state = approval_state(snapshot_of(policy), decisions, escalated=escalated)
+    else:
+        state = _undecided(policy, escalated)
+    return {
+        "request_id": request_id,
+        "tool": tool,
+        "status": status,
+        "summary": summary,
+        "arguments": json.loads(arguments),
+        "requested_by": requested_by,
+        "created_at": iso(created_at),
+        "expires_at": iso(expires_at),
+        "waits_on": state.may_decide,
+        "escalated": state.escalated,
+    }
 
 
 def request_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> Request:
