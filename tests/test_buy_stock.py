@@ -19,6 +19,11 @@ from hitl_mcp.errors import ActionFailed, ConfigError, InvalidArguments
 from hitl_mcp.ledger import Fill, Ledger
 
 
+def _remove_database(path: Path) -> None:
+    for file in (path, *path.parent.glob(f"{path.name}-*")):
+        file.unlink()
+
+
 def make_action(tmp_path: Path, **settings: Any) -> BuyStock:
     return BuyStock(BuyStockSettings.model_validate(settings, context={"base_dir": tmp_path}))
 
@@ -141,6 +146,20 @@ async def test_preview_reflects_earlier_fills_and_flags_a_shortfall(tmp_path: Pa
     assert preview["sufficient_cash"] is False
     assert preview["cash_after"] == -65_000.0
     assert json.loads(json.dumps(preview)) == preview
+
+
+async def test_previews_follow_other_writers_and_a_replaced_file(tmp_path: Path) -> None:
+    ledger_path = tmp_path / "ledger.db"
+    mine, theirs = Ledger(ledger_path, 1000.0), Ledger(ledger_path, 1000.0)
+    await mine.buy("r1", "GOOGL", 1, 100.0)
+    assert await mine.snapshot("GOOGL") == (900.0, 1)  # read, then kept open for the next reads
+    # Another writer's order (as another process's would be) shows in the very next preview.
+    await theirs.buy("r2", "GOOGL", 2, 100.0)
+    assert await mine.snapshot("GOOGL") == (700.0, 3)
+    # The file replaced underneath by a fresh ledger: previews read the new one.
+    _remove_database(ledger_path)
+    await Ledger(ledger_path, 50.0).buy("r3", "MSFT", 1, 10.0)
+    assert await mine.snapshot("GOOGL") == (40.0, 0)
 
 
 # -- execute --------------------------------------------------------------------------------------------

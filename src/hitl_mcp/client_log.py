@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server.connection import Connection
@@ -94,6 +95,7 @@ class LogListeners:
 
     def __init__(self) -> None:
         self._levels: dict[Connection, int] = {}
+        self.on_listen: Callable[[], None] | None = None
 
     def __bool__(self) -> bool:
         return len(self._levels) > 0
@@ -102,6 +104,8 @@ class LogListeners:
         self, ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams
     ) -> EmptyResult:
         self._levels[ctx.session._connection] = LEVELS.index(params.level)
+        if self.on_listen is not None:
+            self.on_listen()
         return EmptyResult()
 
     async def emit(self, level: LoggingLevel, data: Any) -> None:

@@ -110,6 +110,8 @@ class Ledger:
         # Orders from this process go one at a time through one thread and its connection: writers of one
         # process meeting in SQLite's lock would wait in its busy handler's sleeps instead.
         self._write_limiter: anyio.CapacityLimiter | None = None
+        # The event loop's own reader (see `_read`), with the inode of the file it opened.
+        self._loop_reader: tuple[sqlite3.Connection, int] | None = None
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -188,48 +190,82 @@ class Ledger:
         )
 
     async def _read(self, query: Callable[[sqlite3.Connection | None], T]) -> T:
-        return await anyio.to_thread.run_sync(self._read_sync, query)
+        # A preview is two reads by primary key of a local WAL file: microseconds once a connection is
+        # open, less than handing them to a worker thread costs. So they run on the event loop, on a
+        # connection that never waits for a lock; a ledger not open here yet, replaced underneath, or
+        # busy (a checkpoint, a recovery) is read in a worker thread instead, as every read once was.
+        kept = self._loop_reader
+        if kept is not None:
+            try:
+                if self.path.stat().st_ino == kept[1]:
+                    return _in_snapshot(kept[0], query)
+            except (OSError, sqlite3.OperationalError):
+                pass
+            self._loop_reader = None
+            kept[0].close()
+        def read_and_open() -> tuple[T, tuple[sqlite3.Connection, int] | None]:
+            return self._read_sync(query), self._open_reader(0.0)
+
+        result, opened = await anyio.to_thread.run_sync(read_and_open)
+        if opened is not None:
+            if self._loop_reader is None:
+                self._loop_reader = opened
+            else:  # another task opened one meanwhile
+                opened[0].close()
+        return result
 
     def _read_sync(self, query: Callable[[sqlite3.Connection | None], T]) -> T:
         """Run `query` on a read-only connection, or with None when there is no ledger yet."""
         conn = self._reader()
         if conn is None:
             return query(None)
-        conn.execute("BEGIN")  # one snapshot for every statement of the query
-        try:
-            return query(conn)
-        finally:
-            conn.execute("COMMIT")
+        return _in_snapshot(conn, query)
 
     def _reader(self) -> sqlite3.Connection | None:
         """This worker thread's read-only connection, kept while the file is the same one (a file removed
         or replaced underneath is opened afresh); None while there is no ledger with its tables yet."""
+        kept: tuple[sqlite3.Connection, int] | None = getattr(self._local, "reader", None)
         try:
             inode = self.path.stat().st_ino
         except FileNotFoundError:
             return None
-        kept: tuple[sqlite3.Connection, int] | None = getattr(self._local, "reader", None)
         if kept is not None and kept[1] == inode:
             return kept[0]
         if kept is not None:
             kept[0].close()
             self._local.reader = None
+        opened = self._open_reader(BUSY_TIMEOUT_SECONDS)
+        if opened is None:
+            return None
+        self._local.reader = opened
+        return opened[0]
+
+    def _open_reader(self, busy_timeout: float) -> tuple[sqlite3.Connection, int] | None:
+        """A read-only connection to the ledger and the file's inode; None while there is no ledger with
+        its tables yet."""
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            return None
         # mode=ro: a preview must not create or change the ledger, not even by accident.
         conn = sqlite3.connect(
             f"{self.path.resolve().as_uri()}?mode=ro",
             uri=True,
-            timeout=BUSY_TIMEOUT_SECONDS,
+            timeout=busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError:
+            conn.close()
+            return None
         # A file another process has only just created may not have its tables yet: look again next time.
         if not {"account", "positions", "orders"} <= tables:
             conn.close()
             return None
-        self._local.reader = (conn, inode)
-        return conn
+        return conn, inode
 
     def _cash_and_position(self, conn: sqlite3.Connection | None, symbol: str) -> tuple[int, int]:
         if conn is None:
@@ -305,6 +341,16 @@ class Ledger:
             position_after=position_after,
             filled_at=filled_at,
         )
+
+
+def _in_snapshot(conn: sqlite3.Connection, query: Callable[[sqlite3.Connection | None], T]) -> T:
+    """`query` in one read transaction: one snapshot for every statement it runs."""
+    conn.execute("BEGIN")
+    try:
+        return query(conn)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
 
 def _fill_from_row(row: sqlite3.Row) -> Fill:

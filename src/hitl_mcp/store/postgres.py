@@ -43,6 +43,7 @@ from hitl_mcp.store.postgres_rows import (
     text_in,
     text_out,
 )
+from hitl_mcp.store.sqlite_rows import filed_of
 
 T = TypeVar("T")
 
@@ -206,6 +207,7 @@ class PostgresStore:
 
     async def insert(self, request: NewRequest) -> Request:
         status = Status.APPROVED if request.auto_approved else Status.PENDING
+        policy = request.policy.model_dump_json()
 
         async def insert(tx: Transaction) -> Request:
             repeated = await _repeated(tx.conn, request)
@@ -226,7 +228,7 @@ class PostgresStore:
                 request.created_at,
                 request.expires_at,
                 request.created_at,
-                request.policy.model_dump_json(),
+                policy,
                 request.escalate_at,
                 request.target,
                 request.idempotency_key,
@@ -246,9 +248,7 @@ class PostgresStore:
                     request.created_at,
                     {"policy": request.policy.describe()},
                 )
-            filed = await fetch(tx.conn, request.request_id)
-            assert filed is not None
-            return filed
+            return filed_of(request, status, policy)
 
         return await self._write(insert)
 

@@ -34,6 +34,7 @@ from hitl_mcp.store.sqlite_rows import (
     decisions_of,
     dumps,
     fetch,
+    filed_of,
     request_of,
     summary_of,
 )
@@ -328,6 +329,7 @@ class SQLiteStore:
 
     async def insert(self, request: NewRequest) -> Request:
         status = Status.APPROVED if request.auto_approved else Status.PENDING
+        policy = request.policy.model_dump_json()
 
         def insert(conn: sqlite3.Connection) -> Request:
             # Looked for inside the write transaction, so two retries racing each other file one request.
@@ -350,7 +352,7 @@ class SQLiteStore:
                     request.created_at,
                     request.expires_at,
                     request.created_at,
-                    request.policy.model_dump_json(),
+                    policy,
                     request.escalate_at,
                     request.target,
                     request.idempotency_key,
@@ -373,9 +375,7 @@ class SQLiteStore:
                     request.created_at,
                     {"policy": request.policy.describe()},
                 )
-            filed = fetch(conn, request.request_id)
-            assert filed is not None
-            return filed
+            return filed_of(request, status, policy)
 
         return await self._write(insert)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hitl_mcp.models import ApprovalState, Decision, Request, Status, approval_state, utc
 from hitl_mcp.policy import Snapshot
+
+if TYPE_CHECKING:
+    from hitl_mcp.store import NewRequest
 
 REQUEST_COLUMNS = (
     "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
@@ -115,6 +118,34 @@ def summary_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) ->
         "waits_on": state.may_decide,
         "escalated": state.escalated,
     }
+
+
+def filed_of(request: NewRequest, status: Status, policy: str) -> Request:
+    """The record `request` becomes once inserted with `status` (its policy stored as `policy`), without
+    reading it back: nothing else can have written it inside the inserting transaction."""
+    return Request.model_construct(
+        request_id=request.request_id,
+        tool=request.tool,
+        arguments=request.arguments,
+        arguments_digest=request.arguments_digest,
+        status=status,
+        summary=request.summary,
+        preview=request.preview,
+        requested_by=request.requested_by,
+        created_at=utc(request.created_at),
+        expires_at=utc(request.expires_at),
+        updated_at=utc(request.created_at),
+        decisions=[],
+        approval=approval_of(policy, [], False),
+        original_arguments=None,
+        result=None,
+        error=None,
+        claimed_by=None,
+        claimed_at=None,
+        target=None if request.target is None else json.loads(request.target),
+        effect=None,
+        outcome_unknown=False,
+    )
 
 
 def request_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> Request:
