@@ -195,14 +195,23 @@ class Ledger:
         # connection that never waits for a lock; a ledger not open here yet, replaced underneath, or
         # busy (a checkpoint, a recovery) is read in a worker thread instead, as every read once was.
         kept = self._loop_reader
+        try:
+            inode: int | None = self.path.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        except OSError:
+            inode = -1  # unreadable here: the worker thread's read says why
         if kept is not None:
-            try:
-                if self.path.stat().st_ino == kept[1]:
+            if kept[1] == inode:
+                try:
                     return _in_snapshot(kept[0], query)
-            except (OSError, sqlite3.OperationalError):
-                pass
+                except sqlite3.OperationalError:
+                    pass
             self._loop_reader = None
             kept[0].close()
+        if inode is None:
+            return query(None)  # no ledger yet: nothing to read
+
         def read_and_open() -> tuple[T, tuple[sqlite3.Connection, int] | None]:
             return self._read_sync(query), self._open_reader(0.0)
 
