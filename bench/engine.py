@@ -1,10 +1,10 @@
 """`engine_cycle_ratio`: file → approve → execute through the Gate's Python API, against raw sqlite3.
 
 The floor commits as many transactions per cycle as the gate does, with the same durability: the store's
-WAL journal and its `synchronous` setting, one small write per `BEGIN IMMEDIATE … COMMIT`. Reading
-gate.py and store/sqlite.py, a cycle that needs one approval commits four transactions — insert (with its
-`filed` record), decide (`approved`), claim (`claimed`), finish (`executed`) — and each writes exactly
-one audit record, which the run checks.
+WAL journal and its `synchronous` setting, one small write per `BEGIN IMMEDIATE … COMMIT` (two in the
+decision's). Reading gate.py and store/sqlite.py, a cycle that needs one approval commits three
+transactions — insert (with its `filed` record), decide with its claim (`approved`, `claimed`), finish
+(`executed`) — and writes four audit records, which the run checks.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hitl_mcp.gate import Gate
 from hitl_mcp.models import Status
 from hitl_mcp.store.sqlite import SQLiteStore
 
-TRANSACTIONS_PER_CYCLE = 4
-TRANSACTIONS = "insert, decide, claim, finish"
+TRANSACTIONS_PER_CYCLE = 3
+TRANSACTIONS = "insert, decide with its claim, finish"
 ROUNDS = 12
 
 
@@ -36,9 +36,10 @@ def floor_cycles(path: Path, cycles: int, synchronous: str) -> float:
             conn.execute("BEGIN IMMEDIATE")
             seq = conn.execute("INSERT INTO requests (status) VALUES ('pending')").lastrowid
             conn.execute("COMMIT")
-            for status in ("approved", "executing", "executed"):
+            for statuses in (("approved", "executing"), ("executed",)):
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("UPDATE requests SET status = ? WHERE seq = ?", (status, seq))
+                for status in statuses:
+                    conn.execute("UPDATE requests SET status = ? WHERE seq = ?", (status, seq))
                 conn.execute("COMMIT")
         return watch.elapsed
     finally:

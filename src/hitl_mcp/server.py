@@ -447,7 +447,8 @@ def _next_step(filing: Filing) -> str:
 def _filed(filing: Filing) -> CallToolResult:
     request = filing.request
     next_step = _next_step(filing)
-    filed = FiledRequest(
+    # From a record already valid: no second validation (the SDK checks the answer against the schema).
+    filed = FiledRequest.model_construct(
         request_id=request.request_id,
         status=request.status,
         tool=request.tool,

@@ -44,7 +44,8 @@ class Connection:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn: sqlite3.Connection | None = conn
-        self._lock = anyio.Lock()
+        # Fast: an uncontended lock is taken without yielding to the loop (the thread hop yields anyway).
+        self._lock = anyio.Lock(fast_acquire=True)
         self._limiter = anyio.CapacityLimiter(1)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -91,8 +92,9 @@ class GroupCommit:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._waiting: list[_Transition[Any]] = []
-        # Held while one batch commits; whoever takes it next takes everything queued meanwhile.
-        self._lock = anyio.Lock()
+        # Held while one batch commits; whoever takes it next takes everything queued meanwhile. Fast, as
+        # above: a lone transition goes straight to the thread.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._limiter = anyio.CapacityLimiter(1)
         self.counts = CommitCounts()
 
