@@ -97,7 +97,8 @@ class Ledger:
     """The paper-trading account in the SQLite file at `path`, created on first write with `starting_cash`.
 
     An existing file keeps its own cash: `starting_cash` only seeds a new ledger. Reads never create the file.
-    Every method opens its own connection in a worker thread, so one `Ledger` is safe to share between tasks,
+    Writes, and reads that may wait, run in worker threads on connections of their own (previews read on
+    the event loop when they need not wait: see `_read`), so one `Ledger` is safe to share between tasks,
     threads and processes; SQLite's locks (WAL, `BEGIN IMMEDIATE`, busy timeout) serialise the writers.
     """
 
@@ -193,7 +194,7 @@ class Ledger:
         # A preview is two reads by primary key of a local WAL file: microseconds once a connection is
         # open, less than handing them to a worker thread costs. So they run on the event loop, on a
         # connection that never waits for a lock; a ledger not open here yet, replaced underneath, or
-        # busy (a checkpoint, a recovery) is read in a worker thread instead, as every read once was.
+        # busy (a checkpoint, a recovery) is read in a worker thread, which may wait for it.
         kept = self._loop_reader
         try:
             inode: int | None = self.path.stat().st_ino
@@ -213,7 +214,11 @@ class Ledger:
             return query(None)  # no ledger yet: nothing to read
 
         def read_and_open() -> tuple[T, tuple[sqlite3.Connection, int] | None]:
-            return self._read_sync(query), self._open_reader(0.0)
+            result = self._read_sync(query)
+            try:
+                return result, self._open_reader(0.0)
+            except sqlite3.OperationalError:  # busy now: the next read tries again
+                return result, None
 
         result, opened = await anyio.to_thread.run_sync(read_and_open)
         if opened is not None:
@@ -267,9 +272,9 @@ class Ledger:
         conn.row_factory = sqlite3.Row
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             conn.close()
-            return None
+            raise
         # A file another process has only just created may not have its tables yet: look again next time.
         if not {"account", "positions", "orders"} <= tables:
             conn.close()

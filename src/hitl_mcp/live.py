@@ -118,8 +118,8 @@ class ChangeFeed:
 
     async def _until_listened(self) -> None:
         """Sleep while nobody listens, however much changes meanwhile: waking on every change with no one
-        to tell cost a filing a fifth of its time. A listener hears, at the next change, of everything
-        since the feed last published (`seen`)."""
+        to tell cost a filing a fifth of its time. The one who comes hears at once of everything since
+        the feed last published (`seen`)."""
         while not self.listened():
             self._arrived = anyio.Event()
             try:

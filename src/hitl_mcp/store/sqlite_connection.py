@@ -93,11 +93,11 @@ def _settle(future: asyncio.Future[Any], settle: Callable[[Any], None], value: A
 class Connection:
     """One connection, used by its own thread one call at a time."""
 
-    def __init__(self, conn: sqlite3.Connection, name: str = "hitl-store-reader") -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn: sqlite3.Connection | None = conn
         # Fast: an uncontended lock is taken without yielding to the loop (the thread hop yields anyway).
         self._lock = anyio.Lock(fast_acquire=True)
-        self._thread = ConnectionThread(name)
+        self._thread = ConnectionThread("hitl-store-reader")
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
