@@ -205,7 +205,7 @@ class Gate:
             expires_at=now + self.settings.ttl_for(tool),
             policy=snapshot,
             escalate_at=escalation_time(snapshot, 0 if snapshot.levels else None, now),
-            target=canonical_json(self.targets[tool]),
+            target=self._stored_targets[tool],
             idempotency_key=key,
             dedup_since=now - window if window > 0 else None,
         )

@@ -72,10 +72,22 @@ def _undecided(policy: str, escalated: bool) -> ApprovalState:
     return approval_state(snapshot_of(policy), [], escalated=escalated)
 
 
-def approval_of(policy: str, decisions: list[Decision], escalated: bool) -> ApprovalState:
+def shared_approval(
+    policy: str, decisions: list[Decision], level: int, escalated_level: int | None
+) -> ApprovalState:
+    """A row's approval state. An undecided one is shared by every request under the same rule: read it,
+    never change it (`approval_of` gives one of the record's own)."""
+    escalated = escalated_level is not None and escalated_level == level
     if decisions:
         return approval_state(snapshot_of(policy), decisions, escalated=escalated)
-    return _undecided(policy, escalated).model_copy()  # a copy: callers may keep and change it
+    return _undecided(policy, escalated)
+
+
+def approval_of(
+    policy: str, decisions: list[Decision], level: int, escalated_level: int | None
+) -> ApprovalState:
+    state = shared_approval(policy, decisions, level, escalated_level)
+    return state if decisions else state.model_copy()  # a copy: callers may keep and change it
 
 
 def iso(timestamp: float) -> str:
@@ -101,11 +113,7 @@ def summary_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) ->
         level,
         escalated_level,
     ) = row
-    escalated = escalated_level is not None and escalated_level == level
-    if decisions:
-        state = approval_state(snapshot_of(policy), decisions, escalated=escalated)
-    else:
-        state = _undecided(policy, escalated)
+    state = shared_approval(policy, decisions, level, escalated_level)
     return {
         "request_id": request_id,
         "tool": tool,
@@ -136,7 +144,7 @@ def filed_of(request: NewRequest, status: Status, policy: str) -> Request:
         expires_at=utc(request.expires_at),
         updated_at=utc(request.created_at),
         decisions=[],
-        approval=approval_of(policy, [], False),
+        approval=approval_of(policy, [], 0, None),
         original_arguments=None,
         result=None,
         error=None,
@@ -172,7 +180,6 @@ def request_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) ->
         target,
         effect,
     ) = row
-    escalated = escalated_level is not None and escalated_level == level
     # Rows are the store's own, written from validated models: read back without validating them again
     # (a page of 50 cost ~1.4 ms, most of it re-validation), and the many requests under one rule share
     # its parsed snapshot.
@@ -189,7 +196,7 @@ def request_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) ->
         expires_at=utc(expires_at),
         updated_at=utc(updated_at),
         decisions=decisions,
-        approval=approval_of(policy, decisions, escalated),
+        approval=approval_of(policy, decisions, level, escalated_level),
         original_arguments=None if original_arguments is None else json.loads(original_arguments),
         result=None if result is None else json.loads(result),
         error=error,
