@@ -270,6 +270,11 @@ async def hitl(env: dict[str, str], *args: str) -> tuple[int, str, str]:
             r"notify\[0\]: give exactly one target.*webhook and email",
         ),
         ('on = ["filed"]\nemail = "a@example.com"\nsecret = "x"', r"notify\[0\]\.secret: only a webhook"),
+        ('on = ["filed"]\nemail = "a@example.com"\nsender = "x"', r"notify\[0\]\.sender: not a valid email"),
+        (
+            'on = ["filed"]\nwebhook = "http://a.test/"\nsender = "a@b.com"',
+            r"notify\[0\]\.sender: only an email",
+        ),
         ('on = ["approve"]\nwebhook = "http://a.test/"', r"notify\[0\]\.on\.0: Input should be 'filed'"),
         ("on = []\nwebhook = 'http://a.test/'", r"notify\[0\]\.on: "),
         (
@@ -490,7 +495,9 @@ async def test_email_notifications_go_through_the_smtp_settings(configure: Confi
         async with delivering(gate):
             messages = await smtp.wait_for_async(2)
 
-    assert all(m.rcpt_tos == ("oncall@example.com",) and m.mail_from == "agent@example.com" for m in messages)
+    # From hitl's own default sender, not the agent's `send_email` sender (agent@example.com).
+    assert all(m.rcpt_tos == ("oncall@example.com",) and m.mail_from == "hitl@localhost" for m in messages)
+    assert all(str(m.message["From"]) == "hitl@localhost" for m in messages)
     by_subject = {str(m.message["Subject"]): m for m in messages}
     filed = by_subject[
         f"[hitl] Approval needed: send_email request {request.request_id[:10]} from agent: {request.summary}"
@@ -506,6 +513,35 @@ async def test_email_notifications_go_through_the_smtp_settings(configure: Confi
     failure = by_subject[f"[hitl] Failed: send_email request {rid[:10]}: {request.summary}"]
     assert "Error      SMTP delivery failed" in failure.body and "Not today" in failure.body
     assert "hitl approve" not in failure.body and f"Details:  hitl show {rid}" in failure.body
+
+
+async def test_notifications_come_from_their_own_sender_and_the_agents_mail_from_its_own(
+    configure: Configure, smtp: SmtpSink
+) -> None:
+    settings = configure(entry(["filed", "executed"], email="oncall@example.com", sender="hitl@corp.example"))
+    email = {"to": "bob@corp.com", "subject": "Quarterly numbers", "body": "attached"}
+    async with open_gate(settings) as gate:
+        request = await gate.file("send_email", email, "agent")
+        executed = await gate.approve(request.request_id, "alice")
+        assert executed.status is Status.EXECUTED
+        async with delivering(gate):
+            messages = await smtp.wait_for_async(3)
+
+    by_recipient = {m.rcpt_tos: m for m in messages if m.rcpt_tos != ("oncall@example.com",)}
+    [agents_mail] = by_recipient.values()
+    assert agents_mail.rcpt_tos == ("bob@corp.com",) and agents_mail.mail_from == "agent@example.com"
+    notifications = [m for m in messages if m.rcpt_tos == ("oncall@example.com",)]
+    assert len(notifications) == 2
+    assert all(m.mail_from == "hitl@corp.example" for m in notifications)
+    assert all(str(m.message["From"]) == "hitl@corp.example" for m in notifications)
+
+
+def test_two_entries_for_one_address_must_share_its_sender(configure: Configure) -> None:
+    with pytest.raises(ConfigError, match=r"notify\[1\]\.sender: notify\[0\] sends to the same address"):
+        configure(
+            entry(["filed"], email="a@example.com", sender="x@example.com")
+            + entry(["failed"], email="a@example.com")
+        )
 
 
 async def test_tools_levels_and_roles_choose_who_hears_of_what(

@@ -16,7 +16,11 @@ slack_webhook = "https://hooks.slack.com/services/…"
 [[notify]]
 on = ["failed", "expired"]
 email = "oncall@example.com"                       # sent with [actions.send_email]'s SMTP settings
+sender = "hitl@example.com"                        # its From (default: hitl@localhost)
 ```
+
+A notification's From is its own `sender`, never the `send_email` action's: a message about a request is
+from hitl, not from the agent whose mail is being approved. Set it to an address your SMTP server accepts.
 
 `levels` (1-based, as `hitl show` numbers them) and `roles` look at the level a request waits on after the
 event — for `filed`, `escalated` and an approval that leaves it waiting on a next level — and at every
@@ -45,6 +49,8 @@ EVENTS: tuple[str, ...] = get_args(Event)
 Channel = Literal["webhook", "slack", "email"]
 TARGET_KEYS: dict[str, Channel] = {"webhook": "webhook", "slack_webhook": "slack", "email": "email"}
 MAX_URL_LENGTH = 2000
+# Deliberately not [actions.send_email]'s sender: that one speaks for the agent.
+DEFAULT_SENDER = "hitl@localhost"
 
 
 def _http_url(value: str) -> str:
@@ -72,6 +78,7 @@ class Notifier(BaseModel):
         default=None, max_length=MAX_URL_LENGTH, description="A Slack incoming-webhook URL"
     )
     email: str | None = Field(default=None, description="One address, sent with [actions.send_email]'s SMTP")
+    sender: str = Field(default=DEFAULT_SENDER, description="The From of an email notification")
     tools: tuple[str, ...] = Field(default=(), description="Only these actions; none: all")
     levels: tuple[Annotated[int, Field(ge=1, le=100)], ...] = Field(
         default=(), description="Only these policy levels (1-based); none: any"
@@ -83,7 +90,7 @@ class Notifier(BaseModel):
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
 
-    @field_validator("email")
+    @field_validator("email", "sender")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is None:
@@ -162,6 +169,7 @@ def load_notifiers(raw: Any, principals: Mapping[str, Any]) -> tuple[Notifier, .
     known_roles = {role for principal in principals.values() for role in principal.roles}
     notifiers: list[Notifier] = []
     secrets: dict[str, tuple[str, SecretStr | None]] = {}
+    senders: dict[str, tuple[str, str]] = {}
     for index, table in enumerate(raw):
         where = f"notify[{index}]"
         if not isinstance(table, dict):
@@ -172,6 +180,8 @@ def load_notifiers(raw: Any, principals: Mapping[str, Any]) -> tuple[Notifier, .
             raise ConfigError(f"{where}: give exactly one target: webhook, slack_webhook or email{given}")
         if "secret" in table and targets != ["webhook"]:
             raise ConfigError(f"{where}.secret: only a webhook is signed; {targets[0]} takes no secret")
+        if "sender" in table and targets != ["email"]:
+            raise ConfigError(f"{where}.sender: only an email has a sender; {targets[0]} takes none")
         try:
             notifier = Notifier.model_validate(table)
         except ValidationError as error:
@@ -187,6 +197,11 @@ def load_notifiers(raw: Any, principals: Mapping[str, Any]) -> tuple[Notifier, .
         if earlier[1] != notifier.secret:
             raise ConfigError(
                 f"{where}.secret: {earlier[0]} sends to the same webhook with another secret; use one"
+            )
+        first = senders.setdefault(notifier.key, (where, notifier.sender))
+        if first[1] != notifier.sender:
+            raise ConfigError(
+                f"{where}.sender: {first[0]} sends to the same address from another sender; use one"
             )
         notifiers.append(notifier)
     return tuple(notifiers)

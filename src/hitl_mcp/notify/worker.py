@@ -306,7 +306,7 @@ class Deliverer:
         assert notifier.email is not None
         smtp = self.smtp
         message = EmailMessage()
-        message["From"] = smtp.sender
+        message["From"] = notifier.sender
         message["To"] = notifier.email
         message["Subject"] = render.subject(row.payload)
         message["Date"] = formatdate(usegmt=True)
