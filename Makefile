@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean interop interop-deps check-venv
+.PHONY: run test lint typecheck pytest bench clean dist interop interop-deps check-venv
 
 # Python 3.11+ is checked before it is used, so an old interpreter is named with the way out instead of
 # failing inside pip or the code, the same way on every run.
@@ -37,11 +37,17 @@ check-venv: | $(BIN)/python
 		echo "make: remove it and pick the interpreter: rm -rf $(VENV) && $$($(SUGGEST))" >&2; \
 		exit 2; }
 
+# The distribution was called hitl-mcp before it took a name of its own: a venv holding both would register
+# every built-in action twice.
+DROP_OLD := $(BIN)/python -m pip uninstall --quiet --yes hitl-mcp 2>/dev/null || true
+
 $(RUN_STAMP): pyproject.toml | check-venv
+	@$(DROP_OLD)
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(STAMP): pyproject.toml | check-venv
+	@$(DROP_OLD)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUN_STAMP)
 
@@ -78,6 +84,12 @@ interop-deps:
 
 interop: interop-deps $(RUN_STAMP)
 	$(BIN)/python interop/run.py
+
+# A release artifact: the wheel that `pip install dist/…whl` takes on any machine.
+dist: | check-venv
+	rm -rf dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls dist/*.whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -109,7 +109,7 @@ def test_the_built_ins_register_through_the_entry_point_group_in_their_listing_o
     # The installed metadata says what pyproject.toml says: an install older than the table would not.
     assert {ep.name: ep.value for ep in discover() if ep.name in BUILT_INS} == table
     for name in BUILT_INS:
-        assert found.registration(name).distribution.startswith("hitl-mcp ")
+        assert found.registration(name).distribution.startswith("hitl-mcp-gateway ")
         assert found[name].name == name
     assert dict(ACTION_TYPES) == dict(found)
     assert registry() is found  # read once per process
@@ -220,7 +220,7 @@ def test_a_name_taken_by_another_distribution_is_refused_naming_both(tmp_path: P
 
     assert str(refused.value) == (
         "entry point send_email = tests.test_plugins:Shout (from hitl-evil 6.6): the action name "
-        "'send_email' is already registered by hitl-mcp 0.1.0 (hitl_mcp.actions.send_email:SendEmail); "
+        "'send_email' is already registered by hitl-mcp-gateway 0.1.0 (hitl_mcp.actions.send_email:SendEmail); "
         "uninstall one of the two distributions"
     )
 

@@ -245,7 +245,7 @@ def test_without_the_driver_the_server_says_which_extra_to_install(pg_env: dict[
         assert done.returncode == 2, (args, done.stderr)
         assert one_line(done.stderr) == (
             "hitl: HITL_DB: a PostgreSQL store needs its driver, which is not installed: "
-            "pip install 'hitl-mcp[postgres]'"
+            "pip install 'asyncpg>=0.30' into hitl's environment"
         )
 
 

@@ -6,7 +6,7 @@ import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="hitl-mcp")
+@click.version_option(package_name="hitl-mcp-gateway")
 def main() -> None:
     """hitl — a human between an AI agent and the actions it must not take alone.
 

@@ -34,7 +34,8 @@ def db_group() -> None:
     Moving an SQLite store there (stop its servers first):
       hitl db migrate --to postgresql://hitl@db.example.com/hitl
 
-    A PostgreSQL store needs its driver: pip install 'hitl-mcp[postgres]'.
+    A PostgreSQL store needs its driver: pip install 'asyncpg>=0.30' into hitl's
+    environment (from a checkout: pip install -e '.[postgres]').
     """
 
 

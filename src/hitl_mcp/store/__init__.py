@@ -331,5 +331,5 @@ def require_postgres_driver() -> None:
     except ImportError:
         raise ConfigError(
             "HITL_DB: a PostgreSQL store needs its driver, which is not installed: "
-            "pip install 'hitl-mcp[postgres]'"
+            "pip install 'asyncpg>=0.30' into hitl's environment"
         ) from None
