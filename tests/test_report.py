@@ -97,7 +97,7 @@ def test_a_window_counts_requests_filed_in_it_with_all_their_records() -> None:
     assert report.tools == {"buy_stock": {"rejected": 1}, "send_email": {"pending": 1}}
     assert report.approvers == {"bob": {"approved": 0, "rejected": 1}}
     assert (report.decisions_timed, report.decision_seconds_p50) == (1, 60)
-    assert report.to_json()["since"] == 200
+    assert report.to_json()["since"] == "1970-01-01T00:03:20Z"
 
 
 def test_an_empty_trail_reports_nothing_rather_than_dividing_by_zero() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -340,8 +341,11 @@ def test_the_report_is_what_hitl_report_json_prints(
     assert printed.returncode == 0, printed.stderr
     expected = json.loads(printed.stdout)
     got = served.json()
-    # The window starts at "now minus an hour", read a moment apart by the two.
-    assert abs(got.pop("since") - expected.pop("since")) < 60
+    # The window starts at "now minus an hour", read a moment apart by the two; both say when in ISO 8601,
+    # as every other time the API and the CLI print.
+    since_served, since_printed = (datetime.fromisoformat(got.pop("since")), expected.pop("since"))
+    assert abs((since_served - datetime.fromisoformat(since_printed)).total_seconds()) < 60
+    assert abs((datetime.now(UTC) - timedelta(hours=1) - since_served).total_seconds()) < 60
     assert got == expected
     assert problem(bad, 400).startswith("since:")
 

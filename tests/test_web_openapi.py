@@ -115,3 +115,30 @@ def test_the_api_answers_every_generated_call_as_its_document_says(
         case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
     call()
+
+
+def _time_fields(schema: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every property of the document's schemas that holds a moment, by its name, with its schema."""
+    if isinstance(schema, dict):
+        for name, prop in (schema.get("properties") or {}).items():
+            if name in ("since", "until", "at") or name.endswith("_at"):
+                yield f"{path}.{name}", prop
+        for key, value in schema.items():
+            yield from _time_fields(value, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for index, item in enumerate(schema):
+            yield from _time_fields(item, f"{path}[{index}]")
+
+
+def test_every_time_the_api_answers_with_is_iso_8601(
+    document: dict[str, Any], server: Served, site: Site
+) -> None:
+    found = dict(_time_fields(document["components"]["schemas"]))
+    with server.api(site.tokens["bob"]) as bob:
+        report = bob.get("/api/v1/report", params={"since": "2026-01-02T03:04:05Z"}).json()
+
+    assert {".ReportFigures.since", ".AuditEvent.at", ".Request.created_at"} <= set(found)
+    for where, prop in found.items():
+        kinds = [option for option in prop.get("anyOf", [prop]) if option.get("type") != "null"]
+        assert [(kind.get("type"), kind.get("format")) for kind in kinds] == [("string", "date-time")], where
+    assert report["since"] == "2026-01-02T03:04:05Z"

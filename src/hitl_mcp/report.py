@@ -13,15 +13,20 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter
+
 from hitl_mcp.audit import AuditRecord, read_records
+from hitl_mcp.models import utc
 
 if TYPE_CHECKING:
     import sqlite3
 
     from hitl_mcp.store import Store
 
+_ISO_TIME = TypeAdapter(datetime)
 # The status a request is in after each event. `approved` is not here: under a quorum one approval may
 # leave the request pending, and the record says which (`details.status`). Events absent from this table
 # (edited, escalated, and any added later) do not move the status but are still counted.
@@ -112,7 +117,8 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "since": self.since,
+            # ISO 8601 like every other time hitl prints as JSON, in pydantic's own spelling.
+            "since": None if self.since is None else _ISO_TIME.dump_python(utc(self.since), mode="json"),
             "requests": self.requests,
             "outcomes": self.outcomes,
             "tools": {tool: {"requests": sum(o.values()), "outcomes": o} for tool, o in self.tools.items()},

@@ -6,6 +6,7 @@ the OpenAPI document can describe it; the API validates every report through it,
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,7 +74,9 @@ class DecisionTimes(BaseModel):
 class ReportFigures(BaseModel):
     """How requests fared, from the audit trail alone: what `hitl report --json` prints."""
 
-    since: float | None = Field(description="Only requests filed at or after this Unix time; null: all")
+    since: datetime | None = Field(
+        description="Only requests filed at or after this time (ISO 8601, UTC); null: all"
+    )
     requests: int
     outcomes: dict[str, int] = Field(description="How many requests are in each status now")
     tools: dict[str, ToolFigures]
