@@ -12,6 +12,8 @@ import click
 
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
+from hitl_mcp.config import with_upstreams
+from hitl_mcp.upstream.desktop import load_mcp_servers
 
 
 @main.command("mcp-config")
@@ -20,8 +22,15 @@ from hitl_mcp.cli.common import load, refusals
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Its port, with --http."
 )
+@click.option(
+    "--upstreams",
+    "upstreams_file",
+    type=click.Path(path_type=Path),
+    help="Put the MCP servers of this desktop-client configuration (an mcpServers JSON) behind the gate: "
+    "the entry runs `hitl serve --upstreams FILE`, with FILE absolute. Checked as `hitl serve` reads it.",
+)
 @refusals
-def mcp_config(use_http: bool, host: str, port: int) -> None:
+def mcp_config(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> None:
     """Print a ready {"mcpServers": {"hitl": …}} entry for a desktop MCP client.
 
     Paste it into the client's MCP configuration, merging "hitl" into any "mcpServers" it already has:
@@ -31,7 +40,11 @@ def mcp_config(use_http: bool, host: str, port: int) -> None:
     By default the client starts `hitl serve` itself over stdio: the entry holds the absolute path of this
     installation's `hitl`, and an env with HITL_CONFIG and HITL_DB as this command sees them (absolute)
     and HITL_PRINCIPAL, so the client's agent and your `hitl` commands share one store and one policy.
-    Run this command in the environment you use `hitl` in.
+    Run this command in the environment you use `hitl` in. HITL_CONFIG is always in the env: empty when
+    it is not set here, so the server runs on built-in defaults rather than whatever the client inherits.
+
+    With --upstreams FILE the entry starts `hitl serve --upstreams FILE`: move the client's current
+    configuration to FILE and replace its servers with this one entry.
 
     With --http the entry points at http://HOST:PORT/mcp, where you run `hitl serve --http` yourself. When
     the config gives principals tokens, the entry carries an "Authorization: Bearer TOKEN" header: make a
@@ -39,6 +52,10 @@ def mcp_config(use_http: bool, host: str, port: int) -> None:
     and put the token in place of TOKEN.
     """
     settings = load()
+    if upstreams_file is not None and use_http:
+        raise click.UsageError(
+            "--upstreams goes into a stdio entry; with --http, start `hitl serve --http --upstreams FILE`"
+        )
     if use_http:
         entry: dict[str, Any] = {"type": "http", "url": f"http://{_url_host(host)}:{port}/mcp"}
         if any(principal.token_sha256 for principal in settings.principals.values()):
@@ -53,10 +70,25 @@ def mcp_config(use_http: bool, host: str, port: int) -> None:
                     err=True,
                 )
     else:
-        env = {"HITL_DB": settings.store.setting(), "HITL_PRINCIPAL": settings.principal}
-        if settings.config_path is not None:
-            env = {"HITL_CONFIG": str(settings.config_path), **env}
-        entry = {**_command(), "env": env}
+        env = {
+            # Always present, so the entry says which policy governs the agent; "" means built-in defaults.
+            "HITL_CONFIG": "" if settings.config_path is None else str(settings.config_path),
+            "HITL_DB": settings.store.setting(),
+            "HITL_PRINCIPAL": settings.principal,
+        }
+        if settings.config_path is None:
+            click.echo(
+                "hitl: note: HITL_CONFIG is not set, so the entry's server runs on built-in defaults; set "
+                "it to your TOML file and run this again to give the agent your policy",
+                err=True,
+            )
+        entry = _command()
+        if upstreams_file is not None:
+            absolute = upstreams_file.expanduser().resolve()
+            # Refused now, in one line, rather than by the server the client starts where nobody reads it.
+            with_upstreams(settings, load_mcp_servers(absolute))
+            entry["args"] = [*entry["args"], "--upstreams", str(absolute)]
+        entry = {**entry, "env": env}
     click.echo(json.dumps({"mcpServers": {"hitl": entry}}, indent=2))
 
 
