@@ -19,12 +19,18 @@ from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.notify.settings import Notifier, load_notifiers
 from hitl_mcp.policy import ActionPolicy, load_policies, policy_warnings
-from hitl_mcp.upstream.settings import UpstreamSettings, load_upstreams, merge_upstreams
+from hitl_mcp.upstream.settings import (
+    GatewaySettings,
+    UpstreamSettings,
+    load_gateway,
+    load_upstreams,
+    merge_upstreams,
+)
 
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
 TOP_LEVEL_TABLES = frozenset(
-    {"gate", "actions", "principals", "policy", "notify", "upstreams", "web", "store"}
+    {"gate", "actions", "principals", "policy", "notify", "upstreams", "gateway", "web", "store"}
 )
 # `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
@@ -156,6 +162,8 @@ class Settings:
     notifiers: tuple[Notifier, ...] = ()
     upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
     """The upstream MCP servers, by name: `[upstreams.NAME]`, and `hitl serve --upstreams FILE`'s."""
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    """`[gateway]`: the defaults every upstream gets, those added later included."""
     web: WebSettings = field(default_factory=WebSettings)
     warnings: tuple[str, ...] = ()
     """What loads but cannot work as written (a rule that fails on every call, a level nobody can fill):
@@ -230,7 +238,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
     else:
         principal = check_principal(principal, "principal")
     principals = _principals(raw.get("principals", {}))
-    upstreams = load_upstreams(raw.get("upstreams", {}), base_dir, env, config_path=config_path)
+    gateway = load_gateway(raw.get("gateway", {}))
+    upstreams = load_upstreams(
+        raw.get("upstreams", {}), base_dir, env, config_path=config_path, gateway=gateway
+    )
     policies = load_policies(raw.get("policy", {}), principals, upstreams)
     return Settings(
         db_path=location.path or _db_path(None),
@@ -243,6 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         policies=policies,
         notifiers=load_notifiers(raw.get("notify"), principals),
         upstreams=upstreams,
+        gateway=gateway,
         web=_web_settings(raw.get("web", {})),
         warnings=tuple(policy_warnings(policies, principals)),
     )
@@ -251,7 +263,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
 def with_upstreams(settings: Settings, added: Iterable[UpstreamSettings]) -> Settings:
     """`settings` with more upstreams (a desktop client's, read by `hitl serve --upstreams FILE`); a name
     already configured is refused, naming both places."""
-    return replace(settings, upstreams=merge_upstreams(settings.upstreams, added))
+    defaulted = (settings.gateway.apply(upstream) for upstream in added)
+    return replace(settings, upstreams=merge_upstreams(settings.upstreams, defaulted))
 
 
 def _store_location(env_value: str | None, raw: Any, base_dir: Path) -> StoreLocation:

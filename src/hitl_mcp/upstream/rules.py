@@ -2,7 +2,8 @@
 
 In order: a `gate` pattern that matches gates the tool (so gate wins where both match); else a `pass`
 pattern passes it; else its annotations decide — `readOnlyHint = true` passes, anything else (another
-hint, or none at all) gates it. An upstream that says nothing about a tool therefore fails closed.
+hint, or none at all) gates it — unless the upstream's `trust_annotations` is false, which gates it
+whatever they say. An upstream that says nothing about a tool therefore fails closed.
 
 Patterns are shell globs matched case-sensitively against the upstream's own tool name (`fnmatchcase`),
 as tool names are case-sensitive.
@@ -71,7 +72,10 @@ def classify(tool: Tool, upstream: UpstreamSettings) -> Exposure | Refusal:
     for pattern in upstream.pass_:
         if fnmatchcase(tool.name, pattern):
             return Exposure(tool.name, name, "passed", f"pass pattern {pattern!r}")
-    if tool.annotations is not None and tool.annotations.read_only_hint is True:
+    read_only = tool.annotations is not None and tool.annotations.read_only_hint is True
+    if read_only and not upstream.trust_annotations:
+        return Exposure(tool.name, name, "gated", "no pattern; its annotations are not trusted")
+    if read_only:
         return Exposure(tool.name, name, "passed", "annotation readOnlyHint = true")
     return Exposure(tool.name, name, "gated", "no pattern and not marked read-only (fail closed)")
 

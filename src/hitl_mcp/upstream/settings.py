@@ -7,6 +7,7 @@ args = ["-y", "@modelcontextprotocol/server-filesystem", "/srv/data"]
 env = { API_KEY = "${FS_API_KEY}" }    # ${VAR} comes from hitl's own environment; $${ is a literal ${
 gate = ["write_*", "move_file"]        # glob patterns over the upstream's tool names: gated
 pass = ["read_*", "list_*"]            # forwarded at once (still audited); gate wins where both match
+trust_annotations = true               # false: a tool no pattern matches is gated whatever it says
 
 [upstreams.fs.preview.write_file]      # a read-only call made when write_file is filed, for the approver
 tool = "read_text_file"
@@ -18,12 +19,17 @@ headers = { Authorization = "Bearer ${TICKETS_TOKEN}" }
 ```
 
 A tool matched by no pattern is passed only when it says it is read-only (`readOnlyHint`), and gated
-otherwise: an upstream that says nothing fails closed. Every error names its key, like the rest of the
-config: `upstreams.fs.command: …` (`desktop.py` reads a desktop client's JSON the same way).
+otherwise: an upstream that says nothing fails closed. Annotations are the upstream's own claim (the MCP
+specification calls them untrusted unless the server is); `trust_annotations = false`, on one upstream or
+as the default of all under `[gateway]`, gates every tool no pattern passes. Every error names its key,
+like the rest of the config: `upstreams.fs.command: …` (`desktop.py` reads a desktop client's JSON the
+same way).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -31,7 +37,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
@@ -95,6 +109,11 @@ class UpstreamSettings(BaseModel):
     gate: tuple[Pattern, ...] = Field(default=(), description="Tools that are gated, by glob pattern")
     pass_: tuple[Pattern, ...] = Field(default=(), alias="pass", description="Tools forwarded at once")
     previews: Mapping[str, PreviewCall] = Field(default_factory=dict, alias="preview")
+    trust_annotations: StrictBool = Field(
+        default=True,
+        description="Whether a tool no pattern matches is passed when it says it is read-only "
+        "(readOnlyHint); false gates it whatever its annotations say",
+    )
     start_timeout_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     call_timeout_seconds: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
     restart: RestartSettings = Field(default_factory=RestartSettings)
@@ -110,22 +129,70 @@ class UpstreamSettings(BaseModel):
         never stored. Never its environment or headers."""
         return dict(self._target)
 
+    def rules_digest(self) -> str:
+        """What decides how its tools are exposed (what it is, its patterns, whether annotations count):
+        a tool held gated stays held across restarts until this changes."""
+        rules = {
+            "target": self._target,
+            "gate": list(self.gate),
+            "pass": list(self.pass_),
+            "trust_annotations": self.trust_annotations,
+        }
+        return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()
+
+
+class GatewaySettings(BaseModel):
+    """`[gateway]`: defaults for every upstream, those of `hitl serve --upstreams FILE` included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trust_annotations: StrictBool = Field(
+        default=True, description="The default of each upstream's own trust_annotations"
+    )
+
+    def apply(self, upstream: UpstreamSettings) -> UpstreamSettings:
+        """`upstream` with these defaults where its own table does not say."""
+        if "trust_annotations" in upstream.model_fields_set or self.trust_annotations:
+            return upstream
+        changed = upstream.model_copy(update={"trust_annotations": self.trust_annotations})
+        changed._target = upstream.target()
+        return changed
+
+
+def load_gateway(raw: Any) -> GatewaySettings:
+    """The `[gateway]` table of the config file."""
+    if not isinstance(raw, dict):
+        raise ConfigError("gateway: must be a table")
+    try:
+        return GatewaySettings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix="gateway.")) from None
+
 
 def load_upstreams(
-    raw: Any, base_dir: Path, env: Mapping[str, str], *, config_path: Path | None = None
+    raw: Any,
+    base_dir: Path,
+    env: Mapping[str, str],
+    *,
+    config_path: Path | None = None,
+    gateway: GatewaySettings | None = None,
 ) -> dict[str, UpstreamSettings]:
-    """The `[upstreams]` table of the config file. Relative `cwd`s resolve against `base_dir`."""
+    """The `[upstreams]` table of the config file, `[gateway]`'s defaults applied. Relative `cwd`s resolve
+    against `base_dir`."""
     if not isinstance(raw, dict):
         raise ConfigError("upstreams: must be a table of [upstreams.NAME] tables")
     where = f" in {config_path}" if config_path else ""
+    defaults = gateway or GatewaySettings()
     return {
-        name: build_upstream(
-            name,
-            table,
-            key=f"upstreams.{name}",
-            base_dir=base_dir,
-            env=env,
-            source=f"[upstreams.{name}]{where}",
+        name: defaults.apply(
+            build_upstream(
+                name,
+                table,
+                key=f"upstreams.{name}",
+                base_dir=base_dir,
+                env=env,
+                source=f"[upstreams.{name}]{where}",
+            )
         )
         for name, table in raw.items()
     }
