@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 from typing import Any, NoReturn, TypeVar
@@ -81,6 +82,22 @@ def report(request: Request, as_json: bool) -> None:
         click.echo(f"result: {shown_json(request.result)}")
     if request.error:
         click.echo(f"error: {display.visible(request.error)}")
+    if request.status is Status.FAILED:
+        click.echo(f"effect: {effect_text(request, time.time())}")
+
+
+def effect_text(request: Request, now: float) -> str:
+    """What a failed request did to its target, and so what a person may do next."""
+    short = request.request_id[:10]
+    if request.effect != "none":
+        # An older record without `effect` is read the safe way: nobody can say it had none.
+        return (
+            "unknown — it may have taken effect, and it is never run again by itself: check the target, "
+            "and file a new request if it is still needed"
+        )
+    if request.expires_at.timestamp() <= now:
+        return "none — it had no effect; it expired, so it cannot be retried: file a new request"
+    return f"none — it had no effect, and may be retried with `hitl retry {short}` before it expires"
 
 
 def shown_json(value: Any, indent: int | None = None) -> str:
@@ -139,6 +156,8 @@ def describe(request: Request) -> str:
         lines.append("Result     " + shown_json(request.result))
     if request.error:
         lines.append(f"Error      {display.visible(request.error)}")
+    if request.status is Status.FAILED:
+        lines.append(f"Effect     {effect_text(request, time.time())}")
     # Each value above is escaped on its own, so none can start a line of its own; this pass is for the
     # names and texts that come from principals, decisions and the config.
     return "\n".join(display.visible_lines(line) for line in lines)
