@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import anyio
 import click
 
-from hitl_mcp import display, expr, policy
+from hitl_mcp import display, expr, json_input, policy
 from hitl_mcp.actions import Action, build_actions, find
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
@@ -138,8 +137,10 @@ def explain(tool: str, arguments: str) -> None:
         find(build_actions(settings.actions), tool) if "__" not in tool else _upstream_action(settings, tool)
     )
     try:
-        raw = json.loads(arguments)
-    except json.JSONDecodeError as error:
+        raw = json_input.loads(arguments)
+    except json_input.TooDeep as error:
+        raise InvalidArguments(f"arguments: {error}") from None
+    except ValueError as error:
         raise InvalidArguments(f"arguments: not valid JSON ({error})") from None
     if not isinstance(raw, dict):
         raise InvalidArguments("arguments: must be a JSON object")

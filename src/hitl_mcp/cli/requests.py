@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import click
 
+from hitl_mcp import json_input
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import (
     acting_as,
@@ -198,7 +199,9 @@ def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not name.strip():
             raise click.BadParameter(f"{assignment!r} is not NAME=VALUE", param_hint="--set")
         try:
-            changes[name.strip()] = json.loads(raw)
+            changes[name.strip()] = json_input.loads(raw)
+        except json_input.TooDeep as error:
+            raise InvalidArguments(f"--set {name.strip()}: {error}; nothing was done") from None
         except json.JSONDecodeError:
             changes[name.strip()] = raw
     return changes

@@ -13,6 +13,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from hitl_mcp import json_input
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import HitlError, InvalidArguments
 from hitl_mcp.gate import Gate
@@ -53,8 +54,10 @@ async def body_of(request: HttpRequest, model: type[BodyT]) -> BodyT:
                 415, "the body must be JSON, sent as Content-Type: application/json; nothing was done"
             )
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as error:
+            data = json_input.loads(raw)
+        except json_input.TooDeep as error:
+            raise InvalidArguments(f"body: {error}; nothing was done") from None
+        except ValueError as error:
             raise InvalidArguments(f"body: not JSON ({error}); nothing was done") from None
     try:
         return model.model_validate(data)

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hitl_mcp import json_input
 from hitl_mcp.actions import Action
+from hitl_mcp.errors import InvalidArguments
 
 Kind = Literal["text", "textarea", "integer", "number", "boolean", "choice", "json"]
 FIELD_PREFIX = "arg:"
@@ -128,7 +130,7 @@ def fields(action: Action, arguments: Mapping[str, Any]) -> list[ArgumentField]:
     return found
 
 
-def _read(kind: Kind, text: str) -> Any:
+def _read(kind: Kind, text: str, name: str) -> Any:
     """A submitted value as the type its input stands for; as typed when it is not one."""
     if kind == "integer" and INTEGER.fullmatch(text.strip()):
         return int(text)
@@ -142,7 +144,9 @@ def _read(kind: Kind, text: str) -> Any:
         return text == "true"
     if kind == "json":
         try:
-            return json.loads(text)
+            return json_input.loads(text)
+        except json_input.TooDeep as error:
+            raise InvalidArguments(f"{name}: {error}") from None
         except ValueError:
             return text
     return text
@@ -153,7 +157,8 @@ def changes(
     arguments: Mapping[str, Any],
     submitted: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The arguments a person changed in the form, with their new values; unchanged ones are left out."""
+    """The arguments a person changed in the form, with their new values; unchanged ones are left out.
+    JSON nested too deeply to parse safely is refused (`InvalidArguments`) rather than passed on."""
     found: dict[str, Any] = {}
     for field in fields(action, arguments):
         if field.key not in submitted:
@@ -166,7 +171,7 @@ def changes(
         if text == "" and current is None:
             continue
         # Emptied: an optional argument goes back to having no value; a required one is refused by the gate.
-        value = None if text == "" and not field.required else _read(field.kind, text)
+        value = None if text == "" and not field.required else _read(field.kind, text, field.name)
         if value == current and type(value) is type(current):
             continue
         found[field.name] = value

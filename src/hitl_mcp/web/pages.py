@@ -22,6 +22,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from hitl_mcp import json_input
 from hitl_mcp.errors import HitlError, InvalidArguments, NotFound, NotPending
 from hitl_mcp.gate import MAX_PAGE, Gate
 from hitl_mcp.models import Request, Status
@@ -285,7 +286,9 @@ class Pages:
                     "read it again; nothing was changed"
                 )
             try:
-                changes = json.loads(fields["arguments"]) if fields.get("arguments") else None
+                changes = json_input.loads(fields["arguments"]) if fields.get("arguments") else None
+            except json_input.TooDeep as error:
+                raise InvalidArguments(f"arguments: {error}; nothing was changed") from None
             except ValueError:
                 changes = ""
             if changes is not None and not isinstance(changes, dict):
@@ -341,12 +344,11 @@ class Pages:
         action = gate.actions.get(record.tool)
         if action is None:
             raise NotFound(f"{record.tool} is no longer an action here; its request cannot be edited")
-        changes = forms.changes(action, record.arguments, fields)
-        if not changes:
-            return await self.edit_form(
-                request, session, gate, submitted=fields, notice="Nothing was changed: change a value first."
-            )
         try:
+            changes = forms.changes(action, record.arguments, fields)
+            if not changes:
+                unchanged = "Nothing was changed: change a value first."
+                return await self.edit_form(request, session, gate, submitted=fields, notice=unchanged)
             edit = await queries.edit_preview(gate, record.request_id, changes)
         except HitlError as error:
             return await self.edit_form(
