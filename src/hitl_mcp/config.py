@@ -22,6 +22,7 @@ from hitl_mcp.policy import ActionPolicy, load_policies, policy_warnings
 from hitl_mcp.upstream.settings import (
     GatewaySettings,
     UpstreamSettings,
+    expand,
     load_gateway,
     load_upstreams,
     merge_upstreams,
@@ -111,6 +112,39 @@ class GateSettings(BaseModel):
     )
 
 
+class OidcSettings(BaseModel):
+    """The `[web.oidc]` table: people sign in to the inbox through the team's OpenID Provider."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="The provider's issuer URL; its /.well-known/openid-configuration is read at sign-in",
+    )
+    client_id: str = Field(min_length=1, max_length=512, description="This inbox's client id at the provider")
+    client_secret: str = Field(
+        min_length=1,
+        max_length=4096,
+        repr=False,
+        description="Its secret; write ${VAR} to read it from the environment",
+    )
+    principal_claim: str = Field(
+        default="email",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="The claim that names the principal (email, preferred_username, sub), case-folded",
+    )
+    roles_claim: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="A claim whose values become the person's roles (groups, say); not set: roles come "
+        "only from the config's [principals.NAME]",
+    )
+    scopes: tuple[str, ...] = Field(
+        default=("openid", "email", "profile"),
+        description="The scopes asked for; openid is always among them",
+    )
+
+
 class WebSettings(BaseModel):
     """The `[web]` table: the inbox and REST API that `hitl serve --http` serves beside `/mcp`."""
 
@@ -125,6 +159,7 @@ class WebSettings(BaseModel):
     session_hours: float = Field(
         default=12.0, gt=0, le=24 * 90, allow_inf_nan=False, description="How long a sign-in lasts"
     )
+    oidc: OidcSettings | None = Field(default=None, description="Single sign-on through an OpenID Provider")
 
 
 class StoreSettings(BaseModel):
@@ -374,6 +409,10 @@ def _gate_settings(raw: Any) -> GateSettings:
 def _web_settings(raw: Any) -> WebSettings:
     if not isinstance(raw, dict):
         raise ConfigError("web: must be a table")
+    oidc = raw.get("oidc")
+    if isinstance(oidc, dict) and isinstance(oidc.get("client_secret"), str):
+        secret = expand(oidc["client_secret"], "web.oidc.client_secret", os.environ)
+        raw = {**raw, "oidc": {**oidc, "client_secret": secret}}
     try:
         return WebSettings.model_validate(raw)
     except ValidationError as error:
