@@ -231,13 +231,33 @@ def test_the_inbox_stays_off_when_the_os_user_is_the_principal_tokenless_clients
     site = make_site(tmp_path, tokens=False)
     env = {**site.env, "HITL_PRINCIPAL": OS_USER.upper()}
     with serve(site, env=env) as server, httpx2.Client(base_url=server.base) as client:
-        inbox = client.get("/")
+        inbox = client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        login = client.get("/login")
+        as_json = client.get("/", headers={"Accept": "application/json"})
+        api = client.get("/api/v1/requests")
+        style = client.get("/static/inbox.css")
         mcp = client.post("/mcp", json={}, headers={"Accept": "application/json, text/event-stream"})
 
     log = server.log.read_text()
+    why = (
+        f"your OS user &#39;{OS_USER}&#39; is also HITL_PRINCIPAL, the principal MCP clients without a token"
+    )
     assert f"the inbox and /api/v1 are off: your OS user '{OS_USER}' is also HITL_PRINCIPAL" in log
     assert "login?token=" not in log
-    assert inbox.status_code == 404 and mcp.status_code != 404
+    # Not a bare "Not Found": a page that says why, and both ways out.
+    assert inbox.status_code == 404 and inbox.headers["content-type"].startswith("text/html")
+    assert "The inbox is off" in inbox.text and why in inbox.text
+    assert (
+        "<code>hitl token new NAME</code>" in inbox.text and "HITL_PRINCIPAL=agent hitl serve" in inbox.text
+    )
+    assert inbox.headers["content-security-policy"].startswith("default-src 'self'")
+    assert login.status_code == 404 and "The inbox is off" in login.text
+    for answer in (as_json, api):
+        assert answer.status_code == 404 and answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["detail"].startswith("the inbox and /api/v1 are off: your OS user")
+        assert "hitl token new NAME" in answer.json()["detail"]
+    assert style.status_code == 200
+    assert mcp.status_code != 404
 
 
 def test_every_web_setting_is_shown_in_the_example() -> None:

@@ -42,7 +42,7 @@ from hitl_mcp.models import Decided, Request, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
 
 if TYPE_CHECKING:
-    from hitl_mcp.web import SignIn
+    from hitl_mcp.web import InboxOff, SignIn
 
 if TYPE_CHECKING:
     from hitl_mcp.gateway import Gateway
@@ -235,19 +235,27 @@ def _add_resources(
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, legacy.unsubscribe)
 
 
-def serve_http(app: MCPServer[ServerState], *, host: str, port: int, sign_in: SignIn | None = None) -> None:
+def serve_http(
+    app: MCPServer[ServerState], *, host: str, port: int, sign_in: SignIn | InboxOff | None = None
+) -> None:
     """Serve `app` at http://HOST:PORT/mcp until interrupted, every log line on stderr; with `sign_in`, the
-    inbox and /api/v1 beside it (`hitl_mcp.web`), on the same gate.
+    inbox and /api/v1 beside it (`hitl_mcp.web`), on the same gate; with `InboxOff`, a page saying why not.
 
     Not `app.run(transport="streamable-http")`: that keeps uvicorn's default of access lines on stdout."""
     import uvicorn  # only the HTTP face pays for importing it
+
+    from hitl_mcp.web.auth import InboxOff
 
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     mcp_http = app.streamable_http_app(host=host, transport_security=rebinding_protection(host))
     served: Callable[..., Awaitable[None]] = mcp_http
     server: uvicorn.Server | None = None
-    if sign_in is not None:
+    if isinstance(sign_in, InboxOff):
+        from hitl_mcp.web import inbox_off_app
+
+        served = inbox_off_app(mcp_http, off=sign_in, host=host)
+    elif sign_in is not None:
         from hitl_mcp.web import inbox_app
 
         def running_gate() -> Gate | None:

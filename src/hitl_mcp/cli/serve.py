@@ -15,7 +15,7 @@ from hitl_mcp.upstream.desktop import load_mcp_servers
 
 if TYPE_CHECKING:
     from hitl_mcp.auth import PrincipalTokens
-    from hitl_mcp.web import SignIn
+    from hitl_mcp.web import InboxOff, SignIn
 
 
 @main.command()
@@ -76,9 +76,11 @@ def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> 
     serve_http(app, host=host, port=port, sign_in=inbox_sign_in(settings, tokens, host, port))
 
 
-def inbox_sign_in(settings: Settings, tokens: PrincipalTokens | None, host: str, port: int) -> SignIn | None:
-    """How people sign in to the inbox served beside /mcp, said on stderr; None when it cannot be served
-    safely, which leaves /mcp as it is."""
+def inbox_sign_in(
+    settings: Settings, tokens: PrincipalTokens | None, host: str, port: int
+) -> SignIn | InboxOff:
+    """How people sign in to the inbox served beside /mcp, said on stderr; `InboxOff` when it cannot be
+    served safely, which leaves /mcp as it is and a page saying why everywhere else."""
     from hitl_mcp.web import InboxOff, SignIn
 
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -86,7 +88,7 @@ def inbox_sign_in(settings: Settings, tokens: PrincipalTokens | None, host: str,
         sign_in = SignIn.for_server(settings, tokens)
     except InboxOff as off:
         click.echo(f"hitl-mcp: the inbox and /api/v1 are off: {off}", err=True)
-        return None
+        return off
     if sign_in.link_token is None:
         click.echo(
             f"hitl-mcp: inbox at {base}/ (sign in with a principal's token), API at {base}/api/v1", err=True

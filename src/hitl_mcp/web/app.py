@@ -8,7 +8,7 @@ and starts the housekeeping), so the MCP tools, the API and the pages share one 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,15 +16,15 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
-from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_mcp.auth import is_loopback
 from hitl_mcp.gate import Gate
-from hitl_mcp.web import api
-from hitl_mcp.web.auth import SignIn
+from hitl_mcp.web import api, rendering
+from hitl_mcp.web.auth import InboxOff, SignIn
 from hitl_mcp.web.face import WebFace
 from hitl_mcp.web.pages import Pages
 from hitl_mcp.web.problems import problem
@@ -160,22 +160,55 @@ def inbox_app(
         response.headers.update(dict(error.headers or {}))
         return response
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with mcp_http.router.lifespan_context(mcp_http):
-            yield
-
     inbox = Starlette(
         routes=[
             *api.routes(face),
             *pages.routes(),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        lifespan=lifespan,
+        lifespan=_lifespan_of(mcp_http),
         exception_handlers={HTTPException: http_error},
     )
-    guarded = Guard(inbox, hosts=allowed_hosts(host, sign_in.public_url))
+    return _beside_mcp(mcp_http, Guard(inbox, hosts=allowed_hosts(host, sign_in.public_url)))
 
+
+def inbox_off_app(mcp_http: Starlette, *, off: InboxOff, host: str) -> ASGIApp:
+    """`mcp_http` at /mcp, and everywhere else a 404 that says why the inbox is off and what to do about
+    it: a page for a browser, problem+json for the API and for clients asking for JSON."""
+    templates = rendering.environment()
+    detail = f"the inbox and /api/v1 are off: {off}"
+
+    async def explain(request: HttpRequest) -> Response:
+        accept = request.headers.get("accept", "")
+        if request.url.path.startswith(api.PREFIX) or ("json" in accept and "text/html" not in accept):
+            return problem(404, detail)
+        html = templates.get_template("off.html").render(
+            reason=str(off), principal_clash=off.principal_clash, session=None, notice=None, refusal=None
+        )
+        return HTMLResponse(html, status_code=404, headers={"Cache-Control": "no-store"})
+
+    inbox = Starlette(
+        routes=[
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/{path:path}", explain, methods=["GET", "HEAD", *BODY_METHODS]),
+        ],
+        lifespan=_lifespan_of(mcp_http),
+    )
+    return _beside_mcp(mcp_http, Guard(inbox, hosts=allowed_hosts(host, None)))
+
+
+def _lifespan_of(mcp_http: Starlette) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The SDK app's lifespan, which opens the gate and starts the housekeeping, run by the app around it."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with mcp_http.router.lifespan_context(mcp_http):
+            yield
+
+    return lifespan
+
+
+def _beside_mcp(mcp_http: Starlette, guarded: ASGIApp) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == MCP_PATH or path.startswith(MCP_PATH + "/")):

@@ -40,7 +40,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class InboxOff(Exception):
-    """The inbox cannot be served safely as configured; the message says why and what to change."""
+    """The inbox cannot be served safely as configured; the message says why and what to change.
+    `principal_clash`: the OS user is the principal tokenless MCP clients act as, which another
+    HITL_PRINCIPAL also resolves."""
+
+    def __init__(self, message: str, *, principal_clash: bool = False) -> None:
+        super().__init__(message)
+        self.principal_clash = principal_clash
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ class SignIn:
             raise InboxOff(
                 f"your OS user {user!r} is also HITL_PRINCIPAL, the principal MCP clients without a token "
                 "act as: signed in as it, you would decide an agent's own requests. Set HITL_PRINCIPAL to "
-                "another name, or configure tokens (hitl token new NAME)"
+                "another name, or configure tokens (hitl token new NAME)",
+                principal_clash=True,
             )
         return cls(None, link_principal=user, session_seconds=hours * 3600, public_url=public_url)
 
