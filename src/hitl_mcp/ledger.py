@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from hitl_mcp.errors import ActionFailed
+from hitl_mcp.private_files import create_private
 
 T = TypeVar("T")
 
@@ -163,6 +164,7 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken before the
         # balance is read and two buyers can never both see the same cash.
+        create_private(self.path)  # orders and cash are the owner's; SQLite would make the file 0644
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")

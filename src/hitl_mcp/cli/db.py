@@ -52,6 +52,9 @@ def status(as_json: bool) -> None:
             "schema": state.found,
             "known": state.known,
             "current": state.current,
+            "readable_by_others": [
+                {"file": str(file), "mode": f"{mode:04o}"} for file, mode in state.exposed
+            ],
         }
         click.echo(json.dumps(found, indent=2))
         return
@@ -67,6 +70,11 @@ def status(as_json: bool) -> None:
     else:
         verdict = "current"
     click.echo(f"schema   {state.found}: {verdict}")
+    for file, mode in state.exposed:
+        click.echo(
+            f"warning  {file} is mode {mode:04o}: others on this machine can read the arguments and email "
+            f"bodies it holds; chmod 600 {file}"
+        )
 
 
 @db_group.command("upgrade")

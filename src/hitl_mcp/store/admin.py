@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio.to_thread
 
 from hitl_mcp.config import Settings, StoreLocation, redact
 from hitl_mcp.errors import ConfigError
+from hitl_mcp.private_files import readable_by_others
 from hitl_mcp.store import require_postgres_driver
 
 
@@ -25,6 +27,9 @@ class SchemaState:
     found: int
     known: int
     ours: bool = True
+    exposed: tuple[tuple[Path, int], ...] = ()
+    """The store's files (the SQLite file, its -wal and -shm) that its group or others may read, with
+    their modes: they hold arguments and email bodies."""
 
     @property
     def current(self) -> bool:
@@ -67,7 +72,9 @@ async def schema_state(settings: Settings) -> SchemaState:
         held = await anyio.to_thread.run_sync(read)
     except sqlite3.DatabaseError as error:
         raise ConfigError(f"HITL_DB: {path} is not a hitl store ({error})") from None
-    return SchemaState(location, held.version, sqlite_schema.SCHEMA_VERSION, held.ours or held.empty)
+    files = (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+    exposed = tuple((file, mode) for file in files if (mode := readable_by_others(file)) is not None)
+    return SchemaState(location, held.version, sqlite_schema.SCHEMA_VERSION, held.ours or held.empty, exposed)
 
 
 async def upgrade(settings: Settings) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
+from hitl_mcp.private_files import create_private
 from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details, sqlite_audit
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
@@ -250,6 +251,7 @@ class SQLiteStore:
         try:
             if not self.readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                create_private(self.path)  # before SQLite makes it readable by all, and its -wal and -shm
                 opened.append(first := self._connect(readonly=False))
                 schema.prepare(first, self.path)
             opened.append(reader := self._connect_reader())
