@@ -113,9 +113,10 @@ def migrate(target: str, source: Path | None) -> None:
     """Copy an SQLite store into an empty PostgreSQL database.
 
     Requests, decisions, the audit trail (hashes and all: `hitl audit verify` prints the same head on the
-    copy) and the notification outbox are copied from one snapshot of the file, in one transaction: the
-    copy is whole or absent. Stop the servers on the SQLite store first — what they write afterwards is
-    not copied — then point HITL_DB at the URL and start them there. A target that holds anything is
+    copy) and the notification outbox are copied in one transaction: the copy is whole or absent. Stop the
+    servers on the SQLite store first, then point HITL_DB at the URL and start them there. While any
+    process has the store open the copy is refused (what it wrote afterwards would be lost); while it
+    copies, it holds the store exclusively, so nothing else can open it. A target that holds anything is
     refused. Progress goes to stderr.
     """
     from hitl_mcp.store.transfer import copy_to_postgres

@@ -1,7 +1,8 @@
 """Copy an SQLite store into an empty PostgreSQL database: `hitl db migrate --to URL`.
 
 Everything is copied as it is stored — requests, decisions, the audit trail with its hashes, the outbox —
-read from one snapshot of the file and written in one transaction, so the copy is whole or absent and its
+read from the file while this process holds it exclusively and written in one transaction, so the copy is
+whole or absent and its
 audit chain is the original's, record for record: `hitl audit verify` prints the same head on both. Rows
 keep their numbers (request seq, decision order, outbox ids), and the counters behind them continue after
 the largest. A target that holds anything is refused: this is a move, never a merge.
@@ -9,6 +10,7 @@ the largest. A target that holds anything is refused: this is a move, never a me
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import anyio.to_thread
 
 from hitl_mcp.audit import GENESIS
 from hitl_mcp.config import redact
-from hitl_mcp.errors import ConfigError
+from hitl_mcp.errors import ConfigError, StoreUnavailable
 from hitl_mcp.store import postgres_schema, sqlite_schema
 from hitl_mcp.store.postgres import PostgresStore
 from hitl_mcp.store.postgres_connection import FAULTS, fault
@@ -126,8 +128,18 @@ class Copied:
     target_head: str
 
 
+# How long to wait for the store's other connections to go (a command finishing) before refusing.
+EXCLUSIVE_WAIT_SECONDS = 2.0
+
+
 class _Source:
-    """The SQLite file, read in one snapshot from a worker thread."""
+    """The SQLite file, read from a worker thread while no other connection may open it.
+
+    A snapshot alone would copy consistently, yet a server still running on the file would go on deciding and
+    running requests there after the copy, and those changes would never reach the new store. So the copy
+    takes SQLite's exclusive lock (locking_mode EXCLUSIVE: in WAL mode every open connection holds a shared
+    lock, even idle), which refuses while any process has the store open and keeps every other one out
+    until the copy ends."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -136,10 +148,12 @@ class _Source:
     def open(self) -> None:
         if not self.path.is_file():
             raise ConfigError(f"no store at {self.path}; HITL_DB names the SQLite store to copy")
-        conn = open_reader(self.path)
+        # A file this user cannot write cannot be locked either; nor can it be written: a snapshot will do.
+        conn = _exclusive(self.path) if os.access(self.path, os.W_OK) else open_reader(self.path)
         try:
             sqlite_schema.check_readable(sqlite_schema.inspect(conn), self.path)
-            conn.execute("BEGIN")  # one snapshot for every table, however long the copy takes
+            if not conn.in_transaction:
+                conn.execute("BEGIN")  # one snapshot for every table, however long the copy takes
         except BaseException:
             conn.close()
             raise
@@ -164,6 +178,33 @@ class _Source:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _exclusive(path: Path) -> sqlite3.Connection:
+    """A connection holding the store at `path` exclusively, in a transaction; refused with
+    `StoreUnavailable` while another process has the store open."""
+    conn = sqlite3.connect(
+        f"{path.as_uri()}?mode=rw",
+        uri=True,
+        timeout=EXCLUSIVE_WAIT_SECONDS,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")
+    except sqlite3.OperationalError as error:
+        conn.close()
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+        raise StoreUnavailable(
+            f"{path} is open in another process (a `hitl serve` still running on it, or a command not yet "
+            "done): what it writes after the copy would be lost, so stop it first; nothing was copied"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _converted(row: Sequence[Any], text_columns: tuple[int, ...]) -> tuple[Any, ...]:
