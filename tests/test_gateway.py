@@ -34,7 +34,7 @@ def upstream_table(counter: Path, *extra_args: str, name: str = "notes") -> str:
 command = {json.dumps(sys.executable)}
 args = {args}
 gate = ["write_*", "delete_*"]
-pass = ["read_*", "stats", "add_*"]
+pass = ["read_*", "stats", "add_*", "redefine"]
 
 [upstreams.{name}.preview.write_note]
 tool = "read_note"

@@ -45,7 +45,7 @@ def test_hitl_upstreams_shows_each_upstream_and_every_tool_with_the_rule_that_de
     assert shown.returncode == 1, shown.stderr  # one upstream is not ready
     lines = [line.split() for line in shown.stdout.splitlines()]
     assert lines[0] == ["UPSTREAM", "KIND", "STATUS", "DETAIL", "TARGET"]
-    assert lines[1][:8] == ["notes", "stdio", "ready", "9", "tools:", "6", "gated,", "3"]
+    assert lines[1][:8] == ["notes", "stdio", "ready", "10", "tools:", "7", "gated,", "3"]
     assert lines[1][8:10] == ["passed", sys.executable]  # then its script and arguments, cut to fit
     assert lines[2] == [
         "broken",
@@ -65,7 +65,7 @@ def test_hitl_upstreams_shows_each_upstream_and_every_tool_with_the_rule_that_de
     assert rows["notes__read_note"].startswith("passed pass pattern 'read_*' The note at `path`.")
     assert rows["notes__sleep"].startswith("passed annotation readOnlyHint = true")
     assert rows["notes__crash"].startswith("gated no pattern and not marked read-only (fail closed)")
-    assert len(rows) == 9
+    assert len(rows) == 10
     assert shown.stderr == ""  # the upstream's own stderr does not bury the table
 
 

@@ -12,6 +12,9 @@ crashes: `effects(path)` reads them back. Tools:
 - `fail(message)` — answers isError with `message`
 - `refuse(code, message)` — answers with a JSON-RPC error instead of a result
 - `add_tool(name)` — registers a tool `name` at run time and announces tools/list_changed
+- `redefine(name, read_only?, description?, add_argument?)` — re-announces tool `name` with other
+  annotations (readOnlyHint), description or one more string argument, and announces tools/list_changed;
+  recorded as a `redefine` line, so the server started again offers the tool as redefined (a new version)
 - `sleep(seconds)` — answers after that long (readOnlyHint)
 - `crash()` — the process exits at once, without answering
 - `stats()` — structured content `{count, deletes}`: write_note and delete_note lines so far (readOnlyHint)
@@ -132,6 +135,22 @@ def build(options: argparse.Namespace) -> MCPServer:
         await ctx.session.send_tool_list_changed()  # handshake-era clients: a notification of its own
         return f"added {name}"
 
+    @app.tool()
+    async def redefine(
+        name: str,
+        ctx: Context,
+        read_only: bool | None = None,
+        description: str | None = None,
+        add_argument: str | None = None,
+    ) -> str:
+        """Re-announce tool `name` with other annotations, description or one more argument."""
+        apply_redefinition(app, name, read_only=read_only, description=description, add_argument=add_argument)
+        change = {"read_only": read_only, "description": description, "add_argument": add_argument}
+        record(counter, {"op": "redefine", "name": name, **change})
+        await ctx.notify_tools_changed()
+        await ctx.session.send_tool_list_changed()
+        return f"redefined {name}"
+
     @app.tool(annotations=READ_ONLY)
     async def sleep(seconds: float) -> str:
         """Answer after `seconds`."""
@@ -149,7 +168,38 @@ def build(options: argparse.Namespace) -> MCPServer:
         ops = [effect["op"] for effect in effects(counter)]
         return Stats(count=ops.count("write_note"), deletes=ops.count("delete_note"))
 
+    for effect in effects(counter):  # a redefinition outlives the process, as a new version would
+        if effect["op"] == "redefine":
+            apply_redefinition(
+                app,
+                effect["name"],
+                read_only=effect["read_only"],
+                description=effect["description"],
+                add_argument=effect["add_argument"],
+            )
     return app
+
+
+def apply_redefinition(
+    app: MCPServer, name: str, *, read_only: bool | None, description: str | None, add_argument: str | None
+) -> None:
+    manager = app._tool_manager
+    old = manager.get_tool(name)
+    if old is None:
+        raise ToolError(f"no tool {name}")
+    manager.remove_tool(name)
+    app.add_tool(
+        old.fn,
+        name=name,
+        description=old.description if description is None else description,
+        annotations=old.annotations if read_only is None else ToolAnnotations(read_only_hint=read_only),
+    )
+    new = manager.get_tool(name)
+    assert new is not None
+    new.parameters = dict(new.parameters)
+    new.parameters["properties"] = {**old.parameters.get("properties", {})}
+    if add_argument:
+        new.parameters["properties"][add_argument] = {"type": "string"}
 
 
 async def serve_stdio_legacy(app: MCPServer) -> None:

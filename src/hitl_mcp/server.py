@@ -183,6 +183,7 @@ def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) 
         return await _file(ctx, name, arguments)
 
     gateway = Gateway(app, settings.upstreams.values(), bus=bus, file=file, principal_of=_principal)
+    app.middleware.append(gateway.middleware)
     lowlevel = app._lowlevel_server
     announced = lowlevel.create_initialization_options
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from mcp_types import Tool
 
+from hitl_mcp.upstream.baseline import ToolChange
 from hitl_mcp.upstream.rules import Exposure, Refusal
 from hitl_mcp.upstream.settings import Kind, PreviewCall
 
@@ -60,6 +61,8 @@ class UpstreamState:
     """The name and version the upstream gives itself, when it does."""
     protocol_version: str | None = None
     target: dict[str, str] = field(default_factory=dict)
+    changes: tuple[ToolChange, ...] = ()
+    """Tools whose definition changed after hitl first served them (the latest change of each)."""
 
     def tool(self, name: str) -> ListedTool | None:
         """The tool of that name (the upstream's), if it offers it now."""
@@ -93,4 +96,5 @@ class UpstreamState:
             ],
             "refused": [{"name": refusal.tool, "reason": refusal.reason} for refusal in self.refused],
             "warnings": list(self.warnings),
+            "changes": [change.as_json() for change in self.changes],
         }

@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 from mcp_types import CallToolResult, Tool
 
+from hitl_mcp.upstream.baseline import Baseline, ToolChange
 from hitl_mcp.upstream.delivery import LostAfterSend, NotSent
 from hitl_mcp.upstream.reasons import describe
 from hitl_mcp.upstream.rules import Exposure, Refusal, classify, preview_for
@@ -61,6 +62,10 @@ class Upstreams:
         self._settings = {upstream.name: upstream for upstream in upstreams}
         self._log = log
         self._states = {name: _stopped(upstream) for name, upstream in self._settings.items()}
+        self.baseline = Baseline()
+        self._changes: dict[str, dict[str, ToolChange]] = {name: {} for name in self._settings}
+        self._untold: list[ToolChange] = []
+        self._been_ready: set[str] = set()
         self._sessions: dict[str, Session] = {}
         self._generation = 0
         self._changed: anyio.Event | None = None
@@ -75,6 +80,10 @@ class Upstreams:
     def state(self, name: str) -> UpstreamState:
         """Raises KeyError for a name that is not configured."""
         return self._states[name]
+
+    def first_start(self, name: str) -> bool:
+        """Whether `name` has not been ready yet: its tools are still to come (or it cannot start)."""
+        return name not in self._been_ready and self._states[name].status in (Status.STOPPED, Status.STARTING)
 
     def live(self, upstream: str, tool: str) -> bool:
         """Whether a live session to `upstream` offers `tool` now."""
@@ -91,6 +100,11 @@ class Upstreams:
         if session is None or not session.alive or state is None or state.status is not Status.READY:
             return None
         return state.tool(tool)
+
+    def take_changes(self) -> list[ToolChange]:
+        """The tool changes found since the last call, oldest first: for the gateway to record."""
+        untold, self._untold = self._untold, []
+        return untold
 
     @property
     def generation(self) -> int:
@@ -164,7 +178,8 @@ class Upstreams:
                     started_at = anyio.current_time()
                     session.on_listed = self._relisted
                     self._sessions[upstream.name] = session
-                    self._set(_ready(upstream, session))
+                    self._been_ready.add(upstream.name)
+                    self._set(self._ready(upstream, session))
                     await session.lost.wait()
                     reason = session.lost_reason
                     # Failed from this moment, not once its process has stopped: no call is sent meanwhile.
@@ -186,8 +201,18 @@ class Upstreams:
             self._log(f"{upstream.name}: {reason}; trying again in {delay:.1f} s")
             await anyio.sleep(delay)
 
+    def _ready(self, upstream: UpstreamSettings, session: Session) -> UpstreamState:
+        """Its state once listed, no tool loosened against the baseline; each change logged and kept."""
+        state, changes = _ready(upstream, session, self.baseline)
+        for change in changes:
+            self._log(f"{upstream.name}: {change.line()}")
+            logger.warning("upstream %s: %s", upstream.name, change.line())
+            self._changes[upstream.name][change.tool] = change
+        self._untold.extend(changes)
+        return replace(state, changes=tuple(self._changes[upstream.name].values()))
+
     def _relisted(self, session: Session) -> None:
-        ready = _ready(session.upstream, session)
+        ready = self._ready(session.upstream, session)
         current = self._states[ready.name]
         if current.status is Status.READY:
             ready = replace(ready, since=current.since)  # ready since it connected, not since it re-listed
@@ -214,15 +239,17 @@ async def probe(
     ready, or failed with the reason. For commands (`hitl upstreams`, `hitl policy check`)."""
     try:
         async with open_session(upstream, log=log, start_timeout=timeout) as session:
-            return _ready(upstream, session)
+            return _ready(upstream, session)[0]
     except SessionFailed as failure:
         return _state(upstream, Status.FAILED, reason=str(failure))
 
 
 def expose(
-    upstream: UpstreamSettings, tools: Iterable[Tool]
-) -> tuple[tuple[ListedTool, ...], tuple[Refusal, ...], tuple[str, ...]]:
-    """Each tool as the rules expose it (with its usable preview), the refused ones, and warnings."""
+    upstream: UpstreamSettings, tools: Iterable[Tool], baseline: Baseline | None = None
+) -> tuple[tuple[ListedTool, ...], tuple[Refusal, ...], tuple[str, ...], list[ToolChange]]:
+    """Each tool as the rules expose it (with its usable preview), the refused ones, warnings, and — with
+    a `baseline` — the tools whose definition changed since it last saw them. Against a baseline no tool
+    is passed that was once gated; a preview can then be served only by a tool that really passes."""
     exposures: list[tuple[Tool, Exposure]] = []
     refused: list[Refusal] = []
     seen: set[str] = set()
@@ -236,6 +263,10 @@ def expose(
             refused.append(decided)
         else:
             exposures.append((tool, decided))
+    changes: list[ToolChange] = []
+    if baseline is not None:
+        reviewed, changes = baseline.review(upstream.name, exposures)
+        exposures = [(tool, exposure) for (tool, _), exposure in zip(exposures, reviewed, strict=True)]
     warnings: list[str] = []
     listed: list[ListedTool] = []
     for tool, exposure in exposures:
@@ -247,12 +278,14 @@ def expose(
     warnings.extend(
         f"a preview is configured for {name}, which {upstream.name} does not offer" for name in unknown
     )
-    return tuple(listed), tuple(refused), tuple(warnings)
+    return tuple(listed), tuple(refused), tuple(warnings), changes
 
 
-def _ready(upstream: UpstreamSettings, session: Session) -> UpstreamState:
-    tools, refused, warnings = expose(upstream, session.tools)
-    return _state(
+def _ready(
+    upstream: UpstreamSettings, session: Session, baseline: Baseline | None = None
+) -> tuple[UpstreamState, list[ToolChange]]:
+    tools, refused, warnings, changes = expose(upstream, session.tools, baseline)
+    state = _state(
         upstream,
         Status.READY,
         tools=tools,
@@ -261,6 +294,7 @@ def _ready(upstream: UpstreamSettings, session: Session) -> UpstreamState:
         server=session.server,
         protocol_version=session.protocol_version,
     )
+    return state, changes
 
 
 def _state(upstream: UpstreamSettings, status: Status, **details: Any) -> UpstreamState:

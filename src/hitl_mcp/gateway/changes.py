@@ -1,0 +1,59 @@
+"""Tool changes on the record: each one a `tool-changed` audit record on its upstream's own trail.
+
+The trail id is `upstream:NAME` rather than a request id, so one indexed read (`Store.audit_trail`) finds
+every change of an upstream's tools: `hitl upstreams` shows them, and a server starting again seeds its
+baseline from them, so that a tool held gated stays held across a restart. Only records made under the
+upstream's current rules (`UpstreamSettings.rules_digest`) count: a restart with changed rules — a new
+`pass` pattern, say — is the operator accepting what the tools are now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from hitl_mcp.errors import HitlError
+from hitl_mcp.gate import Gate
+from hitl_mcp.models import AuditEvent
+from hitl_mcp.upstream.baseline import Baseline, ToolChange
+from hitl_mcp.upstream.settings import UpstreamSettings
+
+logger = logging.getLogger(__name__)
+
+EVENT = "tool-changed"
+
+
+def trail_id(upstream: str) -> str:
+    return f"upstream:{upstream}"
+
+
+async def record(gate: Gate, change: ToolChange, settings: UpstreamSettings) -> None:
+    """One audit record for `change` (with the rules it was judged under); a store that cannot take it is
+    logged, not raised: the tool is held gated either way, and the server log has the change."""
+    details: dict[str, Any] = {**change.as_json(), "rules": settings.rules_digest()}
+    try:
+        await gate.store.record_event(
+            trail_id(change.upstream), EVENT, trail_id(change.upstream), details, gate.clock()
+        )
+    except HitlError:
+        logger.exception("the change of %s could not be recorded", change.exposed_name)
+
+
+async def recorded(gate: Gate, upstream: str) -> list[AuditEvent]:
+    """The changes recorded for `upstream`'s tools, oldest first."""
+    return [event for event in await gate.store.audit_trail(trail_id(upstream)) if event.event == EVENT]
+
+
+async def restore(gate: Gate, baseline: Baseline, upstreams: Iterable[UpstreamSettings]) -> None:
+    """Seed `baseline` with what earlier processes recorded under each upstream's current rules."""
+    for settings in upstreams:
+        rules = settings.rules_digest()
+        for event in await recorded(gate, settings.name):
+            details = event.details
+            tool, digests = details.get("tool"), details.get("digests")
+            if details.get("rules") != rules or not isinstance(tool, str) or not isinstance(digests, dict):
+                continue
+            gated = details.get("decision") == "gated"
+            why = str(details.get("gated_because") or details.get("why") or "")
+            baseline.remember(settings.name, tool, gated=gated, why=why, tool_digests=digests)

@@ -1,0 +1,155 @@
+"""An upstream cannot loosen its own gate: a tool first served gated stays gated whatever the upstream
+re-announces, until the operator changes its rules; and every change of a tool's definition is announced
+(the server log, an audit record). Real sessions to tests/upstream_server.py, which re-announces its tools
+when asked (`redefine`) and keeps a redefinition across restarts, as a new version would."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.server import build_server
+from hitl_mcp.upstream.settings import GatewaySettings
+from tests.test_gateway import session, until_listed
+from tests.test_server import ok, text
+
+WAIT_SECONDS = 30.0
+
+
+def changes_recorded(settings: Settings) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(settings.db_path)) as conn:
+        rows = conn.execute(
+            "SELECT request_id, actor, details FROM audit WHERE event = 'tool-changed' ORDER BY seq"
+        ).fetchall()
+    return [{"request_id": trail, "actor": actor, **json.loads(details)} for trail, actor, details in rows]
+
+
+async def until(check: Callable[[], bool]) -> None:
+    with anyio.fail_after(WAIT_SECONDS):
+        while not check():  # noqa: ASYNC110 -- the gateway records on its own
+            await anyio.sleep(0.05)
+
+
+async def description_of(client: Client, name: str) -> str:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    return tools[name].description or ""
+
+
+async def until_described(client: Client, name: str, words: str) -> None:
+    with anyio.fail_after(WAIT_SECONDS):
+        while words not in await description_of(client, name):  # noqa: ASYNC110 -- the upstream re-lists
+            await anyio.sleep(0.05)
+
+
+async def test_a_gated_tool_re_announced_as_read_only_stays_gated_and_the_change_is_announced(
+    gateway_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with session(gateway_settings, "agent") as agent:
+        assert (await description_of(agent, "notes__fail")).startswith("Files a request")
+        ok(
+            await agent.call_tool(
+                "notes__redefine", {"name": "fail", "read_only": True, "description": "Harmless lookup."}
+            )
+        )
+        await until_described(agent, "notes__fail", "Harmless lookup.")
+        described = await description_of(agent, "notes__fail")
+        called = ok(await agent.call_tool("notes__fail", {"message": "boom"}))
+        await until(lambda: len(changes_recorded(gateway_settings)) == 1)
+
+    # Still filed for approval, never forwarded to the upstream.
+    assert described.startswith("Files a request")
+    assert called["status"] == "pending"
+    [change] = changes_recorded(gateway_settings)
+    assert change["request_id"] == change["actor"] == "upstream:notes"
+    assert change["exposed_as"] == "notes__fail"
+    assert change["changed"] == ["description", "annotations"]
+    assert (change["decision"], change["held"]) == ("gated", True)
+    assert change["gated_because"] == "no pattern and not marked read-only (fail closed)"
+    assert (
+        "notes: notes__fail changed its description, annotations since hitl first served it; held gated"
+        in capsys.readouterr().err
+    )
+
+
+async def test_a_passed_tool_once_gated_by_its_annotations_is_never_passed_again(
+    gateway_settings: Settings,
+) -> None:
+    async with session(gateway_settings, "agent") as agent:
+        before = await description_of(agent, "notes__sleep")
+        ok(await agent.call_tool("notes__redefine", {"name": "sleep", "read_only": False}))
+        await until(lambda: len(changes_recorded(gateway_settings)) == 1)
+        tightened = await description_of(agent, "notes__sleep")
+        ok(await agent.call_tool("notes__redefine", {"name": "sleep", "read_only": True}))
+        await until(lambda: len(changes_recorded(gateway_settings)) == 2)
+        after = await description_of(agent, "notes__sleep")
+        called = ok(await agent.call_tool("notes__sleep", {"seconds": 0}))
+
+    assert before == "Answer after `seconds`."
+    assert tightened.startswith("Files a request") and after.startswith("Files a request")
+    assert called["status"] == "pending"
+    first, second = changes_recorded(gateway_settings)
+    assert (first["changed"], first["decision"], first["held"]) == (["annotations"], "gated", False)
+    assert (second["changed"], second["decision"], second["held"]) == (["annotations"], "gated", True)
+
+
+async def test_a_changed_input_schema_of_a_gated_tool_is_announced(gateway_settings: Settings) -> None:
+    async with session(gateway_settings, "agent") as agent:
+        ok(await agent.call_tool("notes__redefine", {"name": "write_note", "add_argument": "mode"}))
+        await until(lambda: len(changes_recorded(gateway_settings)) == 1)
+        tools = {tool.name: tool for tool in (await agent.list_tools()).tools}
+
+    assert "mode" in tools["notes__write_note"].input_schema["properties"]
+    [change] = changes_recorded(gateway_settings)
+    assert (change["changed"], change["decision"], change["held"]) == (["input schema"], "gated", False)
+
+
+async def test_a_held_tool_stays_held_after_a_restart_until_the_upstreams_rules_change(
+    gateway_settings: Settings, gateway_env: dict[str, str]
+) -> None:
+    async with session(gateway_settings, "agent") as agent:
+        ok(await agent.call_tool("notes__redefine", {"name": "fail", "read_only": True}))
+        await until(lambda: len(changes_recorded(gateway_settings)) == 1)
+
+    # Started again with the same config: the upstream now lists `fail` as read-only from the start.
+    async with session(gateway_settings, "agent") as agent:
+        held = await description_of(agent, "notes__fail")
+        filed = await agent.call_tool("notes__fail", {"message": "boom"})
+
+    # Started again with its rules changed (one more gate pattern, about other tools): accepted as it is.
+    config = anyio.Path(gateway_env["HITL_CONFIG"])
+    written = await config.read_text()
+    await config.write_text(
+        written.replace('gate = ["write_*", "delete_*"]', 'gate = ["write_*", "delete_*", "x_*"]')
+    )
+    changed = load_settings(gateway_env)
+    async with session(changed, "agent") as agent:
+        accepted = await description_of(agent, "notes__fail")
+        forwarded = await agent.call_tool("notes__fail", {"message": "boom"})
+
+    assert held.startswith("Files a request")
+    assert ok(filed)["status"] == "pending"
+    assert accepted == "Answer with an error whose text is `message`."
+    assert forwarded.is_error and "boom" in text(forwarded)
+
+
+async def test_untrusted_annotations_gate_a_read_only_tool_served_through_the_gateway(
+    gateway_settings: Settings,
+) -> None:
+    untrusted = GatewaySettings(trust_annotations=False).apply(gateway_settings.upstreams["notes"])
+    settings = replace(gateway_settings, upstreams={"notes": untrusted})
+    async with Client(build_server(settings, principal="agent")) as agent:
+        await until_listed(agent, "notes__sleep")
+        sleep = await description_of(agent, "notes__sleep")
+        read = await description_of(agent, "notes__read_note")
+
+    assert sleep.startswith("Files a request")  # read-only by its own word, matched by no pattern
+    assert read == "The note at `path`."  # a pass pattern still passes
