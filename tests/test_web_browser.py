@@ -404,3 +404,39 @@ async def test_the_inbox_reads_on_a_narrow_screen(browser: Browser, tokenless: t
     await page.goto(f"{server.base}/requests/{request_id}")
     await expect(page.get_by_text("2 rows of users match age < 30")).to_be_visible()
     await expect(page.get_by_role("cell", name="ann@test.com")).to_be_visible()
+
+
+async def test_the_edit_form_shows_hidden_characters_and_keeps_values_left_alone_exactly(
+    browser: Browser, tokenless: tuple[Site, Served]
+) -> None:
+    site, server = tokenless
+    subject = "Invoice \u202egnp.exe"  # reads "Invoice exe.png" where it is obeyed
+    body = "\nPay today\u200b.\n"  # a first line break, which HTML drops from a textarea unless told
+    filed = {"to": "erin@example.org", "subject": subject, "body": body}
+    request_id = await file_over_mcp(server.mcp, "send_email", filed)
+    page = await sign_in_with_link(browser, server)
+
+    await page.goto(f"{server.base}/requests/{request_id}/edit")
+    await expect(page.get_by_label("subject")).to_have_value(subject)
+    await expect(page.get_by_label("body")).to_have_value(body)
+    notes = page.get_by_role("note")
+    await expect(notes).to_have_count(2)
+    await expect(notes.nth(0)).to_contain_text("Hidden characters.")
+    await expect(notes.nth(0).locator("pre")).to_have_text("Invoice \\u202egnp.exe")
+    await expect(notes.nth(1).locator("pre")).to_contain_text("Pay today\\u200b.")
+    await expect(page.get_by_label("subject")).to_have_attribute(
+        "aria-describedby", re.compile(r"\barg-\d+-escaped\b")
+    )
+    await expect(page.get_by_label("to")).not_to_have_attribute("aria-describedby", re.compile("escaped"))
+    await page.get_by_label("to").fill("frank@example.org")
+    await page.get_by_role("button", name="Review changes").click()
+    await expect(page.get_by_role("row", name=re.compile("frank@example.org"))).to_be_visible()
+    await expect(page.get_by_role("row", name=re.compile("subject|body"))).to_have_count(0)
+    await page.get_by_role("button", name="Approve").click()
+    await expect(page.get_by_text(re.compile("Failed|Executed|Running|Approved"))).to_be_visible()
+
+    async def arguments() -> dict[str, Any]:
+        async with open_gate(load_settings(site.env)) as gate:
+            return dict((await gate.get(request_id)).arguments)
+
+    assert await arguments() == {**filed, "to": "frank@example.org"}

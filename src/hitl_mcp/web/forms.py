@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hitl_mcp import json_input
+from hitl_mcp import display, json_input
 from hitl_mcp.actions import Action
 from hitl_mcp.errors import InvalidArguments
 
@@ -45,6 +45,16 @@ class ArgumentField:
     @property
     def element_id(self) -> str:
         return f"arg-{self.index}"
+
+    @property
+    def escaped(self) -> str | None:
+        """The value with its hidden characters (bidi overrides, zero-width and control characters) shown
+        as escapes, when it holds any; None when it holds none. The input must hold the exact value, so
+        it obeys them: a U+202E reverses what follows it. This is shown beside it, to be read instead."""
+        allowed = "\n\t" if self.kind in ("textarea", "json") else ""
+        if not any(display.is_hidden(char) for char in self.value if char not in allowed):
+            return None
+        return display.visible_lines(self.value) if allowed else display.visible(self.value)
 
 
 def argument_schema(action: Action) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -84,7 +94,9 @@ def _kind(prop: Mapping[str, Any], value: Any) -> Kind:
     if kind == "string":
         limit = prop.get("maxLength")
         long = not isinstance(limit, int) or limit > SHORT_TEXT
-        return "textarea" if long or (isinstance(value, str) and "\n" in value) else "text"
+        # A text input drops line breaks (a lone CR among them) from its value: those are edited whole.
+        broken = isinstance(value, str) and ("\n" in value or "\r" in value)
+        return "textarea" if long or broken else "text"
     if kind == "integer":
         return "integer"
     if kind == "number":
@@ -152,6 +164,13 @@ def _read(kind: Kind, text: str, name: str) -> Any:
     return text
 
 
+def _as_submitted(text: str) -> str:
+    """`text` as a browser sends it back from an input that showed it: HTML reads every CR (lone or before
+    LF) as LF and every NUL as U+FFFD, and a form sends line breaks as CRLF. A value that comes back so is
+    unchanged, and keeps its exact characters."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
+
+
 def changes(
     action: Action,  # type: ignore[type-arg]
     arguments: Mapping[str, Any],
@@ -163,10 +182,9 @@ def changes(
     for field in fields(action, arguments):
         if field.key not in submitted:
             continue
-        # HTML sends a textarea's line breaks as CRLF whatever was shown: a body left alone is unchanged.
         text = submitted[field.key].replace("\r\n", "\n")
         current = arguments.get(field.name)
-        if text == field.value.replace("\r\n", "\n"):
+        if _as_submitted(text) == _as_submitted(field.value):
             continue
         if text == "" and current is None:
             continue
