@@ -87,6 +87,19 @@ def test_the_edit_form_has_a_labelled_input_per_argument_and_reads_back_what_cha
     assert forms.changes(email, body, {"arg:body": "one\r\ntwo", "arg:to": "a@b.c", "arg:subject": "s"}) == {}
 
 
+def test_a_value_left_alone_in_the_edit_form_is_kept_exactly_as_html_sends_it_back() -> None:
+    email = SendEmail(SendEmailSettings())
+    # HTML reads a lone CR as a line break and a NUL as U+FFFD; a form sends line breaks as CRLF.
+    held = {"to": "a@b.c", "subject": "a\u202eb", "body": "x\ry\x00z"}
+    sent_back = {"arg:to": "a@b.c", "arg:subject": "a\u202eb", "arg:body": "x\r\ny\ufffdz"}
+    fields = {field.name: field for field in forms.fields(email, held)}
+
+    assert forms.changes(email, held, sent_back) == {}
+    assert forms.changes(email, held, {**sent_back, "arg:body": "new"}) == {"body": "new"}
+    assert fields["body"].kind == "textarea" and fields["body"].escaped == "x\\ry\\x00z"
+    assert fields["subject"].escaped == "a\\u202eb" and fields["to"].escaped is None
+
+
 def test_an_upstream_schemas_arguments_get_inputs_of_their_kinds() -> None:
     from mcp_types import Tool
 
