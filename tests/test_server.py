@@ -96,7 +96,8 @@ async def test_approver_agent_releases_the_action_and_the_agent_sees_the_outcome
             "reason": "within limits",
             "decided_at": record["decisions"][0]["decided_at"],
             "roles": [],
-            "level": 0,
+            "level_index": 0,
+            "level": 1,
             "changes": None,
         }
         assert set(record) >= {

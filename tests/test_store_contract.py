@@ -22,7 +22,7 @@ from hitl_mcp.store.sqlite import SQLiteStore
 
 NOW = 1_000_000.0
 TTL = 3600.0
-DEFAULT = Snapshot(rule=None, approval="required", levels=DEFAULT_RULE.levels)
+DEFAULT = Snapshot(rule_index=None, approval="required", levels=DEFAULT_RULE.levels)
 
 # Given the test's request and folder, a way to make stores on one database.
 StoreFactory = Callable[[pytest.FixtureRequest, Path], Callable[[], Store]]
@@ -159,7 +159,7 @@ async def test_the_approval_that_completes_the_policy_claims_the_request_in_the_
 
 
 async def test_a_claiming_decision_short_of_the_policy_claims_nothing(store: Store) -> None:
-    two = Snapshot(rule=0, approval="required", levels=(Level(count=2),))
+    two = Snapshot(rule_index=0, approval="required", levels=(Level(count=2),))
     await store.insert(NewRequest(**{**new("q1").__dict__, "policy": two}))
 
     first = await store.decide("q1", approval("alice"), NOW, ClaimFor("w"))
@@ -428,7 +428,7 @@ async def test_what_was_stored_reads_back_exactly(store: Store) -> None:
 
 
 async def test_summary_lines_are_the_json_of_the_records_summaries(store: Store) -> None:
-    two = Snapshot(rule=0, approval="required", levels=(Level(count=2),))
+    two = Snapshot(rule_index=0, approval="required", levels=(Level(count=2),))
     await store.insert(new("s1"))
     await store.insert(NewRequest(**{**new("s2", created_at=NOW + 0.123456).__dict__, "policy": two}))
     await store.decide("s2", approval("alice"), NOW)  # half-way through its quorum: still pending

@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 from hitl_mcp.policy import Snapshot
 
@@ -48,10 +48,30 @@ class Decision(BaseModel):
     )
     decided_at: datetime
     roles: list[str] = Field(default_factory=list, description="The decider's roles when it decided")
-    level: int | None = Field(default=None, description="The policy level (0-based) this approval counted at")
+    level_index: int | None = Field(
+        default=None,
+        description="0-based index into approval.policy.levels of the level this decision was at",
+    )
     changes: dict[str, Change] | None = Field(
         default=None, description="Arguments this approver edited: before and after"
     )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The level's number as every face shows it (`level 1` is the first); null when none"
+    )
+    @property
+    def level(self) -> int | None:
+        return None if self.level_index is None else self.level_index + 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _index_given(cls, data: Any) -> Any:
+        # A record read back from JSON carries the computed `level` beside `level_index`: the index decides.
+        # One without `level_index` comes from before it existed, when `level` was the index.
+        if isinstance(data, dict) and "level" in data:
+            data = dict(data)
+            data.setdefault("level_index", data.pop("level"))
+        return data
 
 
 class ApprovalState(BaseModel):
@@ -60,9 +80,19 @@ class ApprovalState(BaseModel):
     policy: Snapshot
     description: str
     approved_by: list[list[str]] = Field(description="Per level, who has counted toward it")
-    waiting_on: int | None = Field(description="The level (0-based) the request waits on; null when none")
+    waiting_on: int | None = Field(
+        description="0-based index into policy.levels of the level the request waits on; null when none "
+        "(`waiting_on_level` is its number as people read it)"
+    )
     may_decide: str | None = Field(description="Who may decide the level it waits on")
     escalated: bool = False
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The number of the level it waits on as every face shows it (`level 1` is the first)"
+    )
+    @property
+    def waiting_on_level(self) -> int | None:
+        return None if self.waiting_on is None else self.waiting_on + 1
 
 
 class Request(BaseModel):

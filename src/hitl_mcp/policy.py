@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 from hitl_mcp import expr
 from hitl_mcp.errors import ConfigError, NotAllowed
@@ -74,13 +74,34 @@ class Snapshot(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    rule: int | None = Field(description="Index of the rule in [policy.TOOL].rules; null for the default")
+    rule_index: int | None = Field(
+        description="0-based index of the rule in [policy.TOOL].rules (the key `rules[N]` names it); null "
+        "for the default"
+    )
     when: str | None = None
     approval: Approval
     levels: tuple[Level, ...] = ()
 
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The rule's number as people read it (`rule 1` is the first); null for the default"
+    )
+    @property
+    def rule(self) -> int | None:
+        return None if self.rule_index is None else self.rule_index + 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_index(cls, data: Any) -> Any:
+        # Snapshots stored before `rule_index` existed hold the 0-based index as `rule`; newer ones store
+        # `rule` as the computed number beside `rule_index`, which alone is read back.
+        if isinstance(data, dict) and "rule" in data:
+            data = dict(data)
+            number_or_index = data.pop("rule")
+            data.setdefault("rule_index", number_or_index)
+        return data
+
     def describe(self) -> str:
-        source = "the default policy" if self.rule is None else f"rule {self.rule + 1}"
+        source = "the default policy" if self.rule is None else f"rule {self.rule}"
         condition = f" (when {self.when})" if self.when else ""
         if self.approval == "none":
             return f"{source}{condition}: no approval needed"
@@ -241,8 +262,8 @@ def select(policy: ActionPolicy | None, values: Mapping[str, object]) -> Snapsho
     if policy is not None:
         for index, rule in enumerate(policy.rules):
             if rule.when is None or expr.holds(expr.parse(rule.when), values):
-                return Snapshot(rule=index, when=rule.when, approval=rule.approval, levels=rule.levels)
-    return Snapshot(rule=None, approval=DEFAULT_RULE.approval, levels=DEFAULT_RULE.levels)
+                return Snapshot(rule_index=index, when=rule.when, approval=rule.approval, levels=rule.levels)
+    return Snapshot(rule_index=None, approval=DEFAULT_RULE.approval, levels=DEFAULT_RULE.levels)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,9 @@ def _policy_lines(settings: Settings, tool: str) -> list[str]:
         lines.append(f"default: {policy.DEFAULT_RULE.levels[0].describe()}")
     else:
         for index, rule in enumerate(configured.rules):
-            snapshot = policy.Snapshot(rule=index, when=rule.when, approval=rule.approval, levels=rule.levels)
+            snapshot = policy.Snapshot(
+                rule_index=index, when=rule.when, approval=rule.approval, levels=rule.levels
+            )
             lines.append(snapshot.describe())
         if configured.rules[-1].when is not None:
             lines.append(f"otherwise the default: {policy.DEFAULT_RULE.levels[0].describe()}")

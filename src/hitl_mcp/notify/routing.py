@@ -96,6 +96,8 @@ def snapshot(
                 "description": approval.description,
                 "levels": len(approval.policy.levels),
                 "waiting_on": approval.waiting_on if waiting else None,
+                # The number people read ("level 1"), beside the index into the levels above.
+                "waiting_on_level": approval.waiting_on_level if waiting else None,
                 "may_decide": approval.may_decide if waiting else None,
                 "escalated": approval.escalated,
                 "approved_by": approval.approved_by,

@@ -217,6 +217,13 @@ class Store(OutboxStore, Protocol):
         with None, no requests and the newest seq, to start from."""
 
 
+def level_details(index: int | None) -> dict[str, int | None]:
+    """How an audit record names a policy level: `level` numbered as every face shows it (from 1), beside
+    `level_index` into the policy's levels. Records written before `level_index` existed hold the index
+    as `level`; the presence of `level_index` tells them apart, and stored records are never rewritten."""
+    return {"level": None if index is None else index + 1, "level_index": index}
+
+
 def finish_details(
     error: str | None, effect: Effect | None, details: dict[str, Any] | None
 ) -> dict[str, Any]:

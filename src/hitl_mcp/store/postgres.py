@@ -27,7 +27,7 @@ from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details
+from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details, level_details
 from hitl_mcp.store import postgres_schema as schema
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_rows import (
@@ -331,7 +331,7 @@ class PostgresStore:
                 if edit is None
                 else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
             )
-            details: dict[str, Any] = {"level": decision.level, "status": decision.status.value}
+            details: dict[str, Any] = {**level_details(decision.level), "status": decision.status.value}
             if decision.reason:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
@@ -355,7 +355,7 @@ class PostgresStore:
                 now,
             )
             for request_id, level in rows:
-                await tx.audit(request_id, "escalated", "gate", now, {"level": level})
+                await tx.audit(request_id, "escalated", "gate", now, level_details(level))
             return [row[0] for row in rows]
 
         return await self._write(escalate)

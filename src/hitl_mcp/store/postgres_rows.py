@@ -87,7 +87,7 @@ async def decisions_of(conn: Conn, request_ids: Sequence[str]) -> dict[str, list
                 reason=text_out(reason),
                 decided_at=utc(decided_at),
                 roles=json.loads(roles),
-                level=level,
+                level_index=level,
                 changes=None if edit is None else json.loads(edit),
             )
         )

@@ -26,7 +26,16 @@ from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, Outbo
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.private_files import create_private
-from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details, sqlite_audit
+from hitl_mcp.store import (
+    ClaimFor,
+    NewRequest,
+    Page,
+    Planner,
+    SummaryRows,
+    finish_details,
+    level_details,
+    sqlite_audit,
+)
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_rows import (
@@ -462,7 +471,7 @@ class SQLiteStore:
                     else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
                 ),
             )
-            details: dict[str, Any] = {"level": decision.level, "status": decision.status.value}
+            details: dict[str, Any] = {**level_details(decision.level), "status": decision.status.value}
             if decision.reason:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
@@ -483,7 +492,7 @@ class SQLiteStore:
                 (now, now),
             ).fetchall()
             for request_id, level in rows:
-                _audit(conn, request_id, "escalated", "gate", now, {"level": level})
+                _audit(conn, request_id, "escalated", "gate", now, level_details(level))
             return [row[0] for row in rows]
 
         return await self._write(escalate)

@@ -55,7 +55,7 @@ def decisions_of(conn: sqlite3.Connection, request_ids: list[str]) -> dict[str, 
                 reason=reason,
                 decided_at=utc(decided_at),
                 roles=json.loads(roles),
-                level=level,
+                level_index=level,
                 changes=None if edit is None else json.loads(edit),
             )
         )
