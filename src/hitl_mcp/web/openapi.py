@@ -13,6 +13,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from hitl_mcp import __version__
 from hitl_mcp.gate import MAX_PAGE
+from hitl_mcp.json_input import MAX_DEPTH
 from hitl_mcp.models import AuditEvent, Request, SummaryPage
 from hitl_mcp.web.models import (
     ApproveBody,
@@ -40,7 +41,7 @@ RESPONSES: tuple[type[BaseModel], ...] = (
 BODIES: tuple[type[BaseModel], ...] = (ApproveBody, RejectBody, EditBody)
 REF = "#/components/schemas/{model}"
 ERROR_TEXT = {
-    400: "Bad input: the detail names the field",
+    400: f"Bad input: the detail names the field and the rule (a JSON body nests {MAX_DEPTH} levels at most)",
     401: "No principal: a missing or unknown bearer token",
     403: "Not allowed: the caller's own request, a role the policy does not admit, one decision each",
     404: "No request has this id",
