@@ -87,6 +87,7 @@ def test_the_gateway_default_applies_to_a_desktop_clients_servers(tmp_path: Path
         ),
         ("[gateway]\ntrust_annotations = 1\n", "gateway.trust_annotations"),
         ("[gateway]\ntrust = false\n", "gateway.trust"),
+        ("[gateway]\nstart_wait_seconds = -1\n", "gateway.start_wait_seconds"),
         ("gateway = 3\n", "gateway: must be a table"),
     ],
 )

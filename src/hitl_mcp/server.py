@@ -182,7 +182,14 @@ def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) 
     async def file(name: str, arguments: dict[str, Any], ctx: Context[ServerState, Any]) -> CallToolResult:
         return await _file(ctx, name, arguments)
 
-    gateway = Gateway(app, settings.upstreams.values(), bus=bus, file=file, principal_of=_principal)
+    gateway = Gateway(
+        app,
+        settings.upstreams.values(),
+        bus=bus,
+        file=file,
+        principal_of=_principal,
+        start_wait=settings.gateway.start_wait_seconds,
+    )
     app.middleware.append(gateway.middleware)
     lowlevel = app._lowlevel_server
     announced = lowlevel.create_initialization_options

@@ -16,7 +16,7 @@ from mcp.server.subscriptions import SubscriptionBus
 
 from hitl_mcp.gate import Gate
 from hitl_mcp.gateway import changes
-from hitl_mcp.gateway.starting import starting_middleware
+from hitl_mcp.gateway.starting import STARTING_WAIT_SECONDS, starting_middleware
 from hitl_mcp.gateway.tools import FileHandler, GatewayTools, PrincipalOf, ProxyTool
 from hitl_mcp.gateway.view import SupervisedUpstreams
 from hitl_mcp.upstream.settings import UpstreamSettings
@@ -36,6 +36,7 @@ class Gateway:
         bus: SubscriptionBus,
         file: FileHandler,
         principal_of: PrincipalOf,
+        start_wait: float = STARTING_WAIT_SECONDS,
     ) -> None:
         self.upstreams = Upstreams(upstreams)
         self.tools = GatewayTools(
@@ -43,7 +44,7 @@ class Gateway:
         )
         self._synced: anyio.Event | None = None
         # Before the tool manager: a call of an upstream's tool still starting waits, then says so.
-        self.middleware = starting_middleware(self.upstreams, self)
+        self.middleware = starting_middleware(self.upstreams, self, start_wait)
 
     async def run(self, gate: Gate) -> None:
         """Keep the upstreams' sessions alive and hitl's tools in step with theirs. Cancel it to stop."""

@@ -1,10 +1,11 @@
 """What a client meets while an upstream is still starting: listings that wait for it a short while, and
 calls of its tools that wait too and then say it is starting, instead of `Unknown tool`.
 
-`STARTING_WAIT_SECONDS` bounds both: a local stdio server (Python, Node, a cached `npx` package) is ready
-in well under that, so a one-shot client's first `tools/list` sees its tools; one that takes longer costs
-a listing no more than this, far inside the 60 s clients give a request. Only an upstream on its first
-start holds a listing up: one that failed later must not slow every listing while it is retried.
+`[gateway] start_wait_seconds` (default `STARTING_WAIT_SECONDS`) bounds both: a local stdio server
+(Python, Node, a cached `npx` package) is ready in a few seconds, so a one-shot client's first
+`tools/list` sees its tools; one that takes longer costs a listing no more than this, far inside the 60 s
+clients give a request. Only an upstream on its first start holds a listing up: one that failed later
+must not slow every listing while it is retried.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, Server
 from mcp_types import CallToolResult, TextContent
 
 from hitl_mcp.upstream.rules import SEPARATOR
+from hitl_mcp.upstream.settings import START_WAIT_SECONDS
 from hitl_mcp.upstream.state import Status
 from hitl_mcp.upstream.supervisor import Upstreams
 
-STARTING_WAIT_SECONDS = 5.0
+STARTING_WAIT_SECONDS = START_WAIT_SECONDS
 
 
 class Synced(Protocol):

@@ -56,6 +56,9 @@ VARIABLE = re.compile(r"\$\$\{|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 ENVIRONMENT_NAME = re.compile(r"[^=\x00]+")
 
+START_WAIT_SECONDS = 5.0
+"""See `hitl_mcp.gateway.starting`: a few seconds, what a local server needs to start."""
+
 Kind = Literal["stdio", "http"]
 Pattern = Annotated[str, Field(min_length=1)]
 
@@ -148,6 +151,14 @@ class GatewaySettings(BaseModel):
 
     trust_annotations: StrictBool = Field(
         default=True, description="The default of each upstream's own trust_annotations"
+    )
+    start_wait_seconds: float = Field(
+        default=START_WAIT_SECONDS,
+        ge=0,
+        le=60,
+        allow_inf_nan=False,
+        description="How long a tools/list, or a call of an upstream's tool, waits for an upstream that "
+        "is still starting before it answers without it",
     )
 
     def apply(self, upstream: UpstreamSettings) -> UpstreamSettings:
