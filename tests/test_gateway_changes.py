@@ -17,9 +17,11 @@ import pytest
 from mcp import Client
 
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.report import build
 from hitl_mcp.server import build_server
 from hitl_mcp.upstream.settings import GatewaySettings
 from tests.test_gateway import session, until_listed
+from tests.test_report import Trail
 from tests.test_server import ok, text
 
 WAIT_SECONDS = 30.0
@@ -153,3 +155,13 @@ async def test_untrusted_annotations_gate_a_read_only_tool_served_through_the_ga
 
     assert sleep.startswith("Files a request")  # read-only by its own word, matched by no pattern
     assert read == "The note at `path`."  # a pass pattern still passes
+
+
+def test_a_recorded_tool_change_is_an_event_of_the_report_not_a_request() -> None:
+    trail = Trail().filed("r1", "notes__write_note")
+    trail.add("upstream:notes", "tool-changed", "upstream:notes", 5, tool="fail", exposed_as="notes__fail")
+
+    report = build(trail.records)
+
+    assert report.requests == 1 and report.tools == {"notes__write_note": {"pending": 1}}
+    assert report.events["tool-changed"] == 1

@@ -58,6 +58,8 @@ OUTCOME_ORDER = (
     "cancelled",
 )
 DECISIONS = ("approved", "rejected")
+# Events about no request (an upstream's tool that changed): counted among events, never as a request.
+NOTICES = frozenset({"tool-changed"})
 UNKNOWN_TOOL = "(unknown)"
 
 
@@ -177,6 +179,10 @@ class _Tally:
 
     def add(self, record: AuditRecord) -> None:
         request_id, event = record.request_id, record.event
+        if event in NOTICES:
+            if self.since is None or record.at >= self.since:
+                self.events[event] += 1
+            return
         state = self.progress.get(request_id)
         if state is None:
             if request_id in self.earlier:
