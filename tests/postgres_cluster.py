@@ -97,6 +97,18 @@ class Cluster:
         )  # fmt: skip
         return self
 
+    def halt(self) -> None:
+        """Stop the server as an operator's `pg_ctl stop -m fast` would, keeping its data for `resume`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port with the same options (pg_ctl reads them back
+        from postmaster.opts when asked to restart a server that is not running)."""
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"),
+            "-w", "-t", "60", "restart",
+        )  # fmt: skip
+
     def stop(self) -> None:
         try:
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

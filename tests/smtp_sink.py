@@ -86,6 +86,10 @@ class _Handler:
         refusal = self._sink.refuse_with
         if refusal is not None:
             return refusal
+        if not self._sink._released.is_set():
+            self._sink._holding.set()
+            # Unanswered until the test releases it: the sender is mid-delivery all that time.
+            await asyncio.get_running_loop().run_in_executor(None, self._sink._released.wait)
         raw = bytes(envelope.original_content or envelope.content)
         message = BytesParser(policy=policy.default).parsebytes(raw)
         self._sink._record(
@@ -104,6 +108,9 @@ class SmtpSink:
 
     `refuse_with`, when set (e.g. "554 5.7.1 Rejected"), makes the server refuse every message's DATA with
     that reply instead of accepting it — for testing how senders handle an SMTP refusal.
+
+    `hold()` makes the server leave every message's DATA unanswered until `release()`: `wait_holding()`
+    returns once one is held, so a test can act while a sender waits mid-delivery.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, record: Path | str | None = None) -> None:
@@ -114,6 +121,9 @@ class SmtpSink:
         self._messages: list[ReceivedMessage] = []
         self._arrived = threading.Condition()
         self._controller: _EphemeralPortController | None = None
+        self._released = threading.Event()
+        self._released.set()
+        self._holding = threading.Event()
 
     @property
     def port(self) -> int:
@@ -136,9 +146,25 @@ class SmtpSink:
         return self
 
     def stop(self) -> None:
+        self._released.set()  # a held message must not keep the server from stopping
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def hold(self) -> None:
+        self._holding.clear()
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_holding(self, timeout: float = 10.0) -> None:
+        """Block until a message is being held, or raise TimeoutError."""
+        if not self._holding.wait(timeout):
+            raise TimeoutError(f"no message arrived to be held within {timeout}s")
+
+    async def wait_holding_async(self, timeout: float = 10.0) -> None:
+        await anyio.to_thread.run_sync(self.wait_holding, timeout)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
         """Block until at least `count` messages have arrived; return them all, or raise TimeoutError."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import random
 import re
 import secrets
 import socket
@@ -15,7 +18,8 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
@@ -40,6 +44,7 @@ from hitl_mcp.errors import (
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
 from hitl_mcp.store import ClaimFor, Edit, NewRequest, Store, SummaryRows, wait_for_change
+from hitl_mcp.store.outage import outage_of
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,12 @@ IDEMPOTENCY_KEY_MAX = 200
 RUNNER_IDLE_SECONDS = 5.0
 RUNNER_COALESCE_SECONDS = 0.02
 RUNNER_BATCH = 100
+# An outcome the store would not take is tried again after this, doubling up to the cap; each wait is
+# jittered so that servers sharing a store that comes back do not all write in the same instant.
+RECORD_RETRY_FIRST_SECONDS = 0.1
+RECORD_RETRY_MAX_SECONDS = 2.0
+# How long a stopping process gives its last try at each outcome it still holds.
+RECORD_LAST_TRY_SECONDS = 10.0
 
 # A test seam, inert unless this variable is set: the crash suite (tests/test_crash.py) names a point of
 # `Gate.execute` — before-claim, after-claim or after-action (before the outcome is recorded) — and a process
@@ -101,6 +112,42 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Held:
+    """An outcome this process knows and the store has not taken yet: the record as claimed, how the run
+    ended, why the store refused it last, and since when (epoch seconds)."""
+
+    claimed: Request
+    outcome: Outcome
+    reason: str
+    since: float
+
+    def describe(self, worker: str) -> str:
+        """Who is recording what, for every face: "executed; recording the outcome: <why> — …"."""
+        if self.outcome.status is Status.EXECUTED:
+            what = "executed"
+        elif self.outcome.status is Status.FAILED:
+            what = f"failed ({self.outcome.error})"
+        else:
+            what = "handed over, then lost (outcome unknown)"
+        since = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
+        return f"{what}; recording the outcome: {self.reason} — {worker} keeps trying (since {since})"
+
+    def shown(self, request: Request, worker: str) -> Request:
+        """`request` (executing, as stored) with what this process knows of it."""
+        lost = self.outcome.status is None
+        return request.model_copy(
+            update={
+                "recording": self.describe(worker),
+                "result": self.outcome.result,
+                "error": self.outcome.error,
+                "effect": self.outcome.effect,
+                # A lost hand-over is of unknown outcome now: a person may settle it meanwhile.
+                "outcome_unknown": lost or request.outcome_unknown,
+            }
+        )
+
+
+@dataclass(frozen=True)
 class Filing:
     """What one gated call did: filed `request`, or — `repeated` — found the earlier request it repeats
     and filed nothing (`by_key`: its idempotency key; else the same call while that one is pending)."""
@@ -139,6 +186,11 @@ class Gate:
         self.actions_changed()
         # Requests this gate is deciding and will run itself: its runner leaves them alone.
         self._running_here: set[str] = set()
+        # Outcomes of actions this process ran that the store has not taken yet (see `_record`).
+        self._held: dict[str, Held] = {}
+        # The tasks recording them, while `recording` runs; None otherwise (the runner then waits for it).
+        self._recorder: set[asyncio.Task[None]] | None = None
+        self.outage = outage_of(store)
 
     def actions_changed(self) -> None:
         """Take in actions added, replaced or removed since (an upstream's tools come and go) and wake
@@ -385,40 +437,135 @@ class Gate:
         _test_pause("after-claim", request_id)
         outcome = await self._run(claimed)
         _test_pause("after-action", request_id)
-        if outcome.status is None:
-            # Handed over, then lost: recorded as such and left executing, never run again by itself.
-            with _unless_stored("it stays executing and shows as outcome unknown once this process ends"):
-                finished = await self.store.mark_unknown(
-                    request_id, self.worker, outcome.error or "outcome unknown", self.clock()
-                )
-        else:
-            finished = await self._finish(
-                request_id, outcome.status, outcome.result, outcome.error, outcome.effect
-            )
+        return await self._record(claimed, outcome)
+
+    async def _record(self, claimed: Request, outcome: Outcome) -> Request:
+        """Record how a run ended. A store that will not take it now does not lose it: the outcome is held
+        here and written by a task of this gate's, trying until the store takes it, while the caller gets
+        the record as this process knows it (executing, `recording` saying what waits and why)."""
+        request_id = claimed.request_id
+        try:
+            finished = await self._write_outcome(request_id, outcome)
+        except StoreUnavailable as fault:
+            held = Held(claimed, outcome, fault.reason, self.clock())
+            self._held[request_id] = held
+            self.outage.failed(fault, "outcomes of actions that ran are held until it takes them")
+            self._signal()  # what this process shows of the request changed, if not what is stored
+            if self._recorder is None:
+                # No gate task outlives this call: the caller waits until the store takes it.
+                return await self._keep_recording(request_id)
+            # A task of the loop's own, not of a task group: the gate is entered and left by different
+            # tasks (a test's fixture), and a task group's scope must be left by the task that entered it.
+            task = asyncio.get_running_loop().create_task(self._recording_task(request_id))
+            self._recorder.add(task)
+            task.add_done_callback(self._recorder_done)
+            return self._observed(claimed)
+        self.outage.ok()
         self._signal()
         return self._observed(finished) if finished is not None else await self.get(request_id)
 
-    async def _finish(
-        self,
-        request_id: str,
-        status: Status,
-        result: dict[str, Any] | None,
-        error: str | None,
-        effect: Effect | None,
-    ) -> Request | None:
+    async def _write_outcome(self, request_id: str, outcome: Outcome) -> Request | None:
+        if outcome.status is None:
+            # Handed over, then lost: recorded as such and left executing, never run again by itself.
+            reason = outcome.error or "outcome unknown"
+            return await self.store.mark_unknown(request_id, self.worker, reason, self.clock())
+        return await self.store.finish(
+            request_id,
+            outcome.status,
+            self.worker,
+            outcome.result,
+            outcome.error,
+            self.clock(),
+            effect=outcome.effect,
+        )
+
+    async def _keep_recording(self, request_id: str) -> Request:
+        """Write a held outcome, backing off between tries, until the store takes it. There is no deadline:
+        an executing request never expires, and only this process knows how it ended, so giving up would
+        turn a known outcome into an unknown one. It ends with the process (`recording`: one last try)."""
+        delay = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            held = self._held[request_id]
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not a secret)
+            delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+            try:
+                finished = await self._write_outcome(request_id, held.outcome)
+            except StoreUnavailable as fault:
+                self.outage.failed(fault, "outcomes of actions that ran are held until it takes them")
+                self._held[request_id] = replace(held, reason=fault.reason)
+                continue
+            self.outage.ok()
+            return await self._recorded(request_id, held, finished)
+
+    def _recorder_done(self, task: asyncio.Task[None]) -> None:
+        if self._recorder is not None:
+            self._recorder.discard(task)
+
+    async def _recording_task(self, request_id: str) -> None:
         try:
-            return await self.store.finish(
-                request_id, status, self.worker, result, error, self.clock(), effect=effect
+            await self._keep_recording(request_id)
+        except Exception:
+            # A bug, not a fault of the store: it must not take the server's other tasks down with it.
+            logger.exception("recording the outcome of request %s failed", request_id)
+
+    async def _recorded(self, request_id: str, held: Held, finished: Request | None) -> Request:
+        del self._held[request_id]
+        self._signal()
+        if finished is not None:
+            logger.info("request %s: its outcome is recorded (%s)", request_id, finished.status.value)
+            return self._observed(finished)
+        # Not executing any more: an earlier try whose commit was lost on the way did land, or a person
+        # settled it (it looked overdue elsewhere). The store's record stands either way.
+        try:
+            request = await self.get(request_id)
+        except StoreUnavailable:
+            return held.claimed
+        if request.status is not held.outcome.status:
+            logger.warning(
+                "request %s was %s meanwhile; this process's outcome was not recorded over it: %s",
+                request_id,
+                request.status.value,
+                held.describe(self.worker).partition(";")[0],
             )
-        except StoreUnavailable as fault:
-            # The action has run (or failed) and only its record is missing: the request stays executing
-            # and shows as outcome unknown once this process is gone, for a person to settle.
-            outcome = "ran" if status is Status.EXECUTED else f"failed ({error})"
-            raise StoreUnavailable(
-                f"request {request_id}: the action {outcome}, but its outcome could not be recorded: "
-                f"{fault.reason}. It shows as outcome unknown; record it with `hitl settle`",
-                certain=False,
-            ) from None
+        return request
+
+    @asynccontextmanager
+    async def recording(self) -> AsyncIterator[None]:
+        """Keep recording held outcomes while the block runs: the tasks that do so outlive the call that
+        ran the action (its approver is answered at once). On the way out each held outcome gets one last
+        try; one the store still refuses is logged, and shows as outcome unknown once this process is gone."""
+        self._recorder = set()
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.stop_recording()
+
+    async def stop_recording(self) -> None:
+        tasks, self._recorder = self._recorder or set(), None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._last_try()
+
+    async def _last_try(self) -> None:
+        for request_id, held in list(self._held.items()):
+            try:
+                with anyio.fail_after(RECORD_LAST_TRY_SECONDS):
+                    finished = await self._write_outcome(request_id, held.outcome)
+            except (StoreUnavailable, TimeoutError) as fault:
+                reason = fault.reason if isinstance(fault, StoreUnavailable) else "the store did not answer"
+                logger.error(
+                    "request %s: %s, but the store would not take its outcome before this process stopped "
+                    "(%s); it shows as outcome unknown: check the target and record it with `hitl settle`",
+                    request_id,
+                    held.describe(self.worker).partition(";")[0],
+                    reason,
+                )
+                continue
+            with contextlib.suppress(StoreUnavailable):
+                await self._recorded(request_id, held, finished)
+        self._held.clear()
 
     def elsewhere(self, request: Request) -> str | None:
         """Why this process must not run `request`: it was filed against another target than the one this
@@ -483,11 +630,7 @@ class Gate:
             raise InvalidArguments("note: say what you checked and found; it goes into the audit trail")
         request = await self.get(ref)
         if not request.outcome_unknown:
-            running = request.status is Status.EXECUTING
-            state = f"still being run by {request.claimed_by}" if running else str(request.status)
-            raise NotPending(
-                f"request {request.request_id} is {state}, not of unknown outcome; nothing was changed"
-            )
+            raise NotPending(f"{self._unsettled(request)}; nothing was changed")
         status = Status.EXECUTED if outcome == "executed" else Status.FAILED
         settled = await self.store.finish(
             request.request_id,
@@ -504,6 +647,23 @@ class Gate:
             raise NotPending(f"request {request.request_id} changed meanwhile; read it again")
         self._signal()
         return settled
+
+    def _unsettled(self, request: Request) -> str:
+        """Why a request whose outcome is not unknown cannot be settled, and when it could be."""
+        request_id = request.request_id
+        if request.status is not Status.EXECUTING:
+            return f"request {request_id} is {request.status}, not of unknown outcome"
+        if request.recording is not None:
+            return f"request {request_id}: {request.recording}; there is nothing to settle"
+        claimed_at = request.claimed_at.timestamp() if request.claimed_at else self.clock()
+        overdue = datetime.fromtimestamp(
+            claimed_at + self.settings.gate.executing_timeout_seconds, UTC
+        ).isoformat(timespec="seconds")
+        return (
+            f"request {request_id} is executing, still being run by {request.claimed_by}, which records "
+            "its outcome itself (if the store would not take it, that process keeps trying until it does); "
+            f"it can be settled once that process has stopped, or from {overdue} when it is overdue"
+        )
 
     async def _run(self, request: Request) -> Outcome:
         if arguments_digest(request.tool, request.arguments) != request.arguments_digest:
@@ -572,6 +732,8 @@ class Gate:
             changed, before = self._changed, await self.store.change_counter()
             try:
                 await self._run_approved(math.inf)
+            except StoreUnavailable as fault:
+                self.outage.failed(fault)
             except Exception:
                 logger.exception("running approved requests failed; trying again at the next change")
             await wait_for_change(self.store, before, RUNNER_IDLE_SECONDS, local=changed)
@@ -586,6 +748,9 @@ class Gate:
                 await self.sweep()
                 await self.escalate()
                 await self.release_orphans()
+                self.outage.ok()
+            except StoreUnavailable as fault:
+                self.outage.failed(fault)
             except Exception:
                 logger.exception(
                     "housekeeping failed; trying again in %ss", self.settings.gate.sweep_interval_seconds
@@ -615,17 +780,28 @@ class Gate:
         return await self.resolve(ref)
 
     async def get(self, ref: str) -> Request:
-        request = await self.store.get(ref)
-        if request is None:
-            request = await self.store.get(await self.resolve(ref))
+        try:
+            request = await self.store.get(ref)
+            if request is None:
+                request = await self.store.get(await self.resolve(ref))
+        except StoreUnavailable:
+            # What this process holds, it can still tell while the store cannot.
+            held = self._held.get(ref.strip().lower())
+            if held is None:
+                raise
+            return self._observed(held.claimed)
         if request is None:
             raise NotFound(f"no request has id {ref!r}")
         return self._observed(request)
 
     def _observed(self, request: Request) -> Request:
-        """The record, an executing one marked `outcome_unknown` when its claimant can no longer finish it."""
+        """The record, an executing one marked `outcome_unknown` when its claimant can no longer finish it,
+        or showing the outcome this process ran it to and is still recording."""
         if request.status is not Status.EXECUTING:
             return request
+        held = self._held.get(request.request_id)
+        if held is not None:
+            return held.shown(request, self.worker)
         host = self.worker.rpartition(":")[0]
         timeout = self.settings.gate.executing_timeout_seconds
         # `effect` unknown on an executing request: its executor itself lost the target mid-call.
@@ -667,7 +843,9 @@ class Gate:
         """The record as soon as it is decided for good, or as it stands when `timeout` passes.
 
         An executing request whose outcome is unknown is returned at once: only a person changes it now."""
-        request_id = await self.resolve(ref)
+        # A whole id is not looked up first: a request whose outcome this process holds is waited on
+        # while the store is down (`get` answers for it).
+        request_id = await self._decidable_id(ref)
         deadline = time.monotonic() + timeout
         while True:
             # What "changed" means is fixed before the read: a commit landing between the read and the
@@ -751,6 +929,8 @@ async def open_gate(
 
     store = await open_store(settings, readonly=readonly)
     try:
-        yield Gate(store, build_actions(settings.actions) if actions is None else actions, settings)
+        gate = Gate(store, build_actions(settings.actions) if actions is None else actions, settings)
+        async with gate.recording():
+            yield gate
     finally:
         await store.close()

@@ -137,6 +137,11 @@ class Request(BaseModel):
         description="Executing, but the process that claimed it is gone or overdue: whether the action "
         "took effect is unknown. It is never run again by itself; a person must check and resolve it.",
     )
+    recording: str | None = Field(
+        default=None,
+        description="Executing, and the process that ran it knows how it ended but the store has not taken "
+        "the outcome yet: what it holds and why it waits (it keeps trying). Null otherwise; never stored.",
+    )
 
 
 class AuditEvent(BaseModel):
@@ -196,6 +201,9 @@ class Decided(BaseModel):
         default=None, description="For a failed request: whether the failure certainly had no effect"
     )
     outcome_unknown: bool = False
+    recording: str | None = Field(
+        default=None, description="The outcome this server holds and is still recording, and why it waits"
+    )
 
     @classmethod
     def of(cls, request: Request) -> Decided:
@@ -211,6 +219,7 @@ class Decided(BaseModel):
             error=request.error,
             effect=request.effect,
             outcome_unknown=request.outcome_unknown,
+            recording=request.recording,
         )
 
 

@@ -78,6 +78,8 @@ def report(request: Request, as_json: bool) -> None:
     click.echo(f"{request.request_id} {status_label(request)}: {display.visible(request.summary)}")
     if request.status is Status.PENDING and request.approval.may_decide:
         click.echo(f"waits on: {display.visible(request.approval.may_decide)}")
+    if request.recording is not None:
+        click.echo(f"recording: {display.visible(request.recording)}")
     if request.result is not None:
         click.echo(f"result: {shown_json(request.result)}")
     if request.error:
@@ -114,6 +116,8 @@ def indented(value: Any) -> str:
 def status_label(request: Request) -> str:
     if request.outcome_unknown:
         return f"{request.status.value} (outcome unknown)"
+    if request.recording is not None:
+        return f"{request.status.value} (recording the outcome)"
     return f"{request.status.value} (escalated)" if request.approval.escalated else request.status.value
 
 
@@ -146,6 +150,8 @@ def describe(request: Request) -> str:
     if request.claimed_by is not None:
         at = f" at {request.claimed_at.isoformat(timespec='seconds')}" if request.claimed_at else ""
         lines.append(f"Claimed    by {request.claimed_by}{at}")
+    if request.recording is not None:
+        lines.append(f"Outcome    {display.visible(request.recording)}")
     if request.outcome_unknown:
         lines.append("Outcome    unknown: its claimant is gone or overdue; it may or may not have run.")
         lines.append("           It never runs again by itself: check the target, then record what you found")

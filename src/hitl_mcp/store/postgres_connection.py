@@ -38,6 +38,17 @@ from hitl_mcp.store.postgres_rows import Conn, dumps, fetch
 
 logger = logging.getLogger(__name__)
 
+
+class _PoolFloorRetries(logging.Filter):
+    """asyncpg logs every failed attempt to reconnect its pool's floor as a WARNING with a traceback, for
+    as long as the server is down; the outage is already logged once, in words (`store/outage.py`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_PoolFloorRetries())
+
 T = TypeVar("T")
 
 CHANNEL = "hitl_changes"
@@ -184,14 +195,20 @@ class Listener:
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        failed = False
         while not self._closed:
             try:
                 await self.open()
             except FAULTS as error:
-                logger.warning("lost the store's change feed; reconnecting (%s)", error)
+                # Once per outage, not once per attempt: a server down for an hour is 7200 attempts.
+                if not failed:
+                    logger.warning("lost the store's change feed; reconnecting (%s)", error)
+                failed = True
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             self._heard()
+            if failed:
+                logger.info("the store's change feed is back")
             break
         self._reconnecting = None
 
@@ -279,7 +296,7 @@ def fault(error: BaseException, where: str, *, certain: bool = True) -> HitlErro
         return StoreUnavailable(f"the store is damaged or not a hitl store ({error})", certain=certain)
     if isinstance(error, pg.QueryCanceledError):
         return StoreUnavailable("the store did not answer in time", certain=certain)
-    if isinstance(error, _CONNECTION_LOST | pg.CannotConnectNowError | pg.AdminShutdownError):
+    if isinstance(error, (*_CONNECTION_LOST, pg.CannotConnectNowError, pg.AdminShutdownError)):
         lost = "" if certain else "; the change may or may not be saved"
         why = str(error) or type(error).__name__
         return StoreUnavailable(

@@ -84,6 +84,8 @@ def outcome_of(request: Request, elsewhere: str | None) -> Outcome:
                 "runs again by itself: check the target, then record what you found with `hitl settle "
                 f"{request.request_id[:10]} --executed|--failed --note TEXT`.",
             )
+        if request.recording is not None:
+            return Outcome("executing", f"Ran: {request.recording}.")
         return Outcome("executing", f"Running now, in {request.claimed_by}.")
     if status is Status.EXECUTED:
         return Outcome("executed", "Executed: the action ran once.")
