@@ -112,7 +112,7 @@ def test_a_running_server_runs_at_once_what_a_terminal_without_its_configuration
         approved = hitl(bare, "approve", request_id, "--as", "alice", "--yes", "--wait", "30")
 
     assert approved.returncode == 0, approved.stderr
-    assert "not run here" in approved.stderr
+    assert "approved; run by " in approved.stderr and "not run here" not in approved.stderr
     assert f"{request_id} executed" in approved.stdout
     assert '"total": 1500.0' in approved.stdout
     assert orders(tmp_path / "served" / "ledger.db") == 1

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import click
 
 from hitl_mcp import json_input
+from hitl_mcp.actions.base import describe_target
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import (
     acting_as,
@@ -31,6 +32,7 @@ from hitl_mcp.models import Request, Status
 # Another process that claimed the request is running it; say how it ended rather than "executing".
 OUTCOME_WAIT_SECONDS = 30.0
 LIST_PAGE = 200
+OUTCOME_GRACE_SECONDS = 2.0
 
 
 @main.command("list")
@@ -170,11 +172,8 @@ def approve(
             if not click.confirm(f"Approve {request.tool} as {principal}?", default=False):
                 raise HitlError("not approved; nothing was changed")
         request = await gate.approve(request.request_id, principal, reason, changes)
-        elsewhere = gate.elsewhere(request) if request.status is Status.APPROVED else None
-        if elsewhere is not None:
-            click.echo(f"{elsewhere}: not run here; waiting for a process configured for it …", err=True)
         if request.status in (Status.APPROVED, Status.EXECUTING) and request.approval.waiting_on is None:
-            request = await gate.wait(request.request_id, wait_seconds)
+            request = await _outcome_from_elsewhere(gate, request, wait_seconds)
         return request
 
     request = with_gate(settings, decide)
@@ -190,6 +189,36 @@ def approve(
         click.echo(f"still running in {request.claimed_by}; `hitl show {short}` tells the outcome")
     if request.status is Status.FAILED:
         sys.exit(6)
+
+
+async def _outcome_from_elsewhere(gate: Gate, request: Request, wait_seconds: float) -> Request:
+    """Wait for the outcome of an approved request another process runs, saying what happens: who runs it
+    once that is known, a waiting line only while no outcome has come, and "not run here" only when no
+    process configured for its target has taken it by the end."""
+    # A running server claims at once, woken by the change: its outcome usually comes before a person
+    # would read a waiting line, and then there is nothing to wait for.
+    request = await gate.wait(request.request_id, min(OUTCOME_GRACE_SECONDS, wait_seconds))
+    target = "its target" if request.target is None else describe_target(request.target)
+    left = wait_seconds - OUTCOME_GRACE_SECONDS
+    if request.status is Status.EXECUTING and not request.outcome_unknown and left > 0:
+        click.echo(
+            f"approved; running in {request.claimed_by}, a process configured for {target} — waiting up to "
+            f"{duration(left)} for the outcome …",
+            err=True,
+        )
+        request = await gate.wait(request.request_id, left)
+    elif request.status is Status.APPROVED and left > 0:
+        click.echo(
+            f"approved; a process configured for {target} runs it (a running `hitl serve`) — waiting up to "
+            f"{duration(left)} for the outcome …",
+            err=True,
+        )
+        request = await gate.wait(request.request_id, left)
+    elif request.claimed_by is not None and request.claimed_by != gate.worker:
+        click.echo(f"approved; run by {request.claimed_by}, a process configured for {target}", err=True)
+    if request.status is Status.APPROVED and (elsewhere := gate.elsewhere(request)) is not None:
+        click.echo(f"not run here: {elsewhere}", err=True)
+    return request
 
 
 def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
