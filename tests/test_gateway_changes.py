@@ -20,6 +20,7 @@ from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.report import build
 from hitl_mcp.server import build_server
 from hitl_mcp.upstream.settings import GatewaySettings
+from tests.test_cli import hitl
 from tests.test_gateway import session, until_listed
 from tests.test_report import Trail
 from tests.test_server import ok, text
@@ -126,6 +127,8 @@ async def test_a_held_tool_stays_held_after_a_restart_until_the_upstreams_rules_
         held = await description_of(agent, "notes__fail")
         filed = await agent.call_tool("notes__fail", {"message": "boom"})
 
+    shown = await anyio.to_thread.run_sync(lambda: hitl(gateway_env, "upstreams"))
+
     # Started again with its rules changed (one more gate pattern, about other tools): accepted as it is.
     config = anyio.Path(gateway_env["HITL_CONFIG"])
     written = await config.read_text()
@@ -136,9 +139,20 @@ async def test_a_held_tool_stays_held_after_a_restart_until_the_upstreams_rules_
     async with session(changed, "agent") as agent:
         accepted = await description_of(agent, "notes__fail")
         forwarded = await agent.call_tool("notes__fail", {"message": "boom"})
+    shown_after = await anyio.to_thread.run_sync(lambda: hitl(gateway_env, "upstreams"))
 
     assert held.startswith("Files a request")
     assert ok(filed)["status"] == "pending"
+    # `hitl upstreams` shows it as a server started now would: held, with the change that holds it.
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in shown.stdout.splitlines() if "__" in line}
+    assert rows["notes__fail"].startswith("gated held gated: gated when first served (no pattern")
+    assert (
+        "  changed: notes__fail changed its annotations since hitl first served it; held gated"
+        in shown.stdout
+    )
+    assert "changed:" not in shown_after.stdout
+    assert "notes__fail passed annotation readOnlyHint = true" in " ".join(shown_after.stdout.split())
     assert accepted == "Answer with an error whose text is `message`."
     assert forwarded.is_error and "boom" in text(forwarded)
 

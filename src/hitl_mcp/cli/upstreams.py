@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,9 @@ import click
 from hitl_mcp import display
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
-from hitl_mcp.config import with_upstreams
+from hitl_mcp.config import Settings, with_upstreams
+from hitl_mcp.errors import HitlError
+from hitl_mcp.upstream.baseline import Baseline, ToolChange
 from hitl_mcp.upstream.desktop import load_mcp_servers
 from hitl_mcp.upstream.settings import UpstreamSettings
 from hitl_mcp.upstream.state import Status, UpstreamState
@@ -47,7 +50,7 @@ def upstreams(as_json: bool, upstreams_file: Path | None, timeout: float | None)
     if upstreams_file is not None:
         settings = with_upstreams(settings, load_mcp_servers(upstreams_file))
     configured = list(settings.upstreams.values())
-    states = anyio.run(_probe_all, configured, timeout)
+    states = anyio.run(_probe_all, settings, configured, timeout)
     if as_json:
         click.echo(json.dumps([state.as_json() for state in states], indent=2, ensure_ascii=False))
     elif not states:
@@ -58,19 +61,47 @@ def upstreams(as_json: bool, upstreams_file: Path | None, timeout: float | None)
         sys.exit(1)
 
 
-async def _probe_all(configured: Sequence[UpstreamSettings], timeout: float | None) -> list[UpstreamState]:
+async def _probe_all(
+    settings: Settings, configured: Sequence[UpstreamSettings], timeout: float | None
+) -> list[UpstreamState]:
     from hitl_mcp.upstream.supervisor import probe  # the SDK's client: imported only when needed
 
     states: list[UpstreamState | None] = [None] * len(configured)
+    changes, baseline = await _recorded_changes(settings, configured)
 
     async def one(index: int, upstream: UpstreamSettings) -> None:
         # An upstream's stderr would bury the table; the reason of a failure carries its last line.
-        states[index] = await probe(upstream, timeout, log=lambda line: None)
+        states[index] = await probe(upstream, timeout, log=lambda line: None, baseline=baseline)
 
     async with anyio.create_task_group() as tasks:
         for index, upstream in enumerate(configured):
             tasks.start_soon(one, index, upstream)
-    return [state for state in states if state is not None]
+    return [replace(state, changes=changes[state.name]) for state in states if state is not None]
+
+
+async def _recorded_changes(
+    settings: Settings, configured: Sequence[UpstreamSettings]
+) -> tuple[dict[str, tuple[ToolChange, ...]], Baseline]:
+    """What servers recorded of each upstream's tools changing while they served them, and the baseline
+    a server started now would hold them to; none without a store to read (one no server has used)."""
+    from hitl_mcp.gateway.changes import restore, standing
+    from hitl_mcp.store import open_store
+
+    found: dict[str, tuple[ToolChange, ...]] = {upstream.name: () for upstream in configured}
+    baseline = Baseline()
+    try:
+        store = await open_store(settings, readonly=True)
+    except HitlError:
+        return found, baseline
+    try:
+        for upstream in configured:
+            found[upstream.name] = await standing(store, upstream)
+        await restore(store, baseline, configured)
+    except HitlError:
+        pass  # the table is still worth printing without them
+    finally:
+        await store.close()
+    return found, baseline
 
 
 def render(states: Sequence[UpstreamState]) -> str:
@@ -106,8 +137,14 @@ def render(states: Sequence[UpstreamState]) -> str:
             f"  refused {display.visible(r.tool)}: {display.visible(r.reason)}" for r in state.refused
         )
         lines.extend(f"  warning: {display.visible(warning)}" for warning in state.warnings)
+        lines.extend(f"  changed: {display.visible(_changed(change))}" for change in state.changes)
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _changed(change: ToolChange) -> str:
+    when = f" (recorded {change.at:%Y-%m-%d %H:%M} UTC)" if change.at else ""
+    return change.line() + when
 
 
 def _detail(state: UpstreamState) -> str:

@@ -49,7 +49,7 @@ class Gateway:
     async def run(self, gate: Gate) -> None:
         """Keep the upstreams' sessions alive and hitl's tools in step with theirs. Cancel it to stop."""
         try:
-            await changes.restore(gate, self.upstreams.baseline, self._configured())
+            await changes.restore(gate.store, self.upstreams.baseline, self._configured())
         except Exception:  # the store is down: changes recorded earlier cannot hold tools this time
             logger.exception("the recorded changes of upstream tools could not be read")
         async with anyio.create_task_group() as tasks:

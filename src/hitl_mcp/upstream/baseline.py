@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from mcp_types import Tool
@@ -59,6 +60,8 @@ class ToolChange:
     """Whether the rules would pass it now but it stays gated, because it was first served gated."""
     gated_because: str = ""
     """When gated: the rule that gated it first (what a held tool is held by)."""
+    at: datetime | None = None
+    """When it was recorded, for a change read back from the store."""
     digests: Mapping[str, str] = field(default_factory=dict)
     """Its parts' digests after the change."""
 
@@ -83,6 +86,7 @@ class ToolChange:
             "why": self.why,
             "held": self.held,
             "gated_because": self.gated_because,
+            **({"at": self.at.isoformat()} if self.at else {}),
             "digests": dict(self.digests),
         }
 

@@ -233,13 +233,18 @@ class Upstreams:
 
 
 async def probe(
-    upstream: UpstreamSettings, timeout: float | None = None, *, log: Log = log_to_stderr
+    upstream: UpstreamSettings,
+    timeout: float | None = None,
+    *,
+    log: Log = log_to_stderr,
+    baseline: Baseline | None = None,
 ) -> UpstreamState:
     """Connect to `upstream`, list its tools and close: its state as `Upstreams` would report it once
-    ready, or failed with the reason. For commands (`hitl upstreams`, `hitl policy check`)."""
+    ready (against `baseline`, what a server would hold gated), or failed with the reason. For commands
+    (`hitl upstreams`, `hitl policy check`)."""
     try:
         async with open_session(upstream, log=log, start_timeout=timeout) as session:
-            return _ready(upstream, session)[0]
+            return _ready(upstream, session, baseline)[0]
     except SessionFailed as failure:
         return _state(upstream, Status.FAILED, reason=str(failure))
 
