@@ -108,8 +108,8 @@ def test_the_example_loads_without_warnings(tmp_path: Path, restore: bool) -> No
     config = tmp_path / "hitl.toml"
     config.write_text(uncommented(text) if restore else text, encoding="utf-8")
 
-    # The variables the example's upstreams take their secrets from.
-    secrets = {"FS_API_KEY": "example", "TICKETS_TOKEN": "example"}
+    # The variables the example's upstreams and sign-in take their secrets from.
+    secrets = {"FS_API_KEY": "example", "TICKETS_TOKEN": "example", "OIDC_CLIENT_SECRET": "example"}
     settings = load_settings({"HITL_CONFIG": str(config), "HITL_DB": str(tmp_path / "hitl.db"), **secrets})
 
     assert settings.warnings == ()

@@ -15,7 +15,7 @@ import anyio
 import httpx2
 import pytest
 
-from hitl_mcp.config import WebSettings, fold_principal, load_settings
+from hitl_mcp.config import OidcSettings, WebSettings, fold_principal, load_settings
 from hitl_mcp.gate import open_gate
 from hitl_mcp.notify import render
 from hitl_mcp.web.pages import local_path
@@ -264,6 +264,7 @@ def test_every_web_setting_is_shown_in_the_example() -> None:
     restored = tomllib.loads(uncommented(EXAMPLE.read_text(encoding="utf-8")))
 
     assert set(restored["web"]) == set(WebSettings.model_fields)
+    assert set(restored["web"]["oidc"]) == set(OidcSettings.model_fields)
     assert WebSettings.model_validate(restored["web"]).public_url == "https://hitl.example.com"
 
 

@@ -290,7 +290,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         notifiers=load_notifiers(raw.get("notify"), principals),
         upstreams=upstreams,
         gateway=gateway,
-        web=_web_settings(raw.get("web", {})),
+        web=_web_settings(raw.get("web", {}), env),
         warnings=tuple(policy_warnings(policies, principals)),
     )
 
@@ -406,12 +406,12 @@ def _gate_settings(raw: Any) -> GateSettings:
         raise ConfigError(describe_validation_error(error, prefix="gate.")) from None
 
 
-def _web_settings(raw: Any) -> WebSettings:
+def _web_settings(raw: Any, env: Mapping[str, str]) -> WebSettings:
     if not isinstance(raw, dict):
         raise ConfigError("web: must be a table")
     oidc = raw.get("oidc")
     if isinstance(oidc, dict) and isinstance(oidc.get("client_secret"), str):
-        secret = expand(oidc["client_secret"], "web.oidc.client_secret", os.environ)
+        secret = expand(oidc["client_secret"], "web.oidc.client_secret", env)
         raw = {**raw, "oidc": {**oidc, "client_secret": secret}}
     try:
         return WebSettings.model_validate(raw)
