@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
 from typing import Any
@@ -20,8 +20,10 @@ from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.report import build
 from hitl_mcp.server import build_server
 from hitl_mcp.upstream.settings import GatewaySettings
+from tests.smtp_sink import SmtpSink
 from tests.test_cli import hitl
 from tests.test_gateway import session, until_listed
+from tests.test_notify import Receiver, entry
 from tests.test_report import Trail
 from tests.test_server import ok, text
 
@@ -72,7 +74,7 @@ async def test_a_gated_tool_re_announced_as_read_only_stays_gated_and_the_change
     assert described.startswith("Files a request")
     assert called["status"] == "pending"
     [change] = changes_recorded(gateway_settings)
-    assert change["request_id"] == change["actor"] == "upstream:notes"
+    assert change["request_id"] == change["actor"] == "upstream.notes"
     assert change["exposed_as"] == "notes__fail"
     assert change["changed"] == ["description", "annotations"]
     assert (change["decision"], change["held"]) == ("gated", True)
@@ -173,9 +175,57 @@ async def test_untrusted_annotations_gate_a_read_only_tool_served_through_the_ga
 
 def test_a_recorded_tool_change_is_an_event_of_the_report_not_a_request() -> None:
     trail = Trail().filed("r1", "notes__write_note")
-    trail.add("upstream:notes", "tool-changed", "upstream:notes", 5, tool="fail", exposed_as="notes__fail")
+    trail.add("upstream.notes", "tool-changed", "upstream.notes", 5, tool="fail", exposed_as="notes__fail")
 
     report = build(trail.records)
 
     assert report.requests == 1 and report.tools == {"notes__write_note": {"pending": 1}}
     assert report.events["tool-changed"] == 1
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_tool_change_is_sent_to_the_notifiers_that_want_tool_changed(
+    gateway_env: dict[str, str], receiver: Receiver, smtp: SmtpSink
+) -> None:
+    config = anyio.Path(gateway_env["HITL_CONFIG"])
+    await config.write_text(
+        await config.read_text()
+        + entry(["tool-changed"], webhook=receiver.url("/hook"))
+        + entry(["tool-changed"], slack_webhook=receiver.url("/services/T0/B0/X"))
+        + entry(["tool-changed"], email="oncall@example.com")
+        + entry(["filed"], webhook=receiver.url("/filed-only"))
+    )
+    settings = load_settings(gateway_env)
+    async with session(settings, "agent") as agent:
+        ok(await agent.call_tool("notes__redefine", {"name": "fail", "read_only": True}))
+        [hook] = await receiver.wait_ok("/hook", 1, timeout=WAIT_SECONDS)
+        [slack] = await receiver.wait_ok("/services/T0/B0/X", 1, timeout=WAIT_SECONDS)
+        [mail] = await smtp.wait_for_async(1, timeout=WAIT_SECONDS)
+
+    body = hook.json
+    assert (body["event"], body["actor"]) == ("tool-changed", "upstream.notes")
+    assert body["notice"] == {
+        "upstream": "notes",
+        "tool": "notes__fail",
+        "changed": ["annotations"],
+        "decision": "gated",
+        "why": "held gated: gated when first served (no pattern and not marked read-only (fail closed))",
+        "held": True,
+    }
+    assert body["text"].startswith("Tool changed: notes__fail (upstream notes)\n")
+    assert "Now        gated, held: the upstream cannot loosen its own gate" in body["text"]
+    header, facts = slack.json["blocks"]
+    assert header["text"]["text"] == "Tool changed: notes__fail (upstream notes)"
+    assert "*Changed:* annotations (since hitl first served it)" in facts["text"]["text"]
+    assert str(mail.message["Subject"]) == "[hitl] Tool changed: notes__fail (upstream notes)"
+    assert "Check:    hitl upstreams" in mail.body and "Accept:   to accept" in mail.body
+    assert receiver.attempts("/filed-only") == []

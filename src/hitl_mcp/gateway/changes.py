@@ -1,6 +1,6 @@
 """Tool changes on the record: each one a `tool-changed` audit record on its upstream's own trail.
 
-The trail id is `upstream:NAME` rather than a request id, so one indexed read (`Store.audit_trail`) finds
+The trail id is `upstream.NAME` rather than a request id, so one indexed read (`Store.audit_trail`) finds
 every change of an upstream's tools: `hitl upstreams` shows them, and a server starting again seeds its
 baseline from them, so that a tool held gated stays held across a restart. Only records made under the
 upstream's current rules (`UpstreamSettings.rules_digest`) count: a restart with changed rules — a new
@@ -28,7 +28,7 @@ EVENT = "tool-changed"
 
 
 def trail_id(upstream: str) -> str:
-    return f"upstream:{upstream}"
+    return f"upstream.{upstream}"
 
 
 async def record(gate: Gate, change: ToolChange, settings: UpstreamSettings) -> None:

@@ -16,6 +16,7 @@ import unicodedata
 from typing import Any
 
 from hitl_mcp import display
+from hitl_mcp.notify import notice
 
 SLACK_SECTION_LIMIT = 3000
 SLACK_HEADER_LIMIT = 150
@@ -112,6 +113,8 @@ def facts(payload: dict[str, Any]) -> list[tuple[str, str]]:
 
 def text(payload: dict[str, Any], *, public_url: str | None = None) -> str:
     """The plain-text message (email body, and the webhook's `text`)."""
+    if "notice" in payload:
+        return notice.text(payload)
     out = [display.visible(headline(payload)), ""]
     out += [f"{label:<10} {display.visible(value)}" for label, value in facts(payload)]
     out += ["", "Preview:", _preview_text(payload["request"]["preview"]), ""]
@@ -130,6 +133,8 @@ def subject(payload: dict[str, Any]) -> str:
 
     Characters that could change how the rest reads are shown escaped, as everywhere a person reads agent
     text; what escaping leaves of other spacing and unusual characters (Zs, Co) becomes a plain space."""
+    if "notice" in payload:
+        return notice.subject(payload)
     line = display.visible(f"[hitl] {headline(payload)}: {payload['request']['summary']}")
     line = "".join(" " if unicodedata.category(char)[0] in "CZ" and char != " " else char for char in line)
     return display.clip(line, SUBJECT_LIMIT)
@@ -140,6 +145,8 @@ def webhook_body(
 ) -> dict[str, Any]:
     """The generic webhook's JSON: the snapshot, the commands and the text, with the delivery's id (and the
     request page's `url` when the inbox's address is configured)."""
+    if "notice" in payload:
+        return notice.webhook_body(payload, delivery_id)
     url = request_url(payload, public_url)
     return {
         "delivery_id": delivery_id,
@@ -166,6 +173,8 @@ def _slack_pieces(value: str, *, lines: bool = False) -> list[str]:
 
 def slack_body(payload: dict[str, Any], *, public_url: str | None = None) -> dict[str, Any]:
     """A Slack incoming-webhook message: `text` (notifications, fallback) and Block Kit `blocks`."""
+    if "notice" in payload:
+        return notice.slack_body(payload)
     facts_pieces: list[str] = []
     for label, value in facts(payload):
         if facts_pieces:

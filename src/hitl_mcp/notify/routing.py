@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hitl_mcp.models import Request, Status, utc
+from hitl_mcp.notify import notice
+from hitl_mcp.notify.notice import NOTICE_EVENTS
 from hitl_mcp.notify.settings import Notifier
 
 
@@ -55,6 +57,40 @@ class Routing:
         entries: dict[str, OutboxEntry] = {}
         for notifier in matching:
             # Entries naming one target share a row: a receiver hears of one event once.
+            entries.setdefault(
+                notifier.key, OutboxEntry(notifier.key, notifier.channel, notifier.label, payload)
+            )
+        return list(entries.values())
+
+    def entries_for(
+        self,
+        event: str,
+        request: Request | None,
+        actor: str,
+        at: float,
+        details: dict[str, Any],
+        audit_seq: int,
+    ) -> list[OutboxEntry]:
+        """`route` for an event of a request; `route_notice` for one of none (`request` None)."""
+        if request is not None:
+            return self.route(event, request, actor, at, details, audit_seq)
+        return self.route_notice(event, actor, at, details, audit_seq)
+
+    def route_notice(
+        self, event: str, actor: str, at: float, details: dict[str, Any], audit_seq: int
+    ) -> list[OutboxEntry]:
+        """The outbox rows of an event about no request (`tool-changed`); none for any other event."""
+        if event not in NOTICE_EVENTS:
+            return []
+        tool = str(details.get("exposed_as", ""))
+        matching = [n for n in self.notifiers if n.matches(event, tool, ())]
+        payload = json.dumps(
+            notice.snapshot(event, actor, utc(at).isoformat(), details, audit_seq),
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        entries: dict[str, OutboxEntry] = {}
+        for notifier in matching:
             entries.setdefault(
                 notifier.key, OutboxEntry(notifier.key, notifier.channel, notifier.label, payload)
             )

@@ -44,7 +44,11 @@ from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.actions.send_email import normalize_address
 from hitl_mcp.errors import ConfigError
 
-Event = Literal["filed", "escalated", "approved", "rejected", "executed", "failed", "expired", "cancelled"]
+# `tool-changed` is about no request: an upstream's tool whose definition changed while served (no `levels`
+# or `roles` filter admits it, as none admits a request without levels).
+Event = Literal[
+    "filed", "escalated", "approved", "rejected", "executed", "failed", "expired", "cancelled", "tool-changed"
+]
 EVENTS: tuple[str, ...] = get_args(Event)
 Channel = Literal["webhook", "slack", "email"]
 TARGET_KEYS: dict[str, Channel] = {"webhook": "webhook", "slack_webhook": "slack", "email": "email"}

@@ -131,8 +131,9 @@ class Transaction:
             )
             seq, prev = record.seq, record.hash
             chained.append(record)
-            if pending.request is not None and self.routing is not None:
-                for entry in self.routing.route(
+            if self.routing is not None and self.routing.wants(pending.event):
+                # No request for an event of none (an upstream's tool-changed): routed as a notice.
+                for entry in self.routing.entries_for(
                     pending.event, pending.request, pending.actor, pending.at, pending.details, record.seq
                 ):
                     queued.append(

@@ -76,10 +76,8 @@ def _enqueue_notifications(
     if routing is None or not routing.wants(event):
         return
     audit_seq: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-    request = fetch(conn, request_id)
-    if request is None:
-        return
-    entries = routing.route(event, request, actor, at, details, audit_seq)
+    request = fetch(conn, request_id)  # None for an event of no request (an upstream's tool-changed)
+    entries = routing.entries_for(event, request, actor, at, details, audit_seq)
     # Due at once (next_attempt_at 0), whatever the clock of the process that will send it says.
     conn.executemany(
         "INSERT OR IGNORE INTO outbox (audit_seq, request_id, event, channel, notifier, label, payload, "
