@@ -60,11 +60,14 @@ def tokens(env: dict[str, str], config_file: Path) -> dict[str, str]:
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, *args: str, host: str = "127.0.0.1") -> Iterator[str]:
-    """A `hitl serve --http` process on a free loopback port; yields its MCP URL once the port answers.
+def serving(
+    env: dict[str, str], log: Path, *args: str, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[str]:
+    """A `hitl serve --http` process on `port` (a free loopback one by default); yields its MCP URL once
+    the port answers.
 
     Its stderr goes to `log`, its stdout to `log` with the suffix .stdout."""
-    port = free_port()
+    port = port or free_port()
     with log.open("wb") as stderr, log.with_suffix(".stdout").open("wb") as stdout:
         server = subprocess.Popen(
             [HITL, "serve", "--http", "--host", host, "--port", str(port), *args],

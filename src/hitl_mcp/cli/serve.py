@@ -85,11 +85,17 @@ def inbox_sign_in(
 
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     try:
-        sign_in = SignIn.for_server(settings, tokens)
+        sign_in = SignIn.for_server(settings, tokens, base)
     except InboxOff as off:
         click.echo(f"hitl-mcp: the inbox and /api/v1 are off: {off}", err=True)
         return off
-    if sign_in.link_token is None:
+    if sign_in.sso is not None:
+        click.echo(
+            f"hitl-mcp: inbox at {base}/ (sign in with SSO at {sign_in.sso.settings.issuer}; the provider "
+            f"must allow the redirect URI {sign_in.sso.redirect_uri}), API at {base}/api/v1",
+            err=True,
+        )
+    elif sign_in.link_token is None:
         click.echo(
             f"hitl-mcp: inbox at {base}/ (sign in with a principal's token), API at {base}/api/v1", err=True
         )

@@ -6,9 +6,10 @@ configured (what `make run` starts) makes one sign-in link for the OS user inste
 memory only, good until the server stops. Signing in always takes a button press, a POST: mail and chat
 scanners open every link they see, and a GET must not sign them in.
 
-Sessions live in this process's memory; a restart signs everyone out. Every state-changing form carries the
-session's CSRF token and must come from this origin; the cookie is HttpOnly and SameSite=Strict, and Secure
-when the inbox is reached over https.
+With `[web.oidc]`, people sign in through the team's OpenID Provider (`hitl_mcp.web.sso`); the roles its
+claim gives ride on the session. Sessions live in this process's memory; a restart signs everyone out.
+Every state-changing form carries the session's CSRF token and must come from this origin; the cookie is
+HttpOnly and SameSite=Strict, and Secure when the inbox is reached over https.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ from hitl_mcp.auth import PrincipalTokens
 from hitl_mcp.config import Settings, check_principal
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.web.problems import Refused
+from hitl_mcp.web.sso import PENDING_SECONDS, SingleSignOn
 
 SESSION_COOKIE = "hitl_session"
+# Binds a sign-in begun at the OpenID Provider to the browser that began it. SameSite=Lax: the provider
+# sends the browser back with a cross-site navigation, which a Strict cookie would not come with.
+SSO_COOKIE = "hitl_sso"
+CALLBACK_PATH = "/auth/callback"
 LOGIN_COOKIE = "hitl_login"
 LOGIN_COOKIE_SECONDS = 3600
 # Sessions are kept in memory: past this many, the ones closest to expiry give way.
@@ -54,6 +60,10 @@ class Session:
     principal: str
     csrf: str
     expires_at: float
+    roles: tuple[str, ...] = ()
+    """Roles the sign-in itself gave (an OpenID Provider's claim), beside the config's for the principal."""
+    id_token: str | None = None
+    """The provider's ID token, when signed in through it: the hint for signing out there too."""
 
 
 class SignIn:
@@ -66,9 +76,11 @@ class SignIn:
         link_principal: str | None = None,
         session_seconds: float = 12 * 3600,
         public_url: str | None = None,
+        sso: SingleSignOn | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tokens = tokens
+        self.sso = sso
         self.link_principal = link_principal
         self.link_token = secrets.token_urlsafe(32) if link_principal is not None else None
         self.session_seconds = session_seconds
@@ -77,11 +89,16 @@ class SignIn:
         self._sessions: dict[str, Session] = {}
 
     @classmethod
-    def for_server(cls, settings: Settings, tokens: PrincipalTokens | None) -> SignIn:
-        """Sign-in for `hitl serve --http`: the configured tokens, or — with none, which only a loopback
-        server accepts — a link for the OS user. Never as the principal tokenless MCP clients act as:
-        signed in as it, a person's approvals would be the agent's own."""
+    def for_server(cls, settings: Settings, tokens: PrincipalTokens | None, base_url: str) -> SignIn:
+        """Sign-in for `hitl serve --http` reached at `base_url`: the team's OpenID Provider when one is
+        configured, and the configured tokens; or — with neither, which only a loopback server accepts — a
+        link for the OS user. Never as the principal tokenless MCP clients act as: signed in as it, a
+        person's approvals would be the agent's own."""
         hours, public_url = settings.web.session_hours, settings.web.public_url
+        if settings.web.oidc is not None:
+            callback = f"{(public_url or base_url).rstrip('/')}{CALLBACK_PATH}"
+            sso = SingleSignOn(settings.web.oidc, callback)
+            return cls(tokens, session_seconds=hours * 3600, public_url=public_url, sso=sso)
         if tokens is not None:
             return cls(tokens, session_seconds=hours * 3600, public_url=public_url)
         try:
@@ -111,12 +128,14 @@ class SignIn:
 
     # -- sessions ----------------------------------------------------------------------------------
 
-    def start(self, principal: str) -> tuple[str, Session]:
+    def start(
+        self, principal: str, *, roles: tuple[str, ...] = (), id_token: str | None = None
+    ) -> tuple[str, Session]:
         now = self.clock()
         if len(self._sessions) >= MAX_SESSIONS:
             self._prune(now)
         session_id = secrets.token_urlsafe(32)
-        session = Session(principal, secrets.token_urlsafe(32), now + self.session_seconds)
+        session = Session(principal, secrets.token_urlsafe(32), now + self.session_seconds, roles, id_token)
         self._sessions[session_id] = session
         return session_id, session
 
@@ -188,6 +207,17 @@ class SignIn:
             path="/login",
             httponly=True,
             samesite="strict",
+            secure=self.secure(request),
+        )
+
+    def set_sso_cookie(self, response: Response, request: HttpRequest, value: str) -> None:
+        response.set_cookie(
+            SSO_COOKIE,
+            value,
+            max_age=PENDING_SECONDS,
+            path="/auth",
+            httponly=True,
+            samesite="lax",
             secure=self.secure(request),
         )
 

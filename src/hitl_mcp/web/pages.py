@@ -27,7 +27,7 @@ from hitl_mcp.errors import HitlError, InvalidArguments, NotFound, NotPending
 from hitl_mcp.gate import MAX_PAGE, Gate
 from hitl_mcp.models import Request, Status
 from hitl_mcp.web import forms, queries, rendering
-from hitl_mcp.web.auth import LOGIN_COOKIE, SESSION_COOKIE, Session
+from hitl_mcp.web.auth import CALLBACK_PATH, LOGIN_COOKIE, SESSION_COOKIE, Session
 from hitl_mcp.web.charts import bars, stacked_bars
 from hitl_mcp.web.face import WebFace
 from hitl_mcp.web.models import ReportFigures
@@ -424,6 +424,7 @@ class Pages:
         bad_link: bool = False,
         refusal: str | None = None,
         status: int = 200,
+        signed_out_at: str | None = None,
     ) -> Response:
         form_token = secrets.token_urlsafe(24)
         response = self.render(
@@ -435,6 +436,8 @@ class Pages:
             refusal=refusal,
             form_token=form_token,
             next=local_path(request.query_params.get("next")),
+            sso=self.face.sign_in.sso is not None,
+            signed_out_at=signed_out_at,
         )
         self.face.sign_in.set_login_cookie(response, request, form_token)
         return response
@@ -463,7 +466,14 @@ class Pages:
         self, request: HttpRequest, session: Session, gate: Gate, fields: dict[str, str]
     ) -> Response:
         self.face.sign_in.end(request)
-        response = RedirectResponse("/login", status_code=303)
+        sso = self.face.sign_in.sso
+        response: Response
+        if sso is not None and session.id_token is not None:
+            # Signed out here; the provider's own session is the person's to end, offered as a link.
+            after = f"{sso.redirect_uri.removesuffix(CALLBACK_PATH)}/login"
+            response = self.login(request, signed_out_at=sso.end_session_url(session.id_token, after))
+        else:
+            response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
