@@ -16,15 +16,18 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp import Client
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Request, Status
+from hitl_mcp.server import build_server
 from tests.environment import process_env
 from tests.inbox import make_site, serve, until
 from tests.postgres_cluster import Cluster, missing, start_cluster
 from tests.smtp_sink import SmtpSink
 from tests.test_cli import hitl
+from tests.test_server import text
 from tests.test_store_faults import one_line, with_busy_timeout
 
 EMAIL = {"to": "erin@example.org", "subject": "Quarterly report", "body": "Numbers attached."}
@@ -40,6 +43,8 @@ def own_cluster() -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
+        if not (cluster.data / "postmaster.pid").exists():
+            cluster.resume()  # a test that failed while it was halted
         cluster.stop()
 
 
@@ -195,6 +200,7 @@ def test_a_stopped_postgresql_is_a_503_problem_and_one_log_line_each_way(
             until(lambda: "the store is unavailable" in served.log.read_text())
             for _ in range(3):
                 assert api.get("/api/v1/requests").status_code == 503
+            shown = hitl(env, "show", request_id)
         finally:
             own_cluster.resume()
         until(lambda: api.get(f"/api/v1/requests/{request_id}").status_code == 200, timeout=30)
@@ -206,6 +212,8 @@ def test_a_stopped_postgresql_is_a_503_problem_and_one_log_line_each_way(
         assert response.headers["content-type"] == "application/problem+json"
         assert "cannot be reached" in response.json()["detail"]
     assert approve.json()["detail"].endswith("nothing was changed")
+    assert shown.returncode == 7
+    assert "cannot be reached" in one_line(shown.stderr)
     assert log.count("the store is unavailable") == 1, log
     assert log.count("the store is available again") == 1, log
     assert "Traceback" not in log, log
@@ -214,3 +222,26 @@ def test_a_stopped_postgresql_is_a_503_problem_and_one_log_line_each_way(
 async def _file(settings: Settings) -> str:
     async with open_gate(settings) as gate:
         return (await gate.file("send_email", EMAIL, "agent")).request_id
+
+
+async def test_an_mcp_tool_says_the_store_is_unreachable_in_one_line_and_works_again_once_it_is_back(
+    own_cluster: Cluster, own_url: str, tmp_path: Path, config_file: Path
+) -> None:
+    settings = load_settings({**process_env(tmp_path, config_file), "HITL_DB": own_url})
+    request_id = await _file(settings)
+    async with Client(build_server(settings, principal="alice")) as approver:
+        await anyio.to_thread.run_sync(own_cluster.halt)
+        try:
+            refused = await approver.call_tool("get_request", {"request_id": request_id})
+        finally:
+            await anyio.to_thread.run_sync(own_cluster.resume)
+        # Polled with a deadline: the pool reconnects at its first use after the server is back.
+        for _ in range(300):
+            again = await approver.call_tool("get_request", {"request_id": request_id})
+            if not again.is_error:
+                break
+            await anyio.sleep(0.1)
+
+    assert refused.is_error
+    assert re.search(r": the PostgreSQL server at \S+ cannot be reached \([^\n]*\)$", text(refused))
+    assert (again.structured_content or {})["status"] == "pending"

@@ -20,7 +20,9 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, S
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from hitl_mcp.client_log import LogListeners, level_of, message, status_after
+from hitl_mcp.errors import StoreUnavailable
 from hitl_mcp.store import Store, wait_for_change
+from hitl_mcp.store.outage import outage_of
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +154,23 @@ class ChangeFeed:
         await self.bus.publish(ResourceUpdated(uri=uri))
         await self.legacy.notify(uri)
 
+    async def _starting_point(self) -> int:
+        """The newest audit seq, once the store answers: a store that is down as the server starts must
+        not end the server (this task's failure would end its task group)."""
+        while True:
+            try:
+                _, seen = await self.store.changed_since(None)
+            except StoreUnavailable as fault:
+                outage_of(self.store).failed(fault)
+                await anyio.sleep(IDLE_SECONDS)
+                continue
+            return seen
+
     async def run(self, local_change: Callable[[], anyio.Event] | None = None) -> None:
         """Forever: wait for a change, publish what changed. Cancel it to stop.
 
         `local_change` gives the event this process sets at its next change, heard without polling."""
-        _, seen = await self.store.changed_since(None)
+        seen = await self._starting_point()
         version = await self.store.change_counter()
         while True:
             if self.listened():
@@ -182,5 +196,7 @@ class ChangeFeed:
                     await self.publish(PENDING_URI)
                 if self.logs:
                     await self.log(changed, after=before)
+            except StoreUnavailable as fault:
+                outage_of(self.store).failed(fault)  # logged once per outage, not once per pass
             except Exception:
                 logger.exception("publishing request changes failed; carrying on")

@@ -46,11 +46,13 @@ import httpx2
 
 from hitl_mcp.actions.send_email import MESSAGE_ID_DOMAIN, SendEmailSettings, deliver
 from hitl_mcp.config import Settings
+from hitl_mcp.errors import StoreUnavailable
 from hitl_mcp.gate import Gate
 from hitl_mcp.notify import render
 from hitl_mcp.notify.outbox import ClaimedDelivery, OutboxStore
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.store import wait_for_change
+from hitl_mcp.store.outage import outage_of
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,9 @@ class Deliverer:
                 before = await self.store.change_counter()
                 await self.deliver_due()
                 await self._wait(before, await self.store.outbox_next_due())
+            except StoreUnavailable as fault:
+                outage_of(self.store).failed(fault)  # logged once per outage, not once per pass
+                await anyio.sleep(self.policy.idle_seconds)
             except Exception:
                 logger.exception(
                     "notification delivery failed; trying again in %ss", self.policy.idle_seconds
