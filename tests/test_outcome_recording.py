@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, closing, contextmanager
+from contextlib import ExitStack, asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import pytest
 from mcp import Client
 
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.errors import NotPending
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Request, Status
 from hitl_mcp.server import build_server
@@ -151,6 +152,8 @@ async def test_an_outcome_finished_under_a_lock_held_past_the_busy_timeout_is_re
                 with anyio.fail_after(20):
                     await answered.given.wait()
                 shown = await gate.get(request_id)
+                with pytest.raises(NotPending) as here:
+                    await gate.settle(request_id, "bob", "failed", "nothing arrived")
                 settle = await anyio.to_thread.run_sync(
                     lambda: hitl(env, "settle", request_id, "--executed", "--note", "saw it", "--as", "bob")
                 )
@@ -168,6 +171,9 @@ async def test_an_outcome_finished_under_a_lock_held_past_the_busy_timeout_is_re
     assert "the store is locked by another process" in answer.recording
     assert shown.recording == answer.recording
     assert stored == ("executing",)
+    # The server that holds the outcome knows there is nothing for a person to settle.
+    assert str(here.value).startswith(f"request {request_id}: executed; recording the outcome: ")
+    assert str(here.value).endswith("there is nothing to settle; nothing was changed")
     # Another process cannot see this one's memory, but says who holds the request and when it can act.
     assert settle.returncode == 4
     refusal = one_line(settle.stderr)
@@ -245,3 +251,27 @@ async def test_an_mcp_tool_says_the_store_is_unreachable_in_one_line_and_works_a
     assert refused.is_error
     assert re.search(r": the PostgreSQL server at \S+ cannot be reached \([^\n]*\)$", text(refused))
     assert (again.structured_content or {})["status"] == "pending"
+
+
+async def test_a_server_stopping_with_an_outcome_the_store_still_refuses_says_so_in_one_line(
+    env: dict[str, str], smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(with_busy_timeout(env, 0.2))
+    with ExitStack() as lock:
+        async with open_gate(settings) as gate:
+            request_id = (await gate.file("send_email", EMAIL, "agent")).request_id
+            smtp.hold()
+            async with approving(gate, request_id):
+                await smtp.wait_holding_async()
+                lock.enter_context(exclusively_locked(settings.db_path))
+                smtp.release()
+            # Leaving the gate now, as a stopping server does: one last try, refused too.
+        [stopped] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    async with open_gate(settings, readonly=True) as after:
+        left = await after.get(request_id)
+
+    assert not [r for r in caplog.records if r.exc_info]
+    assert stopped.startswith(f"request {request_id}: executed, but the store would not take its outcome")
+    assert "record it with `hitl settle`" in stopped
+    assert left.status is Status.EXECUTING and left.claimed_by == gate.worker
+    assert len(smtp.messages) == 1
