@@ -43,6 +43,7 @@ class Gateway:
             app, SupervisedUpstreams(self.upstreams), file=file, principal_of=principal_of, bus=bus
         )
         self._synced: anyio.Event | None = None
+        self._synced_generation = -1
         # Before the tool manager: a call of an upstream's tool still starting waits, then says so.
         self.middleware = starting_middleware(self.upstreams, self, start_wait)
 
@@ -59,6 +60,7 @@ class Gateway:
                 seen = await self.upstreams.wait_for_change(seen)
                 if self.tools.sync(gate):
                     await self.tools.tell_clients()
+                self._synced_generation = seen
                 self._tell_waiters()
                 for change in self.upstreams.take_changes():
                     await changes.record(gate, change, self.upstreams.settings(change.upstream))
@@ -66,9 +68,13 @@ class Gateway:
     def registered(self, name: str) -> bool:
         return name in self.tools.names
 
+    def caught_up(self) -> bool:
+        return self._synced_generation == self.upstreams.generation
+
     async def until(self, done: Callable[[], bool], timeout: float) -> None:
+        # The supervisor's state moves before hitl's tools do: done only once they are synced with it.
         with anyio.move_on_after(timeout):
-            while not done():
+            while not (done() and self.caught_up()):
                 if self._synced is None:
                     self._synced = anyio.Event()
                 await self._synced.wait()

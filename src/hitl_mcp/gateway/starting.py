@@ -29,8 +29,11 @@ class Synced(Protocol):
     def registered(self, name: str) -> bool:
         """Whether hitl offers a tool of that name now."""
 
+    def caught_up(self) -> bool:
+        """Whether hitl's tools are in step with the upstreams' latest state."""
+
     async def until(self, done: Callable[[], bool], timeout: float) -> None:
-        """Return once `done()` holds after a sync of the tools, or after `timeout` seconds."""
+        """Return once `done()` holds and the tools are caught up, or after `timeout` seconds."""
 
 
 def starting_middleware(
@@ -42,14 +45,13 @@ def starting_middleware(
         return any(upstreams.first_start(name) for name in names)
 
     async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.method == "tools/list" and any_first_start():
+        if ctx.method == "tools/list" and (any_first_start() or not synced.caught_up()):
             await synced.until(lambda: not any_first_start(), wait)
         elif ctx.method == "tools/call" and ctx.params:
             name = ctx.params.get("name")
             upstream = _upstream_of(name, names)
             if isinstance(name, str) and upstream is not None and not synced.registered(name):
-                if _starting(upstreams, upstream):
-                    await synced.until(lambda: not _starting(upstreams, upstream), wait)
+                await synced.until(lambda: not _starting(upstreams, upstream), wait)
                 if not synced.registered(name):
                     refusal = _not_yet(upstreams, upstream, name)
                     if refusal is not None:
