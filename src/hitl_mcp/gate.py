@@ -43,7 +43,7 @@ from hitl_mcp.errors import (
     StoreUnavailable,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
-from hitl_mcp.store import ClaimFor, Edit, NewRequest, Store, SummaryRows, wait_for_change
+from hitl_mcp.store import ClaimFor, DenialPage, Edit, NewRequest, Store, SummaryRows, wait_for_change
 from hitl_mcp.store.outage import outage_of
 
 logger = logging.getLogger(__name__)
@@ -825,11 +825,39 @@ class Gate:
         )
 
     async def summaries(
-        self, *, tool: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        statuses: tuple[Status, ...] | None = OPEN_STATUSES,
+        tool: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
     ) -> SummaryRows:
-        """The pending queue as `list` pages it, each request as its one line (`RequestSummary`'s JSON)."""
+        """Requests as `list` pages them (the pending queue by default), each as its one line
+        (`RequestSummary`'s JSON)."""
         self._check_page(tool, limit, cursor)
-        return await self.store.summaries(OPEN_STATUSES, tool, limit, cursor)
+        return await self.store.summaries(statuses, tool, limit, cursor)
+
+    async def count(
+        self,
+        *,
+        statuses: tuple[Status, ...] | None = OPEN_STATUSES,
+        tool: str | None = None,
+        cursor: str | None,
+    ) -> int:
+        """How many requests `list` has left after `cursor`."""
+        self._check_page(tool, 1, cursor)
+        return await self.store.count(statuses, tool, cursor)
+
+    async def denials(
+        self, *, tool: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> DenialPage:
+        """Calls the policy refused at filing, oldest first: no request was made, only the audit record."""
+        self._check_page(tool, limit, cursor)
+        return await self.store.denials(tool, limit, cursor)
+
+    async def count_denials(self, *, tool: str | None = None, cursor: str | None) -> int:
+        self._check_page(tool, 1, cursor)
+        return await self.store.count_denials(tool, cursor)
 
     def _check_page(self, tool: str | None, limit: int, cursor: str | None) -> None:
         if tool is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from typing import Any, Literal
@@ -11,18 +12,15 @@ import click
 
 from hitl_mcp import json_input
 from hitl_mcp.actions.base import describe_target
+from hitl_mcp.cli import listing
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import (
     acting_as,
     describe,
     duration,
-    expires_in,
     load,
     refusals,
     report,
-    status_label,
-    table,
-    truncate,
     with_gate,
 )
 from hitl_mcp.errors import HitlError, InvalidArguments
@@ -31,7 +29,8 @@ from hitl_mcp.models import Request, Status
 
 # Another process that claimed the request is running it; say how it ended rather than "executing".
 OUTCOME_WAIT_SECONDS = 30.0
-LIST_PAGE = 200
+LIST_PAGE = 100
+LIST_MAX = 10_000
 OUTCOME_GRACE_SECONDS = 2.0
 
 
@@ -39,68 +38,90 @@ OUTCOME_GRACE_SECONDS = 2.0
 @click.option(
     "--status",
     "status",
-    type=click.Choice([s.value for s in Status]),
-    help="Only requests in this status (default: pending).",
+    type=click.Choice([s.value for s in Status] + [listing.DENIED]),
+    help="Only requests in this status (default: pending), or `denied`: calls the policy refused at filing.",
 )
-@click.option("--all", "all_statuses", is_flag=True, help="Requests in every status.")
+@click.option("--all", "all_statuses", is_flag=True, help="Requests in every status, then denied calls.")
 @click.option("--tool", help="Only requests for this gated tool.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1), help="At most this many.")
+@click.option(
+    "--limit",
+    default=LIST_PAGE,
+    show_default=True,
+    type=click.IntRange(1, LIST_MAX),
+    help=f"Rows in this page (at most {LIST_MAX:,}).",
+)
+@click.option("--cursor", help="Continue where an earlier page ended, as its last line on stderr says.")
+@click.option(
+    "--all-pages", is_flag=True, help="Every page to the end, each printed as it is read (never held)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of full records.")
 @refusals
 def list_requests(
-    status: str | None, all_statuses: bool, tool: str | None, limit: int, as_json: bool
+    status: str | None,
+    all_statuses: bool,
+    tool: str | None,
+    limit: int,
+    cursor: str | None,
+    all_pages: bool,
+    as_json: bool,
 ) -> None:
     """List requests, oldest first: by default what needs a person — pending requests, and executing
-    ones whose outcome is unknown — or those of one --status, or --all."""
+    ones whose outcome is unknown — or those of one --status, or --all.
+
+    A page has --limit rows; when more remain, the last line (on stderr) says how many and the command
+    for the next page (`--cursor C`). --all-pages prints them all, a page at a time. Denied calls were
+    never requests: each is the audit record of a call the policy refused, listed by --status denied and
+    after the requests by --all, as `hitl report` counts them."""
     if status and all_statuses:
         raise click.UsageError("give --status or --all, not both")
-    needs_a_person = not (status or all_statuses)
-    statuses = None if all_statuses else (Status(status) if status else Status.PENDING,)
+    spec = listing.Listing.of(status, all_statuses)
+    spec.start(cursor)  # a bad cursor is refused before the store is opened
 
-    async def collect(gate: Gate) -> list[Request]:
-        found = await _pages(gate, statuses, tool, limit)
-        if needs_a_person:
-            executing = await _pages(gate, (Status.EXECUTING,), tool, limit)
-            found = sorted(found + [r for r in executing if r.outcome_unknown], key=lambda r: r.created_at)
-        return found[:limit]
+    async def show(gate: Gate) -> str | None:
+        table, array = listing.TablePrinter(), listing.JsonArrayPrinter()
+        now, after = time.time(), cursor
+        async for chunk in listing.chunks(
+            gate, spec, tool, cursor, None if all_pages else limit, records=as_json
+        ):
+            after = chunk.cursor
+            if as_json:
+                array.print([listing.record(item) for item in chunk.items])
+            else:
+                rows = [listing.row(item, now) for item in chunk.items]
+                table.print(
+                    rows, more_follow=after is not None and (all_pages or table.printed + len(rows) < limit)
+                )
+        if as_json:
+            array.close()
+        elif table.printed == 0:
+            click.echo(_nothing(status, all_statuses, cursor))
+        if after is None:
+            return None
+        more = await listing.remaining(gate, spec, tool, after)
+        return f"{more:,} more: {_next_page(status, all_statuses, tool, limit, after)}" if more else None
 
-    requests = with_gate(load(), collect, readonly=True)
-    if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in requests], indent=2))
-        return
-    if not requests:
-        click.echo("No requests." if all_statuses or status else "Nothing is waiting for a decision.")
-        return
-    now = time.time()
-    rows = [
-        (
-            r.request_id[:10],
-            duration(now - r.created_at.timestamp()),
-            r.tool,
-            status_label(r),
-            truncate(r.summary, 60),
-            r.requested_by,
-            r.approval.may_decide if r.status is Status.PENDING and r.approval.may_decide else "-",
-            expires_in(r, now),
-        )
-        for r in requests
-    ]
-    header = ("ID", "AGE", "TOOL", "STATUS", "SUMMARY", "REQUESTED BY", "WAITS ON", "EXPIRES IN")
-    click.echo(table(header, rows))
+    more_line = with_gate(load(), show, readonly=True)
+    if more_line is not None:
+        click.echo(more_line, err=True)
 
 
-async def _pages(
-    gate: Gate, statuses: tuple[Status, ...] | None, tool: str | None, limit: int
-) -> list[Request]:
-    found: list[Request] = []
-    cursor = None
-    while len(found) < limit:
-        page = await gate.list(statuses=statuses, tool=tool, limit=min(LIST_PAGE, limit), cursor=cursor)
-        found.extend(page.requests)
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    return found[:limit]
+def _nothing(status: str | None, all_statuses: bool, cursor: str | None) -> str:
+    if cursor is not None:
+        return "No more requests."
+    return "No requests." if all_statuses or status else "Nothing is waiting for a decision."
+
+
+def _next_page(status: str | None, all_statuses: bool, tool: str | None, limit: int, cursor: str) -> str:
+    words = ["hitl", "list"]
+    if status:
+        words += ["--status", status]
+    if all_statuses:
+        words.append("--all")
+    if tool:
+        words += ["--tool", shlex.quote(tool)]
+    if limit != LIST_PAGE:
+        words += ["--limit", str(limit)]
+    return " ".join([*words, "--cursor", cursor]) + " (or --all-pages for every page)"
 
 
 @main.command()

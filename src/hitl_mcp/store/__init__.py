@@ -109,6 +109,24 @@ class SummaryRows:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class Denial:
+    """A call the policy refused at filing: an audit record only, under the id it would have had."""
+
+    request_id: str
+    tool: str
+    requested_by: str
+    at: float
+    policy: str
+    arguments_digest: str | None
+
+
+@dataclass(frozen=True)
+class DenialPage:
+    denials: list[Denial]
+    next_cursor: str | None
+
+
 class Store(OutboxStore, Protocol):
     """Requests, their decisions and audit trail, and the notification outbox (`OutboxStore`)."""
 
@@ -189,6 +207,15 @@ class Store(OutboxStore, Protocol):
         self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
     ) -> SummaryRows:
         """`page`, each request as its one line (`RequestSummary`'s JSON form) instead of its record."""
+
+    async def count(self, statuses: Sequence[Status] | None, tool: str | None, cursor: str | None) -> int:
+        """How many requests `page` has left to list after `cursor` (all of them with None)."""
+
+    async def denials(self, tool: str | None, limit: int, cursor: str | None) -> DenialPage:
+        """Calls refused at filing (`denied` audit records), oldest first, keyset-paginated by audit seq."""
+
+    async def count_denials(self, tool: str | None, cursor: str | None) -> int:
+        """How many `denials` has left to list after `cursor`."""
 
     async def approved_unclaimed(
         self, decided_before: float, limit: int = 100, targets: str | None = None

@@ -27,7 +27,17 @@ from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
-from hitl_mcp.store import ClaimFor, NewRequest, Page, Planner, SummaryRows, finish_details, level_details
+from hitl_mcp.store import (
+    ClaimFor,
+    Denial,
+    DenialPage,
+    NewRequest,
+    Page,
+    Planner,
+    SummaryRows,
+    finish_details,
+    level_details,
+)
 from hitl_mcp.store import postgres_schema as schema
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_rows import (
@@ -84,6 +94,20 @@ async def _page_rows(
 ) -> tuple[list[asyncpg.Record], dict[str, list[Decision]], str | None]:
     """A page's rows of `columns` (seq and id among them), oldest first after `cursor`, their decisions,
     and the next page's cursor."""
+    where, params = _page_where(statuses, tool, cursor)
+    params.append(limit + 1)
+    rows = await conn.fetch(
+        f"SELECT {columns} FROM requests WHERE {where} ORDER BY seq LIMIT ${len(params)}", *params
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    decisions = await decisions_of(conn, [row["id"] for row in rows])
+    return rows, decisions, str(rows[-1]["seq"]) if more else None
+
+
+def _page_where(
+    statuses: Sequence[Status] | None, tool: str | None, cursor: str | None
+) -> tuple[str, list[Any]]:
     clauses = ["seq > $1"]
     params: list[Any] = [int(cursor) if cursor else 0]
     if statuses is not None:
@@ -92,15 +116,16 @@ async def _page_rows(
     if tool is not None:
         params.append(tool)
         clauses.append(f"tool = ${len(params)}")
-    params.append(limit + 1)
-    rows = await conn.fetch(
-        f"SELECT {columns} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(params)}",
-        *params,
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    decisions = await decisions_of(conn, [row["id"] for row in rows])
-    return rows, decisions, str(rows[-1]["seq"]) if more else None
+    return " AND ".join(clauses), params
+
+
+def _denied_where(tool: str | None, cursor: str | None) -> tuple[str, list[Any]]:
+    where = "event = 'denied' AND seq > $1"
+    params: list[Any] = [int(cursor) if cursor else 0]
+    if tool is not None:
+        params.append(tool)
+        where += f" AND details->>'tool' = ${len(params)}"
+    return where, params
 
 
 def _like_prefix(prefix: str) -> str:
@@ -495,6 +520,50 @@ class PostgresStore:
             )
 
         return await self._read(summaries)
+
+    async def count(self, statuses: Sequence[Status] | None, tool: str | None, cursor: str | None) -> int:
+        where, params = _page_where(statuses, tool, cursor)
+
+        async def count(conn: Conn) -> int:
+            return int(await conn.fetchval(f"SELECT count(*) FROM requests WHERE {where}", *params))
+
+        return await self._read(count)
+
+    async def denials(self, tool: str | None, limit: int, cursor: str | None) -> DenialPage:
+        where, params = _denied_where(tool, cursor)
+
+        async def denials(conn: Conn) -> DenialPage:
+            rows = await conn.fetch(
+                f"SELECT seq, request_id, actor, at, details::text FROM audit WHERE {where} ORDER BY seq "
+                f"LIMIT ${len(params) + 1}",
+                *params,
+                limit + 1,
+            )
+            more = len(rows) > limit
+            rows = rows[:limit]
+            found = [
+                Denial(
+                    request_id=row["request_id"],
+                    tool=str(details.get("tool", "")),
+                    requested_by=row["actor"],
+                    at=row["at"],
+                    policy=str(details.get("policy", "")),
+                    arguments_digest=details.get("arguments_digest"),
+                )
+                for row in rows
+                for details in (json.loads(row["details"]),)
+            ]
+            return DenialPage(found, str(rows[-1]["seq"]) if more else None)
+
+        return await self._read(denials)
+
+    async def count_denials(self, tool: str | None, cursor: str | None) -> int:
+        where, params = _denied_where(tool, cursor)
+
+        async def count(conn: Conn) -> int:
+            return int(await conn.fetchval(f"SELECT count(*) FROM audit WHERE {where}", *params))
+
+        return await self._read(count)
 
     async def approved_unclaimed(
         self, decided_before: float, limit: int = 100, targets: str | None = None

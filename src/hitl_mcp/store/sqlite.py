@@ -28,6 +28,8 @@ from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.private_files import create_private
 from hitl_mcp.store import (
     ClaimFor,
+    Denial,
+    DenialPage,
     NewRequest,
     Page,
     Planner,
@@ -120,6 +122,18 @@ def _page_rows(
 ) -> tuple[list[Any], dict[str, list[Decision]], str | None]:
     """A page's rows of `columns` (seq and id first), oldest first after `cursor`, their decisions, and
     the next page's cursor."""
+    where, params = _page_where(statuses, tool, cursor)
+    rows = conn.execute(
+        f"SELECT {columns} FROM requests WHERE {where} ORDER BY seq LIMIT ?", [*params, limit + 1]
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, decisions_of(conn, [row[1] for row in rows]), str(rows[-1][0]) if more else None
+
+
+def _page_where(
+    statuses: Sequence[Status] | None, tool: str | None, cursor: str | None
+) -> tuple[str, list[Any]]:
     clauses = ["seq > ?"]
     params: list[Any] = [int(cursor) if cursor else 0]
     if statuses is not None:
@@ -128,13 +142,28 @@ def _page_rows(
     if tool is not None:
         clauses.append("tool = ?")
         params.append(tool)
-    params.append(limit + 1)
-    rows = conn.execute(
-        f"SELECT {columns} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", params
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, decisions_of(conn, [row[1] for row in rows]), str(rows[-1][0]) if more else None
+    return " AND ".join(clauses), params
+
+
+def _denied_where(tool: str | None, cursor: str | None) -> tuple[str, list[Any]]:
+    where = "event = 'denied' AND seq > ?"
+    params: list[Any] = [int(cursor) if cursor else 0]
+    if tool is not None:
+        where += " AND json_extract(details, '$.tool') = ?"
+        params.append(tool)
+    return where, params
+
+
+def _denial(seq: int, request_id: str, actor: str, at: float, details: str) -> Denial:
+    found = json.loads(details)
+    return Denial(
+        request_id=request_id,
+        tool=str(found.get("tool", "")),
+        requested_by=actor,
+        at=at,
+        policy=str(found.get("policy", "")),
+        arguments_digest=found.get("arguments_digest"),
+    )
 
 
 def _repeated(conn: sqlite3.Connection, request: NewRequest) -> Request | None:
@@ -610,6 +639,34 @@ class SQLiteStore:
             return SummaryRows([summary_of(row, decisions.get(row[1], [])) for row in rows], next_cursor)
 
         return await self._run(summaries)
+
+    async def count(self, statuses: Sequence[Status] | None, tool: str | None, cursor: str | None) -> int:
+        where, params = _page_where(statuses, tool, cursor)
+        return await self._run(
+            lambda conn: int(
+                conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()[0]
+            )
+        )
+
+    async def denials(self, tool: str | None, limit: int, cursor: str | None) -> DenialPage:
+        where, params = _denied_where(tool, cursor)
+
+        def denials(conn: sqlite3.Connection) -> DenialPage:
+            rows = conn.execute(
+                f"SELECT seq, request_id, actor, at, details FROM audit WHERE {where} ORDER BY seq LIMIT ?",
+                [*params, limit + 1],
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return DenialPage([_denial(*row) for row in rows], str(rows[-1][0]) if more else None)
+
+        return await self._run(denials)
+
+    async def count_denials(self, tool: str | None, cursor: str | None) -> int:
+        where, params = _denied_where(tool, cursor)
+        return await self._run(
+            lambda conn: int(conn.execute(f"SELECT count(*) FROM audit WHERE {where}", params).fetchone()[0])
+        )
 
     async def approved_unclaimed(
         self, decided_before: float, limit: int = 100, targets: str | None = None
