@@ -15,11 +15,19 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp_types import CallToolResult
 
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.gate import open_gate
+from hitl_mcp.gateway.tools import GatewayTools
+from hitl_mcp.gateway.view import SupervisedUpstreams
 from hitl_mcp.report import build
 from hitl_mcp.server import build_server
 from hitl_mcp.upstream.settings import GatewaySettings
+from hitl_mcp.upstream.supervisor import Upstreams
 from tests.smtp_sink import SmtpSink
 from tests.test_cli import hitl
 from tests.test_gateway import session, until_listed
@@ -80,7 +88,7 @@ async def test_a_gated_tool_re_announced_as_read_only_stays_gated_and_the_change
     assert (change["decision"], change["held"]) == ("gated", True)
     assert change["gated_because"] == "no pattern and not marked read-only (fail closed)"
     assert (
-        "notes: notes__fail changed its description, annotations since hitl first served it; held gated"
+        "notes: notes__fail changed its description, annotations after hitl first served it; held gated"
         in capsys.readouterr().err
     )
 
@@ -150,7 +158,7 @@ async def test_a_held_tool_stays_held_after_a_restart_until_the_upstreams_rules_
     rows = {line.split()[0]: " ".join(line.split()[1:]) for line in shown.stdout.splitlines() if "__" in line}
     assert rows["notes__fail"].startswith("gated held gated: gated when first served (no pattern")
     assert (
-        "  changed: notes__fail changed its annotations since hitl first served it; held gated"
+        "  changed: notes__fail changed its annotations after hitl first served it; held gated"
         in shown.stdout
     )
     assert "changed:" not in shown_after.stdout
@@ -225,7 +233,43 @@ async def test_a_tool_change_is_sent_to_the_notifiers_that_want_tool_changed(
     assert "Now        gated, held: the upstream cannot loosen its own gate" in body["text"]
     header, facts = slack.json["blocks"]
     assert header["text"]["text"] == "Tool changed: notes__fail (upstream notes)"
-    assert "*Changed:* annotations (since hitl first served it)" in facts["text"]["text"]
+    assert "*Changed:* annotations (after hitl first served it)" in facts["text"]["text"]
     assert str(mail.message["Subject"]) == "[hitl] Tool changed: notes__fail (upstream notes)"
     assert "Check:    hitl upstreams" in mail.body and "Accept:   to accept" in mail.body
     assert receiver.attempts("/filed-only") == []
+
+
+async def test_a_passed_tool_re_listed_as_gated_is_not_forwarded_before_it_is_registered_again(
+    gateway_settings: Settings,
+) -> None:
+    # The supervisor learns of the change a moment before hitl's tools are synced with it: a call made in
+    # that moment reaches the tool still registered as passed, which must not forward it.
+    async def never_filed(name: str, arguments: dict[str, Any], ctx: Any) -> CallToolResult:
+        raise AssertionError(f"{name} was filed")
+
+    app: MCPServer[Any] = MCPServer("gateway-test")
+    upstream = gateway_settings.upstreams["notes"]
+    async with open_gate(gateway_settings) as gate, Upstreams([upstream], log=lambda line: None) as upstreams:
+        tools = GatewayTools(
+            app,
+            SupervisedUpstreams(upstreams),
+            file=never_filed,
+            principal_of=lambda ctx: "agent",
+            bus=InMemorySubscriptionBus(),
+        )
+        await until(lambda: upstreams.live("notes", "sleep"))
+        tools.sync(gate)
+        passed = app._tool_manager.get_tool("notes__sleep")
+        assert passed is not None
+        nobody: Any = None  # the handlers read no context: the principal is given
+        forwarded = await passed.run({"seconds": 0}, nobody)
+        await upstreams.call("notes", "redefine", {"name": "sleep", "read_only": False})
+        await until(lambda: upstreams.live("notes", "sleep") and not upstreams.passes("notes", "sleep"))
+        with pytest.raises(ToolError) as refused:
+            await passed.run({"seconds": 0}, nobody)
+
+    assert not forwarded.is_error
+    assert str(refused.value) == (
+        "Error executing tool notes__sleep: notes__sleep is gated now (its upstream changed it); call it "
+        "again to file a request. Nothing was sent."
+    )

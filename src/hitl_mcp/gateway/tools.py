@@ -196,6 +196,13 @@ class GatewayTools:
         self, exposed: Exposed, arguments: dict[str, Any], ctx: Context[Any, Any]
     ) -> CallToolResult:
         principal = self.principal_of(ctx)  # before anything is forwarded: no call without a principal
+        upstream, tool = exposed.upstream, exposed.tool.name
+        if self.view.live(upstream, tool) and not self.view.passes(upstream, tool):
+            # Re-listed as gated a moment ago, before this tool was registered again as a gated one.
+            raise ToolError(
+                f"{exposed.name} is gated now (its upstream changed it); call it again to file a request. "
+                "Nothing was sent."
+            )
         outcome = "answered"
         try:
             result = await self.view.call(exposed.upstream, exposed.tool.name, arguments)

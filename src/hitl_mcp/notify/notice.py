@@ -47,7 +47,7 @@ def facts(payload: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("Upstream", notice["upstream"]),
         ("Tool", notice["tool"]),
-        ("Changed", ", ".join(notice["changed"]) + " (since hitl first served it)"),
+        ("Changed", ", ".join(notice["changed"]) + " (after hitl first served it)"),
         ("Now", f"{now} ({notice['why']})"),
         ("Event", f"{payload['event']} by {payload['actor']} at {payload['at']}"),
     ]

@@ -73,7 +73,7 @@ class ToolChange:
             else self.decision
         )
         return (
-            f"{self.exposed_name} changed its {', '.join(self.changed)} since hitl first served it; {outcome}"
+            f"{self.exposed_name} changed its {', '.join(self.changed)} after hitl first served it; {outcome}"
         )
 
     def as_json(self) -> dict[str, Any]:
