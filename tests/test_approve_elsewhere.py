@@ -70,3 +70,21 @@ def test_not_run_here_when_no_process_configured_for_the_target_takes_it(
     assert f"not run here: request {request_id} was filed against ledger {ledger}" in approved.stderr
     assert "still approved after" in approved.stdout
     assert orders(ledger) == 0
+
+
+def test_while_the_server_runs_it_a_waiting_line_names_it_and_then_where_it_stands(
+    tmp_path: Path, smtp: SmtpSink
+) -> None:
+    served, bare = served_and_bare(tmp_path, smtp)
+    request_id = file_as_agent(load_settings(served), "buy_stock", BUY)
+    # The server claims the request and then stops short of running it, as a slow action would.
+    stalled = {**served, "HITL_TEST_PAUSE_AT": "after-claim"}
+
+    with serving(stalled, tmp_path / "server.log"):
+        approved = hitl(bare, "approve", request_id, "--as", "alice", "--yes", "--wait", "4")
+
+    assert approved.returncode == 0, approved.stderr
+    [waiting] = approved.stderr.splitlines()
+    assert waiting.startswith("approved; running in ") and waiting.endswith("for the outcome …")
+    assert f"a process configured for ledger {tmp_path / 'served' / 'ledger.db'}" in waiting
+    assert f"{request_id} executing" in approved.stdout and "still running in " in approved.stdout
