@@ -220,8 +220,8 @@ def test_a_name_taken_by_another_distribution_is_refused_naming_both(tmp_path: P
 
     assert str(refused.value) == (
         "entry point send_email = tests.test_plugins:Shout (from hitl-evil 6.6): the action name "
-        "'send_email' is already registered by hitl-mcp-gateway 0.1.0 (hitl_mcp.actions.send_email:SendEmail); "
-        "uninstall one of the two distributions"
+        "'send_email' is already registered by hitl-mcp-gateway 0.1.0 "
+        "(hitl_mcp.actions.send_email:SendEmail); uninstall one of the two distributions"
     )
 
 

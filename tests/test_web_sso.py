@@ -10,15 +10,18 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.inbox import Site, make_site
 from tests.oidc_provider import Provider, oidc_provider
 from tests.test_auth import serving
 from tests.test_cli import free_port
-from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, browser_or_skip, new_page
+from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, browser_or_skip, file_over_mcp, new_page
 
-ACCOUNTS = {"alice": {"email": "Alice@Example.com", "groups": ["trader"]}}
+ACCOUNTS = {
+    "alice": {"email": "Alice@Example.com", "groups": ["trader"]},
+    "dave": {"email": "dave@example.com", "groups": ["interns"]},
+}
 
 
 class SsoSite:
@@ -59,14 +62,20 @@ async def browser() -> AsyncIterator[Browser]:
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def test_a_person_signs_in_with_sso_and_out_again(sso_site: SsoSite, browser: Browser) -> None:
+async def sign_in_with_sso(browser: Browser, base: str, login: str, path: str = "/") -> Page:
     page = await new_page(browser)
-    await page.goto(f"{sso_site.base}/history")
+    await page.goto(f"{base}{path}")
     await page.get_by_role("link", name="Sign in with SSO").click()
     # The provider's own development login page: any name, any password.
-    await page.locator("input[name=login]").fill("alice")
+    await page.locator("input[name=login]").fill(login)
     await page.locator("input[name=password]").fill("whatever")
     await page.locator("button[type=submit]").click()
+    await expect(page.get_by_text("Signed in as")).to_be_visible()
+    return page
+
+
+async def test_a_person_signs_in_with_sso_and_out_again(sso_site: SsoSite, browser: Browser) -> None:
+    page = await sign_in_with_sso(browser, sso_site.base, "alice", "/history")
     await expect(page.get_by_text("Signed in as")).to_contain_text("alice@example.com")
     assert page.url == f"{sso_site.base}/history"  # back where the person was going
 
@@ -85,3 +94,22 @@ async def test_a_callback_nobody_began_here_signs_nobody_in(sso_site: SsoSite) -
         assert "already used or expired: nobody was signed in" in forged.text
         assert "hitl_session" not in forged.headers.get("set-cookie", "")
         assert client.get("/", follow_redirects=False).status_code == 303  # still signed out
+
+
+async def test_the_roles_the_provider_gives_decide_what_a_person_may_approve(
+    sso_site: SsoSite, browser: Browser
+) -> None:
+    """Neither person is in the config: the `groups` claim alone makes alice a trader, and dave is not."""
+    order = {"symbol": "MSFT", "quantity": 10, "price": 150.0}  # one trader approves it
+    request_id = await file_over_mcp(
+        f"{sso_site.base}/mcp", "buy_stock", order, sso_site.site.tokens["agent"]
+    )
+
+    dave = await sign_in_with_sso(browser, sso_site.base, "dave", f"/requests/{request_id}")
+    await dave.get_by_role("button", name="Approve").click()
+    await expect(dave.locator(".refusal")).to_contain_text("dave@example.com holds interns")
+
+    alice = await sign_in_with_sso(browser, sso_site.base, "alice", f"/requests/{request_id}")
+    await alice.get_by_role("button", name="Approve").click()
+    await expect(alice.get_by_text("Executed: the action ran once.")).to_be_visible()
+    assert [order_id for order_id, _, _ in sso_site.site.orders()] == [request_id]

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -285,16 +285,21 @@ class Gate:
         principal: str,
         reason: str | None = None,
         arguments: Mapping[str, Any] | None = None,
+        *,
+        roles: Sequence[str] = (),
     ) -> Request:
         """Record an approval — with edited arguments if given — and, once the policy's levels are all
-        satisfied, claim and run the action at once. Returns the record afterwards."""
+        satisfied, claim and run the action at once. Returns the record afterwards. `roles`: what the
+        principal's verified credential grants beyond the config (`roles_of`)."""
         request_id = await self._decidable_id(ref)
         self._running_here.add(request_id)
         try:
             # The approval that completes the policy claims the request in its own commit (one durable
             # commit fewer; see Store.decide), so the claim is made before anything is decided.
             _test_pause("before-claim", request_id)
-            request = await self.decide(request_id, principal, "approve", reason, arguments, claim=True)
+            request = await self.decide(
+                request_id, principal, "approve", reason, arguments, claim=True, roles=roles
+            )
             if request.status is Status.EXECUTING and request.claimed_by == self.worker:
                 return await self._run_claimed(request)
             if request.status is Status.APPROVED:
@@ -303,10 +308,10 @@ class Gate:
         finally:
             self._running_here.discard(request_id)
 
-    async def reject(self, ref: str, principal: str, reason: str) -> Request:
+    async def reject(self, ref: str, principal: str, reason: str, *, roles: Sequence[str] = ()) -> Request:
         if not reason.strip():
             raise InvalidArguments("reason: a rejection needs a reason")
-        return await self.decide(ref, principal, "reject", reason)
+        return await self.decide(ref, principal, "reject", reason, roles=roles)
 
     async def decide(
         self,
@@ -317,6 +322,7 @@ class Gate:
         arguments: Mapping[str, Any] | None = None,
         *,
         claim: bool = False,
+        roles: Sequence[str] = (),
     ) -> Request:
         """Record one decision under the request's policy, and nothing more: `approve` also runs it.
 
@@ -325,7 +331,7 @@ class Gate:
         request_id = await self._decidable_id(ref)
         edit = None if arguments is None else await self._prepare_edit(await self.get(request_id), arguments)
         now = self.clock()
-        roles = self.settings.roles_of(principal)
+        held = self.roles_of(principal, roles)
         claiming = claim and verdict == "approve"
         claim_for = ClaimFor(self.worker, self._runnable_targets()) if claiming else None
         try:
@@ -335,7 +341,7 @@ class Gate:
                     lambda current: decisions.plan(
                         current,
                         principal=principal,
-                        roles=roles,
+                        roles=held,
                         verdict=verdict,
                         reason=reason,
                         edit=edit,
@@ -349,6 +355,14 @@ class Gate:
             raise
         self._signal()
         return request
+
+    def roles_of(self, principal: str, granted: Sequence[str] = ()) -> tuple[str, ...]:
+        """The roles `principal` holds: the config's, and those its verified credential grants (the
+        claim an OpenID Provider signed it in with)."""
+        configured = self.settings.roles_of(principal)
+        if not granted:
+            return configured
+        return tuple(sorted({*configured, *granted}))
 
     async def preview_edit(self, ref: str, changes: Mapping[str, Any]) -> Edit:
         """What approving with `changes` would approve — validated, re-previewed, the policy it selects —
@@ -582,7 +596,7 @@ class Gate:
             f"process is configured for {describe_target(ours)}"
         )
 
-    async def retry(self, ref: str, principal: str) -> Request:
+    async def retry(self, ref: str, principal: str, *, roles: Sequence[str] = ()) -> Request:
         """Run again a failed request whose failure certainly had no effect, with the same approved
         arguments, before it expires. Audited; only someone who may approve it, never its requester."""
         request = await self.get(ref)
@@ -602,7 +616,7 @@ class Gate:
             raise NotAllowed(
                 f"{principal} filed request {request_id}; an approver retries it, not its requester"
             )
-        roles = self.settings.roles_of(principal)
+        roles = self.roles_of(principal, roles)
         snapshot = request.approval.policy
         if snapshot.levels and not any(level.admits(roles) for level in snapshot.levels):
             held = ", ".join(roles) if roles else "no roles"

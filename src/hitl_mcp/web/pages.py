@@ -199,7 +199,7 @@ class Pages:
         params = {key: value for key, value in request.query_params.items() if value and key != "status"}
         # As much of the queue as one page holds: what arrives joins its end, and should be seen arriving.
         query = queries.parse_query({"limit": str(MAX_PAGE), **params}, now=now)
-        page = await queries.list_requests(gate, session.principal, query, now)
+        page = await queries.list_requests(gate, session.principal, query, now, roles=session.roles)
         context: dict[str, Any] = {"page": page, "now": now, "query": query, "session": session}
         if request.query_params.get("partial") == "rows":
             return self.render("_queue_rows.html", **context)
@@ -295,7 +295,9 @@ class Pages:
                 changes = ""
             if changes is not None and not isinstance(changes, dict):
                 raise InvalidArguments("arguments: must be an object of argument names to new values")
-            return await gate.approve(record.request_id, session.principal, reason.strip() or None, changes)
+            return await gate.approve(
+                record.request_id, session.principal, reason.strip() or None, changes, roles=session.roles
+            )
 
         return await self.decided(request, session, gate, approving(), reason, "approved")
 
@@ -305,7 +307,12 @@ class Pages:
         ref = str(request.path_params["request_id"])
         reason = fields.get("reason", "")
         return await self.decided(
-            request, session, gate, gate.reject(ref, session.principal, reason), reason, "rejected"
+            request,
+            session,
+            gate,
+            gate.reject(ref, session.principal, reason, roles=session.roles),
+            reason,
+            "rejected",
         )
 
     # -- edit and approve --------------------------------------------------------------------------
@@ -373,7 +380,7 @@ class Pages:
         if params.get("status", "finished") not in HISTORY_STATUSES:
             raise InvalidArguments(f"status: must be one of {', '.join(HISTORY_STATUSES)}")
         query = queries.parse_query(params, now=now, default_status="finished")
-        page = await queries.list_requests(gate, session.principal, query, now)
+        page = await queries.list_requests(gate, session.principal, query, now, roles=session.roles)
         kept = {key: value for key, value in params.items() if key != "cursor" and value}
         return self.render(
             "history.html",

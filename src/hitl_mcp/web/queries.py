@@ -107,7 +107,9 @@ def awaits(request: Request, principal: str, roles: tuple[str, ...], now: float)
     return True
 
 
-async def list_requests(gate: Gate, principal: str, query: RequestQuery, now: float) -> SummaryPage:
+async def list_requests(
+    gate: Gate, principal: str, query: RequestQuery, now: float, *, roles: tuple[str, ...] = ()
+) -> SummaryPage:
     """A page of requests, oldest first; its cursor always points just past the last request read."""
     if not query.filters_beyond_the_gate:
         page = await gate.list(
@@ -116,7 +118,7 @@ async def list_requests(gate: Gate, principal: str, query: RequestQuery, now: fl
         return SummaryPage(
             requests=[RequestSummary.of(r) for r in page.requests], next_cursor=page.next_cursor
         )
-    roles = gate.settings.roles_of(principal)
+    roles = gate.roles_of(principal, roles)
 
     def wanted(request: Request) -> bool:
         created = request.created_at.timestamp()
