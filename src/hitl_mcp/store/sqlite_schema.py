@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hitl_mcp.errors import ConfigError, StoreUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # "hitl" in ASCII: marks a file as a hitl store, so a command never writes its tables into another
 # program's database.
 APPLICATION_ID = 0x6869746C
@@ -108,6 +108,32 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE state = 'dead';
 CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';
+-- Bearer tokens and inbox sessions (hitl_mcp.store.credentials): only the SHA-256 of each secret. A name
+-- is unique among the tokens not revoked, so a revoked token's name can be used again.
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    roles TEXT NOT NULL DEFAULT '[]',
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_at REAL,
+    last_used_at REAL,
+    revoked_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS sessions (
+    sha256 TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    roles TEXT NOT NULL DEFAULT '[]',
+    csrf TEXT NOT NULL,
+    id_token TEXT,
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at);
 """
 
 # Statements that bring a store from the version before each key to that version; SCHEMA then adds
@@ -120,6 +146,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE requests ADD COLUMN effect TEXT",
         "ALTER TABLE requests ADD COLUMN idempotency_key TEXT",
     ),
+    # Tokens and sessions: new tables only, which SCHEMA creates.
+    3: (),
 }
 
 
