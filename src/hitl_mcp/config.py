@@ -31,7 +31,7 @@ from hitl_mcp.upstream.settings import (
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
 TOP_LEVEL_TABLES = frozenset(
-    {"gate", "actions", "principals", "policy", "notify", "upstreams", "gateway", "web", "store"}
+    {"gate", "actions", "principals", "policy", "notify", "upstreams", "gateway", "web", "store", "cli"}
 )
 # `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
@@ -162,6 +162,19 @@ class WebSettings(BaseModel):
     oidc: OidcSettings | None = Field(default=None, description="Single sign-on through an OpenID Provider")
 
 
+class CliSettings(BaseModel):
+    """The `[cli]` table: what `hitl` may do when it opens the store itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    direct_decisions: bool = Field(
+        default=True,
+        description="Whether approve, reject, cancel, retry and settle may open the store directly. false on "
+        "a shared store: every decision then goes through a server (HITL_SERVER and a token), so it carries "
+        "an authenticated principal rather than an OS user name or --as",
+    )
+
+
 class StoreSettings(BaseModel):
     """The `[store]` table: where the store is when HITL_DB does not say."""
 
@@ -205,6 +218,8 @@ class Settings:
     `hitl policy check` and `hitl serve` print these."""
     store_url: str | None = None
     """The PostgreSQL database the store is in (HITL_DB or `[store] url`); None: the SQLite file."""
+    cli: CliSettings = field(default_factory=CliSettings)
+    """`[cli]`: whether decisions may be made by opening the store directly."""
 
     @property
     def store(self) -> StoreLocation:
@@ -291,6 +306,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         upstreams=upstreams,
         gateway=gateway,
         web=_web_settings(raw.get("web", {}), env),
+        cli=_cli_settings(raw.get("cli", {})),
         warnings=tuple(policy_warnings(policies, principals)),
     )
 
@@ -404,6 +420,15 @@ def _gate_settings(raw: Any) -> GateSettings:
         return GateSettings.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, prefix="gate.")) from None
+
+
+def _cli_settings(raw: Any) -> CliSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("cli: must be a table")
+    try:
+        return CliSettings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix="cli.")) from None
 
 
 def _web_settings(raw: Any, env: Mapping[str, str]) -> WebSettings:
