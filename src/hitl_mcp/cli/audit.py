@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -24,10 +24,13 @@ from hitl_mcp import display
 from hitl_mcp import report as reports
 from hitl_mcp.audit import AuditRecord, verify_stream
 from hitl_mcp.cli.app import main
-from hitl_mcp.cli.common import load, refusals, table
+from hitl_mcp.cli.common import load, refusals, table, through_server, with_server
 from hitl_mcp.errors import AmbiguousId, ConfigError, NotFound
 from hitl_mcp.models import utc
 from hitl_mcp.store import Store, open_store
+
+if TYPE_CHECKING:
+    from hitl_mcp.cli.remote import RemoteGate
 
 T = TypeVar("T")
 
@@ -146,7 +149,14 @@ def export(since: float | None, until: float | None, fmt: str, request_prefix: s
         records = store.audit_records(since=since, until=until, request_id=request_id)
         await _to_stdout(_write_csv(records) if fmt == "csv" else _write_jsonl(records))
 
-    reading(write)
+    async def write_from(server: RemoteGate) -> None:
+        records = server.audit_records(since=since, until=until, request=request_prefix)
+        await _to_stdout(_write_csv(records) if fmt == "csv" else _write_jsonl(records))
+
+    if through_server():
+        with_server(write_from)
+    else:
+        reading(write)
 
 
 async def _request_id(store: Store, prefix: str) -> str:
@@ -220,7 +230,11 @@ def report_command(since: float | None, as_json: bool) -> None:
     the policy approved by itself are counted apart. Time to decision runs from filing to the first
     approve or reject.
     """
-    figures = reading(lambda store: reports.from_store(store, since))
+    if through_server():
+        # The same tally over the same records, read through the server: the same figures to the digit.
+        figures = with_server(lambda server: reports.build_stream(server.audit_records(), since))
+    else:
+        figures = reading(lambda store: reports.from_store(store, since))
     if as_json:
         click.echo(json.dumps(figures.to_json(), indent=2))
     else:

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import click
 
 from hitl_mcp import display
+from hitl_mcp.cli.calls import Calls
 from hitl_mcp.config import Settings, check_principal, load_settings
-from hitl_mcp.errors import HitlError
+from hitl_mcp.errors import HitlError, InvalidArguments, NotAllowed
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Request, Status
+
+if TYPE_CHECKING:
+    from hitl_mcp.cli.remote import RemoteGate
 
 T = TypeVar("T")
 
@@ -38,6 +43,53 @@ def with_gate(settings: Settings, work: Callable[[Gate], Awaitable[T]], *, reado
             return await work(gate)
 
     return anyio.run(run)
+
+
+def through_server() -> bool:
+    """Whether the CLI acts through a server's API (HITL_SERVER) rather than on a store."""
+    return bool(os.environ.get("HITL_SERVER", "").strip())
+
+
+def with_calls(
+    principal: str | None,
+    work: Callable[[Calls], Awaitable[T]],
+    *,
+    readonly: bool = False,
+    deciding: bool = False,
+) -> T:
+    """Run `work` through the server HITL_SERVER names, as its token's principal, or else on a gate over
+    the configured store as `principal`. `deciding`: the command approves, rejects, cancels, retries or
+    settles, which `[cli] direct_decisions = false` keeps off a store opened directly."""
+    if through_server():
+        return with_server(work)
+    settings = load(principal)
+    if deciding and not settings.cli.direct_decisions:
+        raise NotAllowed(
+            "decisions on this store go through a server ([cli] direct_decisions = false): set HITL_SERVER "
+            "and HITL_TOKEN, or run `hitl login`; nothing was changed"
+        )
+    return with_gate(settings, work, readonly=readonly)
+
+
+def with_server(work: Callable[[RemoteGate], Awaitable[T]]) -> T:
+    """Run `work` through the server HITL_SERVER names, as the principal of its token."""
+    # Imported only here: httpx2 and the client cost the store's commands nothing.
+    from hitl_mcp.cli import remote
+
+    found = remote.from_environment()
+    assert found is not None, "with_server without HITL_SERVER"
+    server, token = found
+
+    async def run() -> T:
+        async with remote.connect(server, token) as gate:
+            return await work(gate)
+
+    return anyio.run(run)
+
+
+def acting_for(gate: Calls, principal: str) -> str:
+    """Who a call on `gate` acts as: through a server, its token's principal, whatever `principal` says."""
+    return str(getattr(gate, "principal", principal))
 
 
 def refusals(command: Callable[..., None]) -> Callable[..., None]:
@@ -65,7 +117,17 @@ def refuse(error: HitlError) -> NoReturn:
 
 
 def acting_as(name: str | None) -> str:
-    """Who a command acts as, in the normal form every comparison uses (`--as AGENT` is `agent`)."""
+    """Who a command acts as, in the normal form every comparison uses (`--as AGENT` is `agent`).
+
+    Through a server the token is the identity: `--as` is refused, and the name returned is only the OS
+    user's, which the server ignores."""
+    if name and through_server():
+        raise InvalidArguments(
+            "--as: not through a server (HITL_SERVER): the token is who acts; unset HITL_SERVER to act "
+            "on a store as someone else; nothing was done"
+        )
+    if through_server():
+        return ""
     if name:
         return check_principal(name, "--as")
     return check_principal(getpass.getuser(), "your OS user name (act as someone with --as NAME)")

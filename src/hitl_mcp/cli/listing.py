@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from hitl_mcp import display
+from hitl_mcp.cli.calls import Calls
 from hitl_mcp.cli.common import duration
-from hitl_mcp.gate import MAX_PAGE, Gate
+from hitl_mcp.gate import MAX_PAGE
 from hitl_mcp.models import Request, Status, utc
 from hitl_mcp.store import Denial
 
@@ -73,7 +74,7 @@ class Chunk:
 
 
 async def chunks(
-    gate: Gate, listing: Listing, tool: str | None, cursor: str | None, limit: int | None, *, records: bool
+    gate: Calls, listing: Listing, tool: str | None, cursor: str | None, limit: int | None, *, records: bool
 ) -> AsyncIterator[Chunk]:
     """The listing from `cursor`, a store page at a time, `limit` items in all (None: to the end).
 
@@ -102,7 +103,7 @@ async def chunks(
 
 
 async def _requests(
-    gate: Gate, listing: Listing, tool: str | None, size: int, cursor: str | None, *, records: bool
+    gate: Calls, listing: Listing, tool: str | None, size: int, cursor: str | None, *, records: bool
 ) -> tuple[list[Any], str | None]:
     if records:
         page = await gate.list(statuses=listing.statuses, tool=tool, limit=size, cursor=cursor)
@@ -125,7 +126,7 @@ def _needs_a_person(request: Request) -> bool:
     return request.status is Status.PENDING or request.outcome_unknown
 
 
-async def remaining(gate: Gate, listing: Listing, tool: str | None, cursor: str) -> int:
+async def remaining(gate: Calls, listing: Listing, tool: str | None, cursor: str) -> int:
     """How many items the listing has after `cursor`."""
     in_denials, at = listing.start(cursor)
     if in_denials:

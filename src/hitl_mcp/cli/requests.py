@@ -14,17 +14,17 @@ from hitl_mcp import json_input
 from hitl_mcp.actions.base import describe_target
 from hitl_mcp.cli import listing
 from hitl_mcp.cli.app import main
+from hitl_mcp.cli.calls import Calls
 from hitl_mcp.cli.common import (
     acting_as,
+    acting_for,
     describe,
     duration,
-    load,
     refusals,
     report,
-    with_gate,
+    with_calls,
 )
 from hitl_mcp.errors import HitlError, InvalidArguments
-from hitl_mcp.gate import Gate
 from hitl_mcp.models import Request, Status
 
 # Another process that claimed the request is running it; say how it ended rather than "executing".
@@ -77,7 +77,7 @@ def list_requests(
     spec = listing.Listing.of(status, all_statuses)
     spec.start(cursor)  # a bad cursor is refused before the store is opened
 
-    async def show(gate: Gate) -> str | None:
+    async def show(gate: Calls) -> str | None:
         table, array = listing.TablePrinter(), listing.JsonArrayPrinter()
         now, after = time.time(), cursor
         async for chunk in listing.chunks(
@@ -100,7 +100,7 @@ def list_requests(
         more = await listing.remaining(gate, spec, tool, after)
         return f"{more:,} more: {_next_page(status, all_statuses, tool, limit, after)}" if more else None
 
-    more_line = with_gate(load(), show, readonly=True)
+    more_line = with_calls(None, show, readonly=True)
     if more_line is not None:
         click.echo(more_line, err=True)
 
@@ -130,7 +130,7 @@ def _next_page(status: str | None, all_statuses: bool, tool: str | None, limit: 
 @refusals
 def show(request_id: str, as_json: bool) -> None:
     """Everything about one request (ID may be any unique prefix)."""
-    request = with_gate(load(), lambda gate: gate.get(request_id), readonly=True)
+    request = with_calls(None, lambda gate: gate.get(request_id), readonly=True)
     if as_json:
         click.echo(request.model_dump_json(indent=2))
     else:
@@ -176,7 +176,6 @@ def approve(
     ledger, database, SMTP server): approved from anywhere else, a running `hitl serve` that has it runs
     it, and this command waits for the outcome (--wait) and prints it."""
     principal = acting_as(as_name)
-    settings = load(principal)
     changes = parse_assignments(edits) if edits else None
     if not yes and not sys.stdin.isatty():
         # Without a terminal nobody can answer the question; never take silence for a yes.
@@ -184,20 +183,20 @@ def approve(
             "not on a terminal, so nobody can confirm: pass --yes to approve; nothing was changed"
         )
 
-    async def decide(gate: Gate) -> Request:
+    async def decide(gate: Calls) -> Request:
         request = await gate.get(request_id)
         if not yes:
             click.echo(describe(request))
             if changes:
                 click.echo(f"Edits      {json.dumps(changes, sort_keys=True)}")
-            if not click.confirm(f"Approve {request.tool} as {principal}?", default=False):
+            if not click.confirm(f"Approve {request.tool} as {acting_for(gate, principal)}?", default=False):
                 raise HitlError("not approved; nothing was changed")
         request = await gate.approve(request.request_id, principal, reason, changes)
         if request.status in (Status.APPROVED, Status.EXECUTING) and request.approval.waiting_on is None:
             request = await _outcome_from_elsewhere(gate, request, wait_seconds)
         return request
 
-    request = with_gate(settings, decide)
+    request = with_calls(principal, decide, deciding=True)
     report(request, as_json)
     short = request.request_id[:10]
     if not as_json and request.status is Status.APPROVED and request.approval.waiting_on is None:
@@ -212,7 +211,7 @@ def approve(
         sys.exit(6)
 
 
-async def _outcome_from_elsewhere(gate: Gate, request: Request, wait_seconds: float) -> Request:
+async def _outcome_from_elsewhere(gate: Calls, request: Request, wait_seconds: float) -> Request:
     """Wait for the outcome of an approved request another process runs, saying what happens: who runs it
     once that is known, a waiting line only while no outcome has come, and "not run here" only when no
     process configured for its target has taken it by the end."""
@@ -266,7 +265,7 @@ def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
 def reject(request_id: str, reason: str, as_name: str | None, as_json: bool) -> None:
     """Reject a pending request; it will never run."""
     principal = acting_as(as_name)
-    request = with_gate(load(principal), lambda gate: gate.reject(request_id, principal, reason))
+    request = with_calls(principal, lambda gate: gate.reject(request_id, principal, reason), deciding=True)
     report(request, as_json)
 
 
@@ -277,7 +276,7 @@ def reject(request_id: str, reason: str, as_name: str | None, as_json: bool) -> 
 def cancel(request_id: str, as_name: str | None) -> None:
     """Withdraw a pending request you filed yourself."""
     principal = acting_as(as_name)
-    request = with_gate(load(principal), lambda gate: gate.cancel(request_id, principal))
+    request = with_calls(principal, lambda gate: gate.cancel(request_id, principal), deciding=True)
     report(request, False)
 
 
@@ -298,7 +297,9 @@ def settle(request_id: str, outcome: str | None, note: str, as_name: str | None,
         raise click.UsageError("say what happened: --executed or --failed")
     principal = acting_as(as_name)
     settled_as: Literal["executed", "failed"] = "executed" if outcome == "executed" else "failed"
-    request = with_gate(load(principal), lambda gate: gate.settle(request_id, principal, settled_as, note))
+    request = with_calls(
+        principal, lambda gate: gate.settle(request_id, principal, settled_as, note), deciding=True
+    )
     report(request, as_json)
 
 
@@ -314,7 +315,7 @@ def retry(request_id: str, as_name: str | None, as_json: bool) -> None:
     Only before it expires, and only by someone who may approve it. A failure whose effect is unknown is
     never retried: check the real system and file a new request instead."""
     principal = acting_as(as_name)
-    request = with_gate(load(principal), lambda gate: gate.retry(request_id, principal))
+    request = with_calls(principal, lambda gate: gate.retry(request_id, principal), deciding=True)
     report(request, as_json)
     if request.status is Status.FAILED:
         sys.exit(6)

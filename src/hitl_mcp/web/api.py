@@ -23,6 +23,7 @@ from hitl_mcp.web.face import WebFace
 from hitl_mcp.web.models import ApproveBody, EditBody, RejectBody
 from hitl_mcp.web.openapi import document
 from hitl_mcp.web.problems import Refused, problem_of
+from hitl_mcp.web.remote_api import remote_routes
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 Result = BaseModel | Sequence[BaseModel]
@@ -151,6 +152,8 @@ def routes(face: WebFace) -> list[Route]:
         )
 
     return [
+        # First: `/requests/count` must not be read as a request id.
+        *remote_routes(face, PREFIX, endpoint),
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
         Route(f"{PREFIX}/requests", endpoint(list_requests, LISTING_PARAMETERS), methods=["GET"]),
         Route(f"{PREFIX}/requests/{{request_id}}", endpoint(get_request), methods=["GET"]),

@@ -121,3 +121,8 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str = Field(description="What was refused and why: the words the CLI prints")
+    hitl_error: str | None = Field(
+        default=None,
+        description="The refusal's kind (NotFound, NotPending, Expired, NotAllowed, InvalidArguments, "
+        "ActionFailed, StoreUnavailable, …): the CLI acting through a server exits as it does on a store",
+    )

@@ -49,12 +49,18 @@ def status_of(error: HitlError) -> int:
     return next((status for kind, status in STATUS_OF if isinstance(error, kind)), 400)
 
 
-def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail)
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers, media_type=PROBLEM_JSON)
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, kind: str | None = None
+) -> JSONResponse:
+    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, hitl_error=kind)
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=PROBLEM_JSON
+    )
 
 
 def problem_of(error: HitlError) -> JSONResponse:
     status = status_of(error)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return problem(status, str(error), headers)
+    # The web layer's own refusals carry only their status; a Gate's refusal names its kind too.
+    kind = None if isinstance(error, Refused) else type(error).__name__
+    return problem(status, str(error), headers, kind)

@@ -56,9 +56,7 @@ class RequestQuery:
 def parse_query(params: Mapping[str, str], *, now: float, default_status: str = "pending") -> RequestQuery:
     """A listing's query parameters, each refused with its name when it is wrong (an empty one too: the
     inbox's forms leave out the fields a person left empty)."""
-    status = params.get("status", default_status)
-    if status not in STATUS_CHOICES:
-        raise InvalidArguments(f"status: must be one of {', '.join(STATUS_CHOICES)}")
+    statuses = parse_statuses(params.get("status", default_status))
     waiting_on = params.get("waiting_on")
     if waiting_on not in (None, "me"):
         raise InvalidArguments("waiting_on: the only value is `me`")
@@ -72,7 +70,7 @@ def parse_query(params: Mapping[str, str], *, now: float, default_status: str = 
         except ConfigError as error:
             raise InvalidArguments(str(error)) from None
     return RequestQuery(
-        statuses=STATUS_CHOICES[status],
+        statuses=statuses,
         tool=params.get("tool"),
         waiting_on_me=waiting_on == "me",
         requested_by=requested_by,
@@ -81,6 +79,17 @@ def parse_query(params: Mapping[str, str], *, now: float, default_status: str = 
         limit=int(limit),
         cursor=params.get("cursor"),
     )
+
+
+def parse_statuses(text: str) -> tuple[Status, ...] | None:
+    """`status`: one of `STATUS_CHOICES`, or statuses joined by commas (the CLI's default listing asks for
+    pending and executing at once)."""
+    if text in STATUS_CHOICES:
+        return STATUS_CHOICES[text]
+    try:
+        return tuple(Status(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidArguments(f"status: must be one of {', '.join(STATUS_CHOICES)}") from None
 
 
 def moment(params: Mapping[str, str], name: str, now: float) -> float | None:

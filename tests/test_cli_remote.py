@@ -1,0 +1,247 @@
+"""`hitl` through a server: HITL_SERVER and HITL_TOKEN, no store in its environment. It prints what it prints
+on the store, exits as it does there, and acts as the token's principal, never as `--as`."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hitl_mcp.config import Settings, load_settings
+from tests.inbox import Served, Site, make_site, serve
+from tests.test_cli import file_request, free_port, hitl
+
+SMALL_BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}  # one trader
+LARGE_BUY = {"symbol": "MSFT", "quantity": 100, "price": 150.0}  # a trader, then a risk manager
+DELETE = {"table": "users", "condition": "id = 3"}
+EMAIL = {"to": "erin@example.org", "subject": "Hi", "body": "Hello"}
+# Ages and countdowns move between two runs a moment apart (9s, 10s), and the padding after them with them.
+DURATION = re.compile(r"\b\d+[smhd]\b *")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    return make_site(tmp_path_factory.mktemp("remote"), tokens=True)
+
+
+@pytest.fixture(scope="module")
+def server(site: Site) -> Iterator[Served]:
+    with serve(site) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def settings(site: Site) -> Settings:
+    return load_settings(site.env)
+
+
+def through(server: str, token: str | None, home: Path) -> dict[str, str]:
+    """The environment of a person's machine that has no store: the server's URL and a token only."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HITL_SERVER": server}
+    if token is not None:
+        env["HITL_TOKEN"] = token
+    return env
+
+
+@pytest.fixture
+def remote(server: Served, site: Site, tmp_path: Path) -> dict[str, dict[str, str]]:
+    return {name: through(server.base, token, tmp_path / name) for name, token in site.tokens.items()}
+
+
+def same(text: str) -> str:
+    return DURATION.sub("N ", text)
+
+
+def outputs(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    done = hitl(env, *args)
+    return done.returncode, same(done.stdout), same(done.stderr)
+
+
+def test_reading_commands_print_through_a_server_what_they_print_on_the_store(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    small = file_request(settings, "buy_stock", SMALL_BUY)
+    large = file_request(settings, "buy_stock", LARGE_BUY)
+    file_request(settings, "delete_database_records", DELETE)
+    decided = hitl(remote["alice"], "approve", large[:10], "--yes", "--reason", "fine by me")
+    assert decided.returncode == 0, decided.stderr
+    commands = [
+        ("list",),
+        ("list", "--json"),
+        ("list", "--all"),
+        ("list", "--status", "executed"),
+        ("list", "--tool", "buy_stock", "--limit", "1"),
+        ("list", "--all-pages", "--all", "--json"),
+        ("show", small[:8]),
+        ("show", large, "--json"),
+        ("report",),
+        ("report", "--json", "--since", "2020-01-01"),
+        ("audit", "export"),
+        ("audit", "export", "--format", "csv", "--request", large[:10]),
+    ]
+    for command in commands:
+        on_store = outputs(site.env, *command)
+        on_server = outputs(remote["carol"], *command)
+        assert on_store[0] == 0, (command, on_store)
+        assert on_server == on_store, command
+    # The page's last line names the command for the next page, through the server as on the store.
+    assert "more: hitl list --tool buy_stock --limit 1 --cursor" in outputs(remote["carol"], *commands[4])[2]
+
+
+def test_a_decision_through_a_server_is_made_as_the_tokens_principal(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    request_id = file_request(settings, "buy_stock", SMALL_BUY)
+
+    approved = hitl(remote["alice"], "approve", request_id[:10], "--yes", "--json")
+
+    record = json.loads(approved.stdout)
+    assert approved.returncode == 0, approved.stderr
+    assert record["status"] == "executed"
+    assert [(d["verdict"], d["principal"]) for d in record["decisions"]] == [("approve", "alice")]
+    assert (request_id, "GOOGL", 10) in site.orders()
+    shown = hitl(site.env, "show", request_id)
+    assert "Decision   approve by alice at" in shown.stdout
+
+
+def test_reject_and_cancel_through_a_server_print_what_the_store_prints(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    rejected_id = file_request(settings, "delete_database_records", DELETE)
+    cancelled_id = file_request(settings, "buy_stock", SMALL_BUY)
+
+    rejected = hitl(remote["carol"], "reject", rejected_id[:10], "--reason", "not today")
+    cancelled = hitl(remote["agent"], "cancel", cancelled_id[:10])
+
+    assert (rejected.returncode, rejected.stdout) == (
+        0,
+        f"{rejected_id} rejected: {summary(site, rejected_id)}\n",
+    )
+    assert (cancelled.returncode, cancelled.stdout) == (
+        0,
+        f"{cancelled_id} cancelled: {summary(site, cancelled_id)}\n",
+    )
+
+
+def summary(site: Site, request_id: str) -> str:
+    return str(json.loads(hitl(site.env, "show", request_id, "--json").stdout)["summary"])
+
+
+def test_a_refused_decision_is_the_gates_one_line_and_exit_status(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    own = file_request(settings, "buy_stock", SMALL_BUY)
+    rejected = file_request(settings, "buy_stock", SMALL_BUY)
+    assert hitl(site.env, "reject", rejected, "--reason", "no", "--as", "alice").returncode == 0
+    cases = [
+        # The agent approving its own request: not allowed, 5.
+        (["approve", own[:10], "--yes"], ["approve", own[:10], "--yes", "--as", "agent"], "agent", 5),
+        # Deciding what is decided: not pending, 4.
+        (
+            ["approve", rejected[:10], "--yes"],
+            ["approve", rejected[:10], "--yes", "--as", "alice"],
+            "alice",
+            4,
+        ),
+        # Cancelling someone else's request: not allowed, 5.
+        (["cancel", own[:10]], ["cancel", own[:10], "--as", "alice"], "alice", 5),
+        # No such request: 3.
+        (["show", "ffffffffff"], ["show", "ffffffffff"], "alice", 3),
+        # Settling what is not of unknown outcome: not pending, 4 (the settle endpoint answers as the gate).
+        (
+            ["settle", rejected[:10], "--executed", "--note", "checked"],
+            ["settle", rejected[:10], "--executed", "--note", "checked", "--as", "alice"],
+            "alice",
+            4,
+        ),
+    ]
+    for through_server, on_store, who, status in cases:
+        remote_run = hitl(remote[who], *through_server)
+        store_run = hitl(site.env, *on_store)
+        assert (remote_run.returncode, remote_run.stderr) == (store_run.returncode, store_run.stderr)
+        assert remote_run.returncode == status, remote_run.stderr
+        assert remote_run.stderr.count("\n") == 1 and remote_run.stderr.startswith("hitl: ")
+    assert json.loads(hitl(site.env, "show", own, "--json").stdout)["status"] == "pending"
+
+
+def test_a_failed_email_retried_through_a_server_fails_again_with_exit_6(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    # Nothing listens on the site's SMTP port: the send is refused, certainly without effect.
+    request_id = file_request(settings, "send_email", EMAIL)
+    approved = hitl(remote["alice"], "approve", request_id[:10], "--yes")
+    assert approved.returncode == 6, approved.stderr
+
+    retried = hitl(remote["bob"], "retry", request_id[:10])
+
+    assert retried.returncode == 6, retried.stderr
+    assert retried.stdout.startswith(f"{request_id} failed: ")
+    events = [json.loads(line)["event"] for line in hitl(site.env, "audit", "export").stdout.splitlines()]
+    assert "retried" in events
+    trail = hitl(site.env, "audit", "export", "--request", request_id).stdout.splitlines()
+    assert ("retried", "bob") in [(json.loads(r)["event"], json.loads(r)["actor"]) for r in trail]
+
+
+def test_as_is_refused_through_a_server(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    request_id = file_request(settings, "buy_stock", SMALL_BUY)
+
+    done = hitl(remote["alice"], "approve", request_id[:10], "--yes", "--as", "bob")
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        "hitl: --as: not through a server (HITL_SERVER): the token is who acts; unset HITL_SERVER to act on "
+        "a store as someone else; nothing was done\n"
+    )
+    assert json.loads(hitl(site.env, "show", request_id, "--json").stdout)["decisions"] == []
+
+
+def test_a_wrong_or_missing_token_and_an_unreachable_server_are_one_line(
+    server: Served, tmp_path: Path
+) -> None:
+    wrong = hitl(through(server.base, "hitl_not-a-token", tmp_path / "wrong"), "list")
+    missing = hitl(through(server.base, None, tmp_path / "missing"), "list")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    unreachable = hitl(through(nowhere, "hitl_whatever", tmp_path / "nowhere"), "show", "abc")
+    bad_url = hitl(through("ftp://example.com", "t", tmp_path / "bad"), "list")
+
+    assert (wrong.returncode, wrong.stdout) == (5, "")
+    assert wrong.stderr.startswith("hitl: the bearer token is not one this server knows")
+    assert "HITL_TOKEN" in wrong.stderr
+    assert missing.returncode == 5 and "set HITL_TOKEN" in missing.stderr and "hitl login" in missing.stderr
+    assert unreachable.returncode == 7
+    assert unreachable.stderr.startswith(f"hitl: cannot reach the server at {nowhere} (")
+    assert bad_url.returncode == 2 and "HITL_SERVER" in bad_url.stderr
+    for done in (wrong, missing, unreachable, bad_url):
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_direct_decisions_off_refuses_deciding_on_the_store_but_not_reading_or_the_server(
+    tmp_path: Path,
+) -> None:
+    site = make_site(tmp_path / "shared", tokens=True, extra="\n[cli]\ndirect_decisions = false\n")
+    settings = load_settings(site.env)
+    request_id = file_request(settings, "buy_stock", SMALL_BUY)
+
+    direct = hitl(site.env, "approve", request_id, "--yes", "--as", "alice")
+    rejected = hitl(site.env, "reject", request_id, "--reason", "x", "--as", "alice")
+    listed = hitl(site.env, "list")
+    with serve(site) as served:
+        through_server = hitl(
+            through(served.base, site.tokens["alice"], tmp_path / "a"), "approve", request_id, "--yes"
+        )
+
+    refusal = (
+        "hitl: decisions on this store go through a server ([cli] direct_decisions = false): set HITL_SERVER "
+        "and HITL_TOKEN, or run `hitl login`; nothing was changed\n"
+    )
+    assert (direct.returncode, direct.stderr) == (5, refusal)
+    assert (rejected.returncode, rejected.stderr) == (5, refusal)
+    assert listed.returncode == 0 and request_id[:10] in listed.stdout
+    assert through_server.returncode == 0, through_server.stderr
+    assert f"{request_id} executed" in through_server.stdout
