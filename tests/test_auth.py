@@ -40,8 +40,8 @@ INITIALIZE = {
 
 
 def minted(env: dict[str, str], name: str) -> tuple[str, str]:
-    """Run `hitl token new NAME`: the token it shows, and the config lines it prints to paste."""
-    made = hitl(env, "token", "new", name)
+    """Run `hitl token new --config NAME`: the token it shows, and the config lines it prints to paste."""
+    made = hitl(env, "token", "new", "--config", name)
     assert made.returncode == 0, made.stderr
     lines = made.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("[principals."))

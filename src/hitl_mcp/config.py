@@ -159,6 +159,13 @@ class WebSettings(BaseModel):
     session_hours: float = Field(
         default=12.0, gt=0, le=24 * 90, allow_inf_nan=False, description="How long a sign-in lasts"
     )
+    session_idle_minutes: float = Field(
+        default=60.0,
+        gt=0,
+        le=24 * 60 * 90,
+        allow_inf_nan=False,
+        description="How long a sign-in lasts unused: a browser left this long is signed out",
+    )
     oidc: OidcSettings | None = Field(default=None, description="Single sign-on through an OpenID Provider")
 
 

@@ -32,7 +32,7 @@ from pydantic_core import to_json
 
 from hitl_mcp import __version__
 from hitl_mcp.actions import Action, build_actions
-from hitl_mcp.auth import PrincipalTokens, authenticated_principal, is_loopback
+from hitl_mcp.auth import PrincipalTokens, authenticated_principal, authenticated_roles, is_loopback
 from hitl_mcp.client_log import LogListeners, level_of, send
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
@@ -128,6 +128,8 @@ def build_server(
                 tasks.start_soon(opened.run_approved_forever)
                 tasks.start_soon(deliver_forever, opened)
             tasks.start_soon(feed.run, lambda: opened.change_event)
+            if tokens is not None:
+                tokens.attach(opened.store)  # tokens made on any server on this store count from now on
             state = ServerState(opened, acting_as)
             running.append(state)
             try:
@@ -244,7 +246,12 @@ def _add_resources(
 
 
 def serve_http(
-    app: MCPServer[ServerState], *, host: str, port: int, sign_in: SignIn | InboxOff | None = None
+    app: MCPServer[ServerState],
+    *,
+    host: str,
+    port: int,
+    sign_in: SignIn | InboxOff | None = None,
+    tokens: PrincipalTokens | None = None,
 ) -> None:
     """Serve `app` at http://HOST:PORT/mcp until interrupted, every log line on stderr; with `sign_in`, the
     inbox and /api/v1 beside it (`hitl_mcp.web`), on the same gate; with `InboxOff`, a page saying why not.
@@ -279,6 +286,8 @@ def serve_http(
             host=host,
             stopping=lambda: server is not None and server.should_exit,
         )
+    if tokens is not None:
+        served = tokens.admit_open(served)
     config = uvicorn.Config(
         served,
         host=host,
@@ -529,7 +538,8 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
         configured for the request's target (get_request shows it) runs it: call wait_for_decision to
         learn the outcome."""
         gate = _state(ctx).gate
-        request = await _call(gate.approve(request_id, _principal(ctx), reason, arguments))
+        principal, roles = _principal(ctx), authenticated_roles()
+        request = await _call(gate.approve(request_id, principal, reason, arguments, roles=roles))
         if request.status in (Status.APPROVED, Status.EXECUTING) and request.approval.waiting_on is None:
             # Released here but run by another process: its outcome usually follows within moments.
             request = await _call(gate.wait(request.request_id, APPROVE_WAIT_SECONDS))
@@ -547,7 +557,12 @@ def _add_companions(app: MCPServer[ServerState]) -> None:
     ) -> Decided:
         """Reject someone else's pending request; it will never run."""
         return Decided.of(
-            await _tell(ctx, await _call(_state(ctx).gate.reject(request_id, _principal(ctx), reason)))
+            await _tell(
+                ctx,
+                await _call(
+                    _state(ctx).gate.reject(request_id, _principal(ctx), reason, roles=authenticated_roles())
+                ),
+            )
         )
 
     @app.tool(annotations=read_only)

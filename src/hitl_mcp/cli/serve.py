@@ -49,7 +49,7 @@ def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> 
     if upstreams_file is not None:
         settings = with_upstreams(settings, load_mcp_servers(upstreams_file))
     # A store that cannot be used is refused in one line before anything is served.
-    anyio.run(check_store, settings)
+    stored = anyio.run(check_store, settings)
     # On stderr, which stdio leaves free: a rule that fails on every call should be heard of before one does.
     for warning in settings.warnings:
         click.echo(f"hitl-mcp: warning: {warning}", err=True)
@@ -57,23 +57,25 @@ def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> 
         build_server(settings).run()
         return
 
-    from hitl_mcp.auth import http_tokens
+    from hitl_mcp.auth import server_tokens
 
     # Decided before anything binds: an exposed server without tokens never starts.
-    tokens = http_tokens(settings, host)
+    tokens = server_tokens(settings, host, stored=stored)
     app = build_server(settings, tokens=tokens)
-    if tokens is None:
+    if tokens.open_principal is not None:
         who = f"as {settings.principal!r}"
         click.echo(
-            f"hitl-mcp: warning: no principal has a token_sha256, so every client that can connect acts as "
-            f"{settings.principal!r}; see `hitl token new --help` before serving anyone else",
+            "hitl-mcp: warning: no principal has a token_sha256 and the store holds no token, so every "
+            f"client that can connect acts as {settings.principal!r} until one is made; see "
+            "`hitl token new --help` before serving anyone else",
             err=True,
         )
     else:
-        who = "for the principals " + ", ".join(tokens.principals) + " (bearer tokens)"
+        named = ", ".join(tokens.principals)
+        who = f"for the principals {named} and the store's tokens" if named else "for the store's tokens"
     store = settings.store.describe()
     click.echo(f"hitl-mcp: serving MCP at http://{host}:{port}/mcp {who}, store {store}", err=True)
-    serve_http(app, host=host, port=port, sign_in=inbox_sign_in(settings, tokens, host, port))
+    serve_http(app, host=host, port=port, sign_in=inbox_sign_in(settings, tokens, host, port), tokens=tokens)
 
 
 def inbox_sign_in(
@@ -109,8 +111,15 @@ def inbox_sign_in(
     return sign_in
 
 
-async def check_store(settings: Settings) -> None:
+async def check_store(settings: Settings) -> int:
+    """How many live tokens the store holds (a store without any counts as none)."""
+    import time
+
     from hitl_mcp.store import open_store
+    from hitl_mcp.store.credentials import CredentialStore
 
     store = await open_store(settings)
-    await store.close()
+    try:
+        return await store.token_count(time.time()) if isinstance(store, CredentialStore) else 0
+    finally:
+        await store.close()

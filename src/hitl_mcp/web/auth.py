@@ -1,19 +1,22 @@
 """Who is signed in to the inbox, and who calls the API.
 
-The API takes the bearer tokens MCP takes (`[principals.NAME] token_sha256`, `hitl_mcp.auth`). A person
-signs in to the inbox with one of them and gets a session cookie. A server on loopback with no tokens
-configured (what `make run` starts) makes one sign-in link for the OS user instead: a random token kept in
-memory only, good until the server stops. Signing in always takes a button press, a POST: mail and chat
+The API takes the bearer tokens MCP takes (the config's `token_sha256` and the store's, `hitl_mcp.auth`). A
+person signs in to the inbox with one of them and gets a session cookie. A server on loopback with no tokens
+(what `make run` starts) makes one sign-in link for the OS user instead: a random token kept in memory
+only, good until the server stops. Signing in always takes a button press, a POST: mail and chat
 scanners open every link they see, and a GET must not sign them in.
 
 With `[web.oidc]`, people sign in through the team's OpenID Provider (`hitl_mcp.web.sso`); the roles its
-claim gives ride on the session. Sessions live in this process's memory; a restart signs everyone out.
+claim gives (or a stored token's) ride on the session. Sessions live in the store, keyed by the SHA-256 of
+the cookie's value: a restart signs nobody out, every server on a shared store honours them, and signing
+out deletes the row. They end after `session_idle_minutes` unused and `session_hours` in all.
 Every state-changing form carries the session's CSRF token and must come from this origin; the cookie is
 HttpOnly and SameSite=Strict, and Secure when the inbox is reached over https.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hmac
 import secrets
@@ -28,6 +31,8 @@ from starlette.responses import Response
 from hitl_mcp.auth import PrincipalTokens
 from hitl_mcp.config import Settings, check_principal
 from hitl_mcp.errors import ConfigError
+from hitl_mcp.store.credentials import CredentialStore, StoredSession
+from hitl_mcp.tokens import token_sha256
 from hitl_mcp.web.problems import Refused
 from hitl_mcp.web.sso import PENDING_SECONDS, SingleSignOn
 
@@ -38,8 +43,10 @@ SSO_COOKIE = "hitl_sso"
 CALLBACK_PATH = "/auth/callback"
 LOGIN_COOKIE = "hitl_login"
 LOGIN_COOKIE_SECONDS = 3600
-# Sessions are kept in memory: past this many, the ones closest to expiry give way.
+# Sessions kept in memory (no store to keep them in): past this many, the ones closest to expiry give way.
 MAX_SESSIONS = 10_000
+# A session's last use is written at most this often: not a write per page.
+SEEN_EVERY_SECONDS = 60.0
 # Real tokens are URL-safe base64 (`hitl_mcp.tokens`); anything else is refused before it is hashed.
 TOKEN_MAX = 512
 SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -64,6 +71,7 @@ class Session:
     """Roles the sign-in itself gave (an OpenID Provider's claim), beside the config's for the principal."""
     id_token: str | None = None
     """The provider's ID token, when signed in through it: the hint for signing out there too."""
+    last_seen_at: float = 0.0
 
 
 class SignIn:
@@ -75,15 +83,21 @@ class SignIn:
         *,
         link_principal: str | None = None,
         session_seconds: float = 12 * 3600,
+        idle_seconds: float = 3600,
         public_url: str | None = None,
         sso: SingleSignOn | None = None,
         clock: Callable[[], float] = time.time,
+        store: CredentialStore | None = None,
     ) -> None:
+        """Sessions go to `store`, or else to the store `tokens` was attached to once the server's is
+        open; in memory only when there is neither (a server without a store of credentials)."""
         self.tokens = tokens
         self.sso = sso
         self.link_principal = link_principal
         self.link_token = secrets.token_urlsafe(32) if link_principal is not None else None
         self.session_seconds = session_seconds
+        self.idle_seconds = idle_seconds
+        self._store = store
         self.public_url = public_url.rstrip("/") if public_url else None
         self.clock = clock
         self._sessions: dict[str, Session] = {}
@@ -95,12 +109,15 @@ class SignIn:
         link for the OS user. Never as the principal tokenless MCP clients act as: signed in as it, a
         person's approvals would be the agent's own."""
         hours, public_url = settings.web.session_hours, settings.web.public_url
+        idle = settings.web.session_idle_minutes * 60
         if settings.web.oidc is not None:
             callback = f"{(public_url or base_url).rstrip('/')}{CALLBACK_PATH}"
             sso = SingleSignOn(settings.web.oidc, callback)
-            return cls(tokens, session_seconds=hours * 3600, public_url=public_url, sso=sso)
-        if tokens is not None:
-            return cls(tokens, session_seconds=hours * 3600, public_url=public_url)
+            return cls(
+                tokens, session_seconds=hours * 3600, idle_seconds=idle, public_url=public_url, sso=sso
+            )
+        if tokens is not None and tokens.open_principal is None:
+            return cls(tokens, session_seconds=hours * 3600, idle_seconds=idle, public_url=public_url)
         try:
             user = check_principal(getpass.getuser(), "your OS user name")
         except (ConfigError, OSError, KeyError) as error:
@@ -112,49 +129,103 @@ class SignIn:
                 "another name, or configure tokens (hitl token new NAME)",
                 principal_clash=True,
             )
-        return cls(None, link_principal=user, session_seconds=hours * 3600, public_url=public_url)
+        # Tokens made once this server runs sign in too, beside the link.
+        return cls(
+            tokens,
+            link_principal=user,
+            session_seconds=hours * 3600,
+            idle_seconds=idle,
+            public_url=public_url,
+        )
 
     async def principal_of(self, token: str) -> str | None:
         """The principal `token` signs in, or None."""
+        signed = await self.access_of(token)
+        return signed[0] if signed is not None else None
+
+    async def access_of(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+        """The principal `token` signs in and the roles it carries (a stored token's), or None."""
         token = token.strip()
         if not token or len(token) > TOKEN_MAX or not token.isascii() or not token.isprintable():
             return None
         if self.link_token is not None and hmac.compare_digest(token.encode(), self.link_token.encode()):
-            return self.link_principal
-        if self.tokens is None:
+            assert self.link_principal is not None
+            return self.link_principal, ()
+        if self.tokens is None or self.tokens.is_open_token(token):
             return None
         access = await self.tokens.verify_token(token)
-        return access.client_id if access is not None else None
+        return (access.client_id, tuple(access.scopes)) if access is not None else None
+
+    @property
+    def store(self) -> CredentialStore | None:
+        if self._store is not None:
+            return self._store
+        return self.tokens.store if self.tokens is not None else None
 
     # -- sessions ----------------------------------------------------------------------------------
 
-    def start(
+    async def start(
         self, principal: str, *, roles: tuple[str, ...] = (), id_token: str | None = None
     ) -> tuple[str, Session]:
         now = self.clock()
+        session_id = secrets.token_urlsafe(32)
+        session = Session(
+            principal, secrets.token_urlsafe(32), now + self.session_seconds, roles, id_token, now
+        )
+        store = self.store
+        if store is not None:
+            # Only the cookie's digest is stored: reading the store signs nobody in.
+            await store.session_insert(
+                token_sha256(session_id),
+                StoredSession(principal, roles, session.csrf, id_token, now, now, session.expires_at),
+            )
+            return session_id, session
         if len(self._sessions) >= MAX_SESSIONS:
             self._prune(now)
-        session_id = secrets.token_urlsafe(32)
-        session = Session(principal, secrets.token_urlsafe(32), now + self.session_seconds, roles, id_token)
         self._sessions[session_id] = session
         return session_id, session
 
-    def session_of(self, request: HttpRequest) -> Session | None:
+    async def session_of(self, request: HttpRequest) -> Session | None:
         session_id = request.cookies.get(SESSION_COOKIE)
-        session = self._sessions.get(session_id) if session_id else None
+        if not session_id or len(session_id) > TOKEN_MAX:
+            return None
+        now = self.clock()
+        store = self.store
+        if store is not None:
+            digest = token_sha256(session_id)
+            stored = await store.session_find(digest, now, self.idle_seconds)
+            if stored is None:
+                return None
+            if now - stored.last_seen_at >= SEEN_EVERY_SECONDS:
+                await store.session_touch(digest, now)
+            return Session(
+                stored.principal,
+                stored.csrf,
+                stored.expires_at,
+                stored.roles,
+                stored.id_token,
+                stored.last_seen_at,
+            )
+        session = self._sessions.get(session_id)
         if session is None:
             return None
-        if session.expires_at <= self.clock():
-            self._sessions.pop(session_id or "", None)
+        if session.expires_at <= now or session.last_seen_at <= now - self.idle_seconds:
+            self._sessions.pop(session_id, None)
             return None
+        if now - session.last_seen_at >= SEEN_EVERY_SECONDS:
+            self._sessions[session_id] = dataclasses.replace(session, last_seen_at=now)
         return session
 
-    def end(self, request: HttpRequest) -> None:
-        self._sessions.pop(request.cookies.get(SESSION_COOKIE) or "", None)
+    async def end(self, request: HttpRequest) -> None:
+        session_id = request.cookies.get(SESSION_COOKIE) or ""
+        store = self.store
+        if store is not None and session_id:
+            await store.session_delete(token_sha256(session_id))
+        self._sessions.pop(session_id, None)
 
     def _prune(self, now: float) -> None:
         for session_id, session in list(self._sessions.items()):
-            if session.expires_at <= now:
+            if session.expires_at <= now or session.last_seen_at <= now - self.idle_seconds:
                 del self._sessions[session_id]
         while len(self._sessions) >= MAX_SESSIONS:
             soonest = min(self._sessions, key=lambda key: self._sessions[key].expires_at)
@@ -163,18 +234,21 @@ class SignIn:
     # -- the API -----------------------------------------------------------------------------------
 
     async def api_principal(self, request: HttpRequest) -> str:
+        return (await self.api_caller(request))[0]
+
+    async def api_caller(self, request: HttpRequest) -> tuple[str, tuple[str, ...]]:
         """The caller of an API request: its bearer token's principal. A signed-in browser may read (the
         inbox's live updates come from `/api/v1/events`) but never change anything without a token, so the
         API needs no CSRF defence. Anything else is refused with 401."""
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
-            principal = await self.principal_of(token) if scheme.lower() == "bearer" else None
-            if principal is None:
+            signed = await self.access_of(token) if scheme.lower() == "bearer" else None
+            if signed is None:
                 raise Refused(401, "the bearer token is not one this server knows; nothing was done")
-            return principal
-        if request.method in SAFE_METHODS and (session := self.session_of(request)) is not None:
-            return session.principal
+            return signed
+        if request.method in SAFE_METHODS and (session := await self.session_of(request)) is not None:
+            return session.principal, session.roles
         raise Refused(
             401,
             "this call needs Authorization: Bearer TOKEN, a principal's token (see `hitl token new`); "

@@ -170,7 +170,7 @@ class Pages:
 
     def page(self, handler: Page) -> Callable[[HttpRequest], Awaitable[Response]]:
         async def handle(request: HttpRequest) -> Response:
-            session = self.face.sign_in.session_of(request)
+            session = await self.face.sign_in.session_of(request)
             if session is None:
                 return self.sign_in_first(request)
             try:
@@ -455,15 +455,16 @@ class Pages:
             self.face.sign_in.check_form(request, fields.get("csrf"), request.cookies.get(LOGIN_COOKIE))
         except HitlError as error:
             return self.login(request, refusal=str(error), status=status_of(error))
-        principal = await self.face.sign_in.principal_of(fields.get("token", ""))
-        if principal is None:
+        signed = await self.face.sign_in.access_of(fields.get("token", ""))
+        if signed is None:
             return self.login(
                 request,
                 refusal="that token is not one this server knows (a sign-in link lasts until its server "
                 "stops)",
                 status=401,
             )
-        session_id, _ = self.face.sign_in.start(principal)
+        principal, roles = signed
+        session_id, _ = await self.face.sign_in.start(principal, roles=roles)
         response = RedirectResponse(local_path(fields.get("next")), status_code=303)
         self.face.sign_in.set_session_cookie(response, request, session_id)
         response.delete_cookie(LOGIN_COOKIE, path="/login")
@@ -472,7 +473,7 @@ class Pages:
     async def sign_out(
         self, request: HttpRequest, session: Session, gate: Gate, fields: dict[str, str]
     ) -> Response:
-        self.face.sign_in.end(request)
+        await self.face.sign_in.end(request)
         sso = self.face.sign_in.sso
         response: Response
         if sso is not None and session.id_token is not None:

@@ -65,7 +65,7 @@ def _callback(pages: Pages, sso: SingleSignOn) -> Handler:
             logger.info("a single sign-on callback signed nobody in: %s", refused)
             response = pages.login(request, refusal=str(refused), status=401)
         else:
-            session_id, _ = sign_in.start(
+            session_id, _ = await sign_in.start(
                 signed_in.principal, roles=signed_in.roles, id_token=signed_in.id_token
             )
             response = pages.render("reopen.html", here=next_path)
