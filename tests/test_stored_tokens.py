@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp.types import CallToolResult
 
 from tests.inbox import Site, make_site, serve
 from tests.test_auth import ACCEPT, INITIALIZE, connect, filed_by
@@ -104,6 +105,11 @@ def test_bad_lifetimes_roles_and_names_are_refused_naming_the_option(site: Site)
     assert twice.returncode == 2 and "a token named 'dave-ci' exists" in twice.stderr
 
 
+async def agent_call(mcp: str, token: str) -> CallToolResult:
+    async with connect(mcp, token) as agent:
+        return await agent.call_tool("buy_stock", BUY)
+
+
 async def test_a_stored_tokens_roles_count_when_its_holder_decides(tmp_path: Path) -> None:
     # Neither dan nor erin holds a role in the config; the policy's first level wants a trader. Only dan's
     # token carries the role.
@@ -119,3 +125,8 @@ async def test_a_stored_tokens_roles_count_when_its_holder_decides(tmp_path: Pat
             assert refused.is_error and "trader" in text(refused)
         async with connect(server.mcp, trader) as dan:
             ok(await dan.call_tool("approve", {"request_id": request_id}))  # the trader level is met
+            over_rest = ok(await agent_call(server.mcp, site.tokens["agent"]))["request_id"]
+        with server.api(plain) as erin_api, server.api(trader) as dan_api:
+            path = f"/api/v1/requests/{over_rest}/approve"
+            assert erin_api.post(path, json={}).status_code == 403
+            assert dan_api.post(path, json={}).status_code == 200

@@ -83,7 +83,9 @@ def routes(face: WebFace) -> list[Route]:
     ) -> Callable[[HttpRequest], Awaitable[Response]]:
         async def handle(request: HttpRequest) -> Response:
             try:
-                principal = await face.sign_in.api_principal(request)
+                principal, roles = await face.sign_in.api_caller(request)
+                # The roles the caller's credential carries (a stored token's), for the handlers that decide.
+                request.state.roles = roles
                 check_parameters(request, parameters)
                 result = await work(request, face.gate(), principal)
             except HitlError as error:
@@ -98,7 +100,7 @@ def routes(face: WebFace) -> list[Route]:
     async def list_requests(request: HttpRequest, gate: Gate, principal: str) -> Result:
         now = face.clock()
         query = queries.parse_query(request.query_params, now=now)
-        return await queries.list_requests(gate, principal, query, now)
+        return await queries.list_requests(gate, principal, query, now, roles=request.state.roles)
 
     async def get_request(request: HttpRequest, gate: Gate, principal: str) -> Result:
         return await gate.get(ref(request))
@@ -108,11 +110,13 @@ def routes(face: WebFace) -> list[Route]:
 
     async def approve(request: HttpRequest, gate: Gate, principal: str) -> Result:
         body = await body_of(request, ApproveBody)
-        return await gate.approve(ref(request), principal, body.reason, body.arguments)
+        return await gate.approve(
+            ref(request), principal, body.reason, body.arguments, roles=request.state.roles
+        )
 
     async def reject(request: HttpRequest, gate: Gate, principal: str) -> Result:
         body = await body_of(request, RejectBody)
-        return await gate.reject(ref(request), principal, body.reason)
+        return await gate.reject(ref(request), principal, body.reason, roles=request.state.roles)
 
     async def cancel(request: HttpRequest, gate: Gate, principal: str) -> Result:
         return await gate.cancel(ref(request), principal)

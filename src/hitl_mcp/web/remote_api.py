@@ -91,7 +91,7 @@ def remote_routes(face: WebFace, prefix: str, endpoint: Endpoint) -> list[Route]
         return str(request.path_params["request_id"])
 
     async def me(request: HttpRequest, gate: Gate, principal: str) -> Result:
-        return Principal(principal=principal, roles=list(gate.roles_of(principal, ())))
+        return Principal(principal=principal, roles=list(gate.roles_of(principal, request.state.roles)))
 
     async def count(request: HttpRequest, gate: Gate, principal: str) -> Result:
         params = request.query_params
@@ -103,7 +103,7 @@ def remote_routes(face: WebFace, prefix: str, endpoint: Endpoint) -> list[Route]
         return Count(count=n)
 
     async def retry(request: HttpRequest, gate: Gate, principal: str) -> Result:
-        return await gate.retry(ref(request), principal)
+        return await gate.retry(ref(request), principal, roles=request.state.roles)
 
     async def settle(request: HttpRequest, gate: Gate, principal: str) -> Result:
         from hitl_mcp.web.api import body_of
