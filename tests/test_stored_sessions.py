@@ -115,5 +115,10 @@ async def test_a_session_ends_when_left_unused_or_at_its_absolute_end(tmp_path: 
         clock.now += 601
         assert await sign_in.session_of(request_with(idle_id)) is None
         assert await sign_in.session_of(request_with("made-up")) is None
+
+        # Ended sessions do not pile up in the store: a sign-in an hour on deletes them.
+        clock.now += 3600
+        await sign_in.start("carol")
+        assert await store.session_prune(clock.now, 600) == 0
     finally:
         await store.close()

@@ -47,6 +47,8 @@ LOGIN_COOKIE_SECONDS = 3600
 MAX_SESSIONS = 10_000
 # A session's last use is written at most this often: not a write per page.
 SEEN_EVERY_SECONDS = 60.0
+# Ended sessions are deleted from the store at a sign-in, at most this often per server.
+PRUNE_EVERY_SECONDS = 3600.0
 # Real tokens are URL-safe base64 (`hitl_mcp.tokens`); anything else is refused before it is hashed.
 TOKEN_MAX = 512
 SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -98,6 +100,7 @@ class SignIn:
         self.session_seconds = session_seconds
         self.idle_seconds = idle_seconds
         self._store = store
+        self._pruned_at = float("-inf")
         self.public_url = public_url.rstrip("/") if public_url else None
         self.clock = clock
         self._sessions: dict[str, Session] = {}
@@ -174,6 +177,9 @@ class SignIn:
         )
         store = self.store
         if store is not None:
+            if now - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                self._pruned_at = now
+                await store.session_prune(now, self.idle_seconds)
             # Only the cookie's digest is stored: reading the store signs nobody in.
             await store.session_insert(
                 token_sha256(session_id),
