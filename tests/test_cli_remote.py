@@ -12,7 +12,8 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from tests.inbox import Served, Site, make_site, serve
-from tests.test_cli import file_request, free_port, hitl
+from tests.terminal import Terminal
+from tests.test_cli import HITL, file_request, free_port, hitl
 
 SMALL_BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}  # one trader
 LARGE_BUY = {"symbol": "MSFT", "quantity": 100, "price": 150.0}  # a trader, then a risk manager
@@ -245,3 +246,35 @@ def test_direct_decisions_off_refuses_deciding_on_the_store_but_not_reading_or_t
     assert listed.returncode == 0 and request_id[:10] in listed.stdout
     assert through_server.returncode == 0, through_server.stderr
     assert f"{request_id} executed" in through_server.stdout
+
+
+def test_watch_through_a_server_sees_a_request_filed_after_it_started_and_decides_it(
+    server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
+) -> None:
+    with Terminal([HITL, "watch", "--tool", "buy_stock"], remote["alice"]) as terminal:
+        title = terminal.expect("> ")
+        assert "acting as alice" in title and server.base in title
+
+        request_id = file_request(settings, "buy_stock", SMALL_BUY)
+        terminal.expect(request_id[:10])
+        terminal.send(f"a {request_id[:8]}")
+        terminal.expect_on_screen(f"{request_id[:10]} executed")
+
+        terminal.send("q")
+        assert terminal.wait() == 0
+    assert (request_id, "GOOGL", 10) in site.orders()
+
+
+def test_watch_on_a_store_without_direct_decisions_shows_the_queue_but_refuses_deciding(
+    tmp_path: Path,
+) -> None:
+    site = make_site(tmp_path / "shared", tokens=True, extra="\n[cli]\ndirect_decisions = false\n")
+    request_id = file_request(load_settings(site.env), "buy_stock", SMALL_BUY)
+    with Terminal([HITL, "watch", "--as", "alice"], site.env) as terminal:
+        terminal.expect(request_id[:10])
+        terminal.send(f"a {request_id[:8]}")
+        terminal.expect("refused:")
+        assert "go through a server" in " ".join(terminal.expect_on_screen("> ").split())
+        terminal.send("q")
+        assert terminal.wait() == 0
+    assert json.loads(hitl(site.env, "show", request_id, "--json").stdout)["status"] == "pending"

@@ -23,7 +23,7 @@ from hitl_mcp.cli.calls import Calls
 from hitl_mcp.config import Settings, check_principal, load_settings
 from hitl_mcp.errors import HitlError, InvalidArguments, NotAllowed
 from hitl_mcp.gate import Gate, open_gate
-from hitl_mcp.models import Request, Status
+from hitl_mcp.models import Request, RequestSummary, Status
 
 if TYPE_CHECKING:
     from hitl_mcp.cli.remote import RemoteGate
@@ -63,12 +63,19 @@ def with_calls(
     if through_server():
         return with_server(work)
     settings = load(principal)
-    if deciding and not settings.cli.direct_decisions:
-        raise NotAllowed(
-            "decisions on this store go through a server ([cli] direct_decisions = false): set HITL_SERVER "
-            "and HITL_TOKEN, or run `hitl login`; nothing was changed"
-        )
+    if deciding and (refusal := deciding_refusal(settings)) is not None:
+        raise NotAllowed(refusal)
     return with_gate(settings, work, readonly=readonly)
+
+
+def deciding_refusal(settings: Settings) -> str | None:
+    """Why a decision may not be made on this store opened directly, if it may not."""
+    if settings.cli.direct_decisions:
+        return None
+    return (
+        "decisions on this store go through a server ([cli] direct_decisions = false): set HITL_SERVER "
+        "and HITL_TOKEN, or run `hitl login`; nothing was changed"
+    )
 
 
 def with_server(work: Callable[[RemoteGate], Awaitable[T]]) -> T:
@@ -244,7 +251,7 @@ def duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def expires_in(request: Request, now: float) -> str:
+def expires_in(request: Request | RequestSummary, now: float) -> str:
     if request.status.is_final:
         return "-"
     left = request.expires_at.timestamp() - now

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import anyio
+import anyio.abc
 import httpx2
 
 from hitl_mcp import errors
@@ -35,6 +36,8 @@ PREFIX = "/api/v1"
 SERVER_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 # Another process runs an approved action; how often its record is read again while waiting for it.
 WAIT_POLL_SECONDS = 0.2
+# After the event stream drops (a server restarting), how long before it is opened again.
+RECONNECT_SECONDS = 1.0
 TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
 # Problem kinds the server may name, raised here as themselves; anything else is a plain refusal.
 KINDS: Mapping[str, type[HitlError]] = {
@@ -266,6 +269,86 @@ class RemoteGate:
     async def report(self, since: float | None) -> dict[str, Any]:
         params = {} if since is None else {"since": _iso(since)}
         return dict((await self.call("GET", "/report", params=params)).json())
+
+
+class EventFeed:
+    """Changes as the server's event stream tells them (`/api/v1/events`), for `hitl watch`: each event ends
+    a `wait`. After a drop it reconnects with Last-Event-ID, so nothing is missed, and counts the drop as a
+    change, so the screen is read again."""
+
+    def __init__(self, gate: RemoteGate) -> None:
+        self.gate = gate
+        self.seen = 0
+        self.last_id: str | None = None
+        self._changed = anyio.Event()
+
+    @classmethod
+    @asynccontextmanager
+    async def following(cls, gate: RemoteGate) -> AsyncIterator[EventFeed]:
+        feed = cls(gate)
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(feed._follow)
+            try:
+                yield feed
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def mark(self) -> int:
+        return self.seen
+
+    async def wait(self, mark: int, timeout: float, local: anyio.Event) -> None:
+        if self.seen != mark:
+            return
+        changed = self._changed
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tasks:
+
+                async def until(event: anyio.Event) -> None:
+                    await event.wait()
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(until, changed)
+                tasks.start_soon(until, local)
+
+    def _note(self) -> None:
+        self.seen += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _follow(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if self.last_id is not None:
+                headers["Last-Event-ID"] = self.last_id
+            try:
+                async with self.gate.http.stream("GET", f"{PREFIX}/events", headers=headers) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise problem_error(response, self.gate.server)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._read(response)
+            except httpx2.TransportError:
+                pass
+            if not started:
+                # The server is gone already: the screen says so on its next read.
+                started = True
+                task_status.started()
+            self._note()
+            await anyio.sleep(RECONNECT_SECONDS)
+
+    async def _read(self, response: httpx2.Response) -> None:
+        data = False
+        async for line in response.aiter_lines():
+            if line.startswith("id:"):
+                self.last_id = line[3:].strip()
+            elif line.startswith("data:"):
+                data = True
+            elif not line and data:
+                data = False
+                self._note()
 
 
 def _ref(ref: str) -> str:

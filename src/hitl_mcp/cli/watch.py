@@ -20,17 +20,28 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import click
 
 from hitl_mcp import display
 from hitl_mcp.cli.app import main
-from hitl_mcp.cli.common import acting_as, describe, duration, expires_in, load, refusals
+from hitl_mcp.cli.calls import Calls
+from hitl_mcp.cli.common import (
+    acting_as,
+    deciding_refusal,
+    describe,
+    duration,
+    expires_in,
+    load,
+    refusals,
+    through_server,
+)
 from hitl_mcp.errors import HitlError
-from hitl_mcp.gate import Gate, open_gate
-from hitl_mcp.models import Request, Status
-from hitl_mcp.store import wait_for_change
+from hitl_mcp.gate import open_gate
+from hitl_mcp.models import RequestSummary, Status
+from hitl_mcp.store import Store, wait_for_change
 
 # Ages and countdowns move even when nothing changes; redraw at least this often.
 TICK_SECONDS = 1.0
@@ -72,6 +83,8 @@ class Screen:
     # The command being carried out, if any: Ctrl-C lets it finish rather than leave it half done.
     running: str | None = None
     dirty: anyio.Event = field(default_factory=anyio.Event)
+    # Why typed decisions are refused here ([cli] direct_decisions = false on a store opened directly).
+    no_decisions: str | None = None
 
     def touch(self) -> None:
         self.dirty.set()
@@ -198,7 +211,7 @@ def prompt_line(typed: str, columns: int) -> str:
     return PROMPT + display.ELLIPSIS + "".join(reversed(tail))
 
 
-def render(screen: Screen, requests: list[Request], detail: str, now: float, columns: int) -> str:
+def render(screen: Screen, requests: list[RequestSummary], detail: str, now: float, columns: int) -> str:
     """The whole screen above the prompt; no line wider than `columns`."""
     waiting = [r for r in requests if r.status is Status.PENDING]
     title = (
@@ -211,9 +224,9 @@ def render(screen: Screen, requests: list[Request], detail: str, now: float, col
             (
                 r.request_id[:10],
                 duration(now - r.created_at.timestamp()),
-                ("! " if r.approval.escalated else "") + display.cut(r.summary, SUMMARY_COLUMNS),
+                ("! " if r.escalated else "") + display.cut(r.summary, SUMMARY_COLUMNS),
                 r.requested_by,
-                r.approval.may_decide or "-",
+                r.waits_on or "-",
                 expires_in(r, now),
             )
             for r in waiting
@@ -227,7 +240,30 @@ def render(screen: Screen, requests: list[Request], detail: str, now: float, col
     return "\n".join(lines) + "\n"
 
 
-async def shown_detail(gate: Gate, screen: Screen) -> str:
+class Changes(Protocol):
+    """Where news of a change comes from: the store's change counter, or a server's event stream."""
+
+    async def mark(self) -> int:
+        """A mark to take before reading what is shown: a change after it ends the next `wait`."""
+        ...
+
+    async def wait(self, mark: int, timeout: float, local: anyio.Event) -> None:
+        """Return once something changed after `mark`, `local` is set, or `timeout` passes."""
+        ...
+
+
+@dataclass
+class StoreChanges:
+    store: Store
+
+    async def mark(self) -> int:
+        return await self.store.change_counter()
+
+    async def wait(self, mark: int, timeout: float, local: anyio.Event) -> None:
+        await wait_for_change(self.store, mark, timeout, local=local, poll=POLL_SECONDS)
+
+
+async def shown_detail(gate: Calls, screen: Screen) -> str:
     if screen.shown is None:
         return ""
     try:
@@ -236,14 +272,16 @@ async def shown_detail(gate: Gate, screen: Screen) -> str:
         return f"cannot show {screen.shown[:10]}: {error}"
 
 
-async def run_command(gate: Gate, screen: Screen, line: str) -> bool:
+async def run_command(gate: Calls, screen: Screen, line: str) -> bool:
     """Carry out one typed command; False when the user asked to quit."""
     verb, _, rest = line.strip().partition(" ")
     ref, _, text = rest.strip().partition(" ")
     try:
         if verb in ("q", "quit", "exit"):
             return False
-        if verb in ("a", "approve") and ref:
+        if verb in ("a", "approve", "r", "reject") and ref and screen.no_decisions:
+            screen.message = f"refused: {screen.no_decisions}"
+        elif verb in ("a", "approve") and ref:
             done = await gate.approve(ref, screen.principal, text.strip() or None)
             screen.message = f"{done.request_id[:10]} {done.status.value}: {done.summary}" + (
                 f" — error: {done.error}" if done.error else ""
@@ -262,7 +300,9 @@ async def run_command(gate: Gate, screen: Screen, line: str) -> bool:
     return True
 
 
-async def watch_queue(gate: Gate, screen: Screen, keyboard: Keyboard, interactive: bool) -> int:
+async def watch_queue(
+    gate: Calls, changes: Changes, screen: Screen, keyboard: Keyboard, interactive: bool
+) -> int:
     """Show the queue and carry out typed commands until `q`, the end of input or a signal to quit;
     return the exit status."""
     editor = LineEditor()
@@ -272,13 +312,15 @@ async def watch_queue(gate: Gate, screen: Screen, keyboard: Keyboard, interactiv
         while True:
             # Taken before the reads, so a change landing while drawing still wakes the next wait.
             dirty = screen.dirty = anyio.Event()
-            version = await gate.store.change_counter()
-            page = await gate.list(tool=screen.tool, limit=200)
+            version = await changes.mark()
+            # Summary lines, not whole records: through a server that is one call a redraw.
+            page = await gate.summaries(tool=screen.tool, limit=200)
+            queue = [RequestSummary.model_validate(line) for line in page.lines]
             detail = await shown_detail(gate, screen)
             columns = screen_columns()
-            drawn = render(screen, page.requests, detail, time.time(), columns)
+            drawn = render(screen, queue, detail, time.time(), columns)
             click.echo(CLEAR + drawn + prompt_line(editor.text, columns), nl=False)
-            await wait_for_change(gate.store, version, TICK_SECONDS, local=dirty, poll=POLL_SECONDS)
+            await changes.wait(version, TICK_SECONDS, dirty)
 
     async def follow_signals(quit_now: anyio.CancelScope) -> None:
         nonlocal status
@@ -334,13 +376,25 @@ def watch(as_name: str | None, tool: str | None) -> None:
       q               quit (or Ctrl-C, Ctrl-D, the end of input)
     """
     principal = acting_as(as_name)
-    settings = load(principal)
     fd = sys.stdin.fileno()
 
-    async def run(interactive: bool) -> int:
+    async def on_store(interactive: bool) -> int:
+        settings = load(principal)
         async with open_gate(settings) as gate:
             screen = Screen(principal, tool, settings.store.describe())
-            return await watch_queue(gate, screen, Keyboard(fd), interactive)
+            screen.no_decisions = deciding_refusal(settings)
+            return await watch_queue(gate, StoreChanges(gate.store), screen, Keyboard(fd), interactive)
+
+    async def on_server(interactive: bool) -> int:
+        from hitl_mcp.cli import remote
+
+        found = remote.from_environment()
+        assert found is not None
+        async with remote.connect(*found) as gate, remote.EventFeed.following(gate) as feed:
+            screen = Screen(gate.principal, tool, gate.server)
+            return await watch_queue(gate, feed, screen, Keyboard(fd), interactive)
+
+    run = on_server if through_server() else on_store
 
     with keys_one_at_a_time(fd) as interactive:
         try:
