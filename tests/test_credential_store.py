@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hitl_mcp import report
 from hitl_mcp.errors import InvalidArguments
 from hitl_mcp.store import Store
 from hitl_mcp.store.credentials import CredentialStore, NewToken, StoredSession
@@ -96,6 +97,9 @@ async def test_making_and_revoking_a_token_is_audited_on_its_own_trail(store: St
     trail = await store.audit_trail("tok_audited")
     assert [(e.event, e.actor) for e in trail] == [("token-made", "admin"), ("token-revoked", "bob")]
     assert trail[0].details["principal"] == "alice" and "1" * 64 not in str(trail[0].details)
+    # Counted among events in the report, never as a request of an unknown tool.
+    made = await report.from_store(store)
+    assert made.tools == {} and made.events == {"token-made": 1, "token-revoked": 1}
 
 
 def session(*, last_seen_at: float = NOW, expires_at: float = NOW + 3600) -> StoredSession:

@@ -58,8 +58,9 @@ OUTCOME_ORDER = (
     "cancelled",
 )
 DECISIONS = ("approved", "rejected")
-# Events about no request (an upstream's tool that changed): counted among events, never as a request.
-NOTICES = frozenset({"tool-changed"})
+# Events about no request (an upstream's tool that changed, a token made or revoked): counted among events,
+# never as a request.
+NOTICES = frozenset({"tool-changed", "token-made", "token-revoked"})
 UNKNOWN_TOOL = "(unknown)"
 
 

@@ -38,10 +38,10 @@ def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> 
     Over stdio the server acts as the principal named by HITL_PRINCIPAL (default: agent): requests it
     files are requested by that principal, and it can never approve them itself.
 
-    Over HTTP each client is the principal whose token it sends as `Authorization: Bearer TOKEN`
-    (`[principals.NAME] token_sha256` in the config file, made by `hitl token new NAME`); requests without a
-    known token get 401. With no token configured the server binds only a loopback address, and every
-    client acts as HITL_PRINCIPAL.
+    Over HTTP each client is the principal whose token it sends as `Authorization: Bearer TOKEN` (made by
+    `hitl token new PRINCIPAL` and kept in the store, or a `[principals.NAME] token_sha256` in the config
+    file); requests without a known token get 401. With no token anywhere the server binds only a loopback
+    address, and every client acts as HITL_PRINCIPAL until the first token is made.
     """
     from hitl_mcp.server import build_server, serve_http
 
