@@ -150,3 +150,27 @@ async def test_an_sqlite_store_of_the_previous_schema_is_upgraded_in_place(tmp_p
         await upgraded.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_hitl_db_migrate_carries_tokens_and_sessions_to_postgresql(
+    tmp_path: Path, pg_empty_url: str
+) -> None:
+    from hitl_mcp.store.postgres import PostgresStore
+    from hitl_mcp.store.transfer import copy_to_postgres
+
+    source = SQLiteStore(tmp_path / "store.db")
+    await source.open()
+    await source.token_insert(token("moved", "7" * 64))
+    await source.session_insert("8" * 64, session())
+    await source.close()
+
+    copied = await copy_to_postgres(tmp_path / "store.db", pg_empty_url)
+    assert copied.counts["tokens"] == 1 and copied.counts["sessions"] == 1
+    target = PostgresStore(pg_empty_url)
+    await target.open()
+    try:
+        found = await target.token_find("7" * 64, NOW)
+        assert found is not None and found.roles == ("finance",)
+        assert await target.session_find("8" * 64, NOW, idle_seconds=600) == session()
+    finally:
+        await target.close()

@@ -1,11 +1,11 @@
 """Copy an SQLite store into an empty PostgreSQL database: `hitl db migrate --to URL`.
 
-Everything is copied as it is stored — requests, decisions, the audit trail with its hashes, the outbox —
-read from the file while this process holds it exclusively and written in one transaction, so the copy is
-whole or absent and its
-audit chain is the original's, record for record: `hitl audit verify` prints the same head on both. Rows
-keep their numbers (request seq, decision order, outbox ids), and the counters behind them continue after
-the largest. A target that holds anything is refused: this is a move, never a merge.
+Everything is copied as it is stored — requests, decisions, the audit trail with its hashes, the outbox,
+tokens and sessions — read from the file while this process holds it exclusively and written in one
+transaction, so the copy is whole or absent and its audit chain is the original's, record for record:
+`hitl audit verify` prints the same head on both. Rows keep their numbers (request seq, decision order,
+outbox ids), and the counters behind them continue after the largest. A target that holds anything is
+refused: this is a move, never a merge.
 """
 
 from __future__ import annotations
@@ -117,6 +117,31 @@ TABLES = (
         ),
         text_columns=(14,),
         identity="id",
+    ),
+    # Tokens and sessions go too: a token made on the SQLite store, or a browser signed in there, still
+    # counts on the PostgreSQL one.
+    Table(
+        "tokens",
+        "SELECT id, name, principal, roles, sha256, created_at, created_by, expires_at, last_used_at, "
+        "revoked_at FROM tokens ORDER BY created_at, id",
+        (
+            "id",
+            "name",
+            "principal",
+            "roles",
+            "sha256",
+            "created_at",
+            "created_by",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+        ),
+    ),
+    Table(
+        "sessions",
+        "SELECT sha256, principal, roles, csrf, id_token, created_at, last_seen_at, expires_at FROM sessions "
+        "ORDER BY sha256",
+        ("sha256", "principal", "roles", "csrf", "id_token", "created_at", "last_seen_at", "expires_at"),
     ),
 )
 
