@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
+import httpx2
 import pytest
 
 from hitl_mcp.config import Settings, load_settings
-from tests.inbox import Served, Site, make_site, serve
+from tests.inbox import Served, Site, csrf_of, make_site, serve
 from tests.terminal import Terminal
 from tests.test_cli import HITL, file_request, free_port, hitl
 
@@ -278,3 +282,53 @@ def test_watch_on_a_store_without_direct_decisions_shows_the_queue_but_refuses_d
         terminal.send("q")
         assert terminal.wait() == 0
     assert json.loads(hitl(site.env, "show", request_id, "--json").stdout)["status"] == "pending"
+
+
+def test_login_saves_a_token_from_the_inbox_that_commands_then_use_and_logout_deletes_it(
+    server: Served, site: Site, settings: Settings, tmp_path: Path
+) -> None:
+    env = through(server.base, None, tmp_path / "home")
+    login = subprocess.Popen(
+        [HITL, "login", "--no-browser", "--timeout", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert login.stderr is not None
+        found = re.search(r"(http://\S+/auth/cli\?\S+)", login.stderr.readline())
+        assert found is not None
+        page = found.group(1)
+        fields = dict(parse_qsl(urlsplit(page).query))
+        with server.signed_in(site.tokens["alice"]) as browser:
+            confirm = browser.get(page)
+            assert "Allow hitl to act as alice" in confirm.text
+            allowed = browser.post("/auth/cli", data={"csrf": csrf_of(confirm.text), **fields})
+        assert allowed.status_code == 303
+        callback = allowed.headers["location"]
+        assert callback.startswith(f"http://127.0.0.1:{fields['port']}/callback?")
+        # A callback without our state is refused, and the CLI keeps waiting for the real one.
+        forged = httpx2.get(callback.replace(fields["state"], "x" * 32), timeout=10)
+        delivered = httpx2.get(callback, timeout=10)
+        out, err = login.communicate(timeout=30)
+    finally:
+        login.kill()
+        login.wait()
+
+    assert (forged.status_code, delivered.status_code) == (400, 200)
+    assert login.returncode == 0, err
+    saved = tmp_path / "home" / ".config" / "hitl-mcp" / "credentials.json"
+    assert f"Signed in to {server.base} as alice; the token is saved in {saved}" in out
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    request_id = file_request(settings, "buy_stock", SMALL_BUY)
+    approved = hitl(env, "approve", request_id, "--yes", "--json")
+    assert approved.returncode == 0, approved.stderr
+    assert [d["principal"] for d in json.loads(approved.stdout)["decisions"]] == ["alice"]
+
+    logged_out = hitl(env, "logout")
+    after = hitl(env, "list")
+
+    assert logged_out.returncode == 0 and "Signed out of" in logged_out.stdout
+    assert not saved.exists()
+    assert after.returncode == 5 and "hitl login" in after.stderr

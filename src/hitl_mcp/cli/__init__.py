@@ -1,11 +1,24 @@
 """The human face: `hitl`. Parses, establishes who is acting, calls the gate, renders the answer."""
 
-from hitl_mcp.cli import audit, db, mcp_config, notify, policy, requests, serve, token, upstreams, watch
+from hitl_mcp.cli import (
+    audit,
+    db,
+    login,
+    mcp_config,
+    notify,
+    policy,
+    requests,
+    serve,
+    token,
+    upstreams,
+    watch,
+)
 from hitl_mcp.cli.app import main
 
 __all__ = [
     "audit",
     "db",
+    "login",
     "main",
     "mcp_config",
     "notify",
