@@ -15,6 +15,7 @@ import httpx2
 import pytest
 
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.errors import HitlError
 from tests.inbox import Served, Site, csrf_of, make_site, serve
 from tests.terminal import Terminal
 from tests.test_cli import HITL, file_request, free_port, hitl
@@ -23,13 +24,17 @@ SMALL_BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}  # one trader
 LARGE_BUY = {"symbol": "MSFT", "quantity": 100, "price": 150.0}  # a trader, then a risk manager
 DELETE = {"table": "users", "condition": "id = 3"}
 EMAIL = {"to": "erin@example.org", "subject": "Hi", "body": "Hello"}
+DENY_COMPETITOR = """
+[policy.send_email]
+rules = [{ when = "to LIKE '%@competitor.com'", approval = "deny" }, { levels = [{ count = 1 }] }]
+"""
 # Ages and countdowns move between two runs a moment apart (9s, 10s), and the padding after them with them.
 DURATION = re.compile(r"\b\d+[smhd]\b *")
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    return make_site(tmp_path_factory.mktemp("remote"), tokens=True)
+    return make_site(tmp_path_factory.mktemp("remote"), tokens=True, extra=DENY_COMPETITOR)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +77,19 @@ def test_reading_commands_print_through_a_server_what_they_print_on_the_store(
     small = file_request(settings, "buy_stock", SMALL_BUY)
     large = file_request(settings, "buy_stock", LARGE_BUY)
     file_request(settings, "delete_database_records", DELETE)
+    with pytest.raises(HitlError):
+        file_request(settings, "send_email", {**EMAIL, "to": "ceo@competitor.com"})
     decided = hitl(remote["alice"], "approve", large[:10], "--yes", "--reason", "fine by me")
     assert decided.returncode == 0, decided.stderr
+    paged = ("list", "--tool", "buy_stock", "--limit", "1")
     commands = [
         ("list",),
         ("list", "--json"),
         ("list", "--all"),
         ("list", "--status", "executed"),
-        ("list", "--tool", "buy_stock", "--limit", "1"),
+        ("list", "--status", "denied"),
+        ("list", "--status", "denied", "--json"),
+        paged,
         ("list", "--all-pages", "--all", "--json"),
         ("show", small[:8]),
         ("show", large, "--json"),
@@ -94,7 +104,7 @@ def test_reading_commands_print_through_a_server_what_they_print_on_the_store(
         assert on_store[0] == 0, (command, on_store)
         assert on_server == on_store, command
     # The page's last line names the command for the next page, through the server as on the store.
-    assert "more: hitl list --tool buy_stock --limit 1 --cursor" in outputs(remote["carol"], *commands[4])[2]
+    assert "more: hitl list --tool buy_stock --limit 1 --cursor" in outputs(remote["carol"], *paged)[2]
 
 
 def test_a_decision_through_a_server_is_made_as_the_tokens_principal(

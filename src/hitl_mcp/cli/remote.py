@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -232,7 +233,11 @@ class RemoteGate:
         params["limit"] = str(limit)
         body = (await self.call("GET", "/denials", params=params)).json()
         return DenialPage(
-            denials=[Denial(**item) for item in body["denials"]], next_cursor=body["next_cursor"]
+            denials=[
+                Denial(**{**item, "at": datetime.fromisoformat(item["at"]).timestamp()})
+                for item in body["denials"]
+            ],
+            next_cursor=body["next_cursor"],
         )
 
     async def count_denials(self, *, tool: str | None = None, cursor: str | None) -> int:

@@ -27,6 +27,7 @@ from hitl_mcp.web.models import (
 )
 from hitl_mcp.web.problems import PROBLEM_JSON
 from hitl_mcp.web.queries import STATUS_CHOICES
+from hitl_mcp.web.remote_api import NDJSON, Count, DenialList, Principal, SettleBody
 
 RESPONSES: tuple[type[BaseModel], ...] = (
     Request,
@@ -37,8 +38,11 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     EditPreview,
     ChangeEvent,
     Problem,
+    Principal,
+    Count,
+    DenialList,
 )
-BODIES: tuple[type[BaseModel], ...] = (ApproveBody, RejectBody, EditBody)
+BODIES: tuple[type[BaseModel], ...] = (ApproveBody, RejectBody, EditBody, SettleBody)
 REF = "#/components/schemas/{model}"
 ERROR_TEXT = {
     400: f"Bad input: the detail names the field and the rule (a JSON body nests {MAX_DEPTH} levels at most)",
@@ -109,6 +113,86 @@ def _decision(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
     if body is not None:
         operation["requestBody"] = body
     return operation
+
+
+CURSOR = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+
+
+def _for_the_cli(listing: list[dict[str, Any]], tool_schema: dict[str, Any]) -> dict[str, Any]:
+    """The calls `hitl` makes through a server (HITL_SERVER) beyond the inbox's."""
+    counted = [p for p in listing if p["name"] in ("status", "tool", "cursor")]
+    denied = [
+        _query("tool", tool_schema, "Only calls of this gated tool"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}, "Per page"),
+        _query("cursor", CURSOR, "`next_cursor` of the previous page"),
+    ]
+    return {
+        "/api/v1/me": {
+            "get": {
+                "summary": "Who the token acts as, and the roles that count for it",
+                "responses": {"200": _json(Principal, "The principal"), **_errors(401, 503)},
+            }
+        },
+        "/api/v1/requests/count": {
+            "get": {
+                "summary": "How many requests are listed after `cursor`; `status` also takes a comma list",
+                "parameters": counted,
+                "responses": {"200": _json(Count, "The count"), **_errors(400, 401, 503)},
+            }
+        },
+        "/api/v1/requests/{request_id}/retry": {
+            "post": _decision(
+                "Run again a failed request whose failure certainly had no effect, as one who may approve it",
+                None,
+            )
+        },
+        "/api/v1/requests/{request_id}/settle": {
+            "post": _decision(
+                "Record what a person found for a request whose outcome is unknown",
+                _body(SettleBody, required=True),
+            )
+        },
+        "/api/v1/denials": {
+            "get": {
+                "summary": "Calls the policy refused at filing, oldest first (no request was made)",
+                "parameters": denied,
+                "responses": {"200": _json(DenialList, "A page"), **_errors(400, 401, 503)},
+            }
+        },
+        "/api/v1/denials/count": {
+            "get": {
+                "summary": "How many denied calls there are after `cursor`",
+                "parameters": [denied[0], denied[2]],
+                "responses": {"200": _json(Count, "The count"), **_errors(400, 401, 503)},
+            }
+        },
+        "/api/v1/audit/records": {
+            "get": {
+                "summary": "The audit trail as stored, oldest first, one JSON object a line (`hitl audit "
+                "export` and `hitl report` through a server)",
+                "parameters": [
+                    _query(
+                        "since",
+                        {"type": "string", "minLength": 1},
+                        f"At or after: Unix seconds or {TIME_PARAMETER}",
+                    ),
+                    _query("until", {"type": "string", "minLength": 1}, "Before: given as `since`"),
+                    _query(
+                        "request",
+                        {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"},
+                        "Only this request's records (an id or a unique prefix)",
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Records: seq, request_id, event, actor, at, details, prev_hash, hash",
+                        "content": {NDJSON: {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 401, 404, 409, 503),
+                },
+            }
+        },
+    }
 
 
 def document(tools: Sequence[str] = ()) -> dict[str, Any]:
@@ -216,6 +300,7 @@ def document(tools: Sequence[str] = ()) -> dict[str, Any]:
                 "responses": {"200": _json(ReportFigures, "The figures"), **_errors(400, 401, 503)},
             }
         },
+        **_for_the_cli(listing, tool_schema),
         "/api/v1/audit/verify": {
             "get": {
                 "summary": "The audit chain's state, as `hitl audit verify` finds it",

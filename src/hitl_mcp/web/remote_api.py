@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +21,7 @@ from starlette.routing import Route
 
 from hitl_mcp.errors import AmbiguousId, HitlError, InvalidArguments, NotFound
 from hitl_mcp.gate import Gate
+from hitl_mcp.models import utc
 from hitl_mcp.store import Store
 from hitl_mcp.web import queries
 from hitl_mcp.web.face import WebFace
@@ -29,6 +32,7 @@ Result = BaseModel
 Work = Callable[[HttpRequest, Gate, str], Awaitable[Any]]
 Endpoint = Callable[..., Callable[[HttpRequest], Awaitable[Response]]]
 NDJSON = "application/x-ndjson"
+REQUEST_PREFIX = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 class Principal(BaseModel):
@@ -53,7 +57,7 @@ class DenialRecord(BaseModel):
     request_id: str
     tool: str
     requested_by: str
-    at: float
+    at: datetime = Field(description="When the call was refused")
     policy: str
     arguments_digest: str | None
 
@@ -78,6 +82,9 @@ def timestamp(params: Mapping[str, str], name: str, now: float) -> float | None:
 
 
 async def request_id_of(store: Store, prefix: str) -> str:
+    if not REQUEST_PREFIX.fullmatch(prefix):
+        # Also keeps GLOB's wildcards out of the store's prefix match.
+        raise InvalidArguments("request: must be a request id or the start of one (letters, digits, _ or -)")
     found = await store.audit_request_ids(prefix, limit=2)
     if not found:
         raise NotFound(f"--request: no audit records for a request id starting {prefix!r}")
@@ -118,7 +125,8 @@ def remote_routes(face: WebFace, prefix: str, endpoint: Endpoint) -> list[Route]
             raise InvalidArguments("limit: must be a whole number")
         page = await gate.denials(tool=params.get("tool"), limit=int(limit), cursor=params.get("cursor"))
         return DenialList(
-            denials=[DenialRecord(**vars(denial)) for denial in page.denials], next_cursor=page.next_cursor
+            denials=[DenialRecord(**{**vars(denial), "at": utc(denial.at)}) for denial in page.denials],
+            next_cursor=page.next_cursor,
         )
 
     async def count_denials(request: HttpRequest, gate: Gate, principal: str) -> Result:
