@@ -261,14 +261,21 @@ class Gate:
             idempotency_key=key,
             dedup_since=now - window if window > 0 else None,
         )
-        with _unless_stored("nothing was filed"):
-            filed = await self.store.insert(new)
-        if filed.request_id != request_id:
-            return Filing(self._observed(filed), repeated=True, by_key=key is not None)
-        self._signal()
-        if new.auto_approved:
-            return Filing(await self.execute(request_id))
-        return Filing(filed)
+        # A call the policy approves at once is run by this call, not by this gate's runner, which the
+        # insert wakes: otherwise the runner may claim it first and the agent hear "executing" instead of
+        # the outcome.
+        self._running_here.add(request_id)
+        try:
+            with _unless_stored("nothing was filed"):
+                filed = await self.store.insert(new)
+            if filed.request_id != request_id:
+                return Filing(self._observed(filed), repeated=True, by_key=key is not None)
+            self._signal()
+            if new.auto_approved:
+                return Filing(await self.execute(request_id))
+            return Filing(filed)
+        finally:
+            self._running_here.discard(request_id)
 
     async def record_pass(
         self, tool: str, arguments: Mapping[str, Any], principal: str, outcome: str
