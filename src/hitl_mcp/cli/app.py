@@ -12,5 +12,6 @@ def main() -> None:
 
     Agents file requests through the MCP server (`hitl serve`); you list, inspect, approve and reject
     them here. Both use the store named by HITL_DB (default: your user data directory) and the settings
-    in the TOML file named by HITL_CONFIG.
+    in the TOML file named by HITL_CONFIG. With HITL_SERVER (and HITL_TOKEN, or `hitl login`), the
+    commands on requests work through that server as the token's principal instead.
     """
