@@ -96,6 +96,7 @@ def test_reading_commands_print_through_a_server_what_they_print_on_the_store(
         ("report",),
         ("report", "--json", "--since", "2020-01-01"),
         ("audit", "export"),
+        ("audit", "verify"),
         ("audit", "export", "--format", "csv", "--request", large[:10]),
     ]
     for command in commands:

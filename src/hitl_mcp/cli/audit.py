@@ -101,7 +101,11 @@ def verify_command() -> None:
     exits 1. The chain cannot show records cut off its end: write the head hash down somewhere the
     store's owner cannot rewrite, and check later that `hitl audit export` still shows it at that seq.
     """
-    result = reading(lambda store: verify_stream(store.audit_records()))
+    if through_server():
+        # The records as the server's store holds them, checked here: the same walk, the same verdict.
+        result = with_server(lambda server: verify_stream(server.audit_records()))
+    else:
+        result = reading(lambda store: verify_stream(store.audit_records()))
     if result.broken is not None:
         # The message quotes what it found in the store, which whoever changed it chose.
         message = display.visible(result.broken.message)
