@@ -343,3 +343,22 @@ def test_login_saves_a_token_from_the_inbox_that_commands_then_use_and_logout_de
     assert logged_out.returncode == 0 and "Signed out of" in logged_out.stdout
     assert not saved.exists()
     assert after.returncode == 5 and "hitl login" in after.stderr
+
+
+def test_a_store_token_works_through_a_server_until_it_is_revoked(
+    server: Served, site: Site, tmp_path: Path
+) -> None:
+    made = hitl(site.env, "token", "new", "bob", "--name", "bob-laptop", "--expires", "1d")
+    assert made.returncode == 0, made.stderr
+    secret = re.findall(r"^    (\S+)$", made.stdout, re.MULTILINE)[0]
+    env = through(server.base, secret, tmp_path / "bob")
+
+    before = hitl(env, "list")
+    revoked = hitl(site.env, "token", "revoke", "bob-laptop")
+    after = hitl(env, "list")
+
+    assert before.returncode == 0, before.stderr
+    assert revoked.returncode == 0, revoked.stderr
+    assert (after.returncode, after.stdout) == (5, "")
+    assert after.stderr.startswith("hitl: ") and after.stderr.count("\n") == 1
+    assert "HITL_TOKEN" in after.stderr
