@@ -229,6 +229,17 @@ def test_a_form_sent_after_the_session_ended_asks_to_sign_in_and_then_shows_the_
     assert sent.headers["location"] == f"/login?next=%2Frequests%2F{request_id}"
 
 
+def test_a_token_revoked_after_the_session_ended_asks_to_sign_in_and_then_shows_the_tokens(
+    served: tuple[Site, Served],
+) -> None:
+    _, server = served
+    with server.api(None) as anonymous:
+        sent = anonymous.post("/tokens/0123abcd/revoke", data={"csrf": "x"})
+
+    assert sent.status_code == 303
+    assert sent.headers["location"] == "/login?next=%2Ftokens"
+
+
 def test_the_queue_marks_an_escalated_request_and_says_who_it_waits_on(served: tuple[Site, Served]) -> None:
     site, server = served
     settings = load_settings(site.env)

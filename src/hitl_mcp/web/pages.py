@@ -35,7 +35,9 @@ from hitl_mcp.web.previews import preview_view
 from hitl_mcp.web.problems import status_of
 
 FORM_MEDIA = "application/x-www-form-urlencoded"
-FORM_ACTION = re.compile(r"/(?:approve|reject|edit)$|^/logout$")
+# A form's path, less what turns it into the page it was sent from: /requests/ID/approve → /requests/ID,
+# /tokens/ID/revoke → /tokens.
+FORM_ACTION = re.compile(r"/(?:approve|reject|edit)$|^/logout$|(?<=^/tokens)/[^/]+/revoke$")
 HISTORY_STATUSES = ("finished", *(status.value for status in queries.FINISHED), "all")
 Page = Callable[[HttpRequest, Session, Gate], Awaitable[Response]]
 
