@@ -14,12 +14,13 @@ from pathlib import Path
 
 from hitl_mcp.errors import ConfigError, StoreUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # "hitl" in ASCII: marks a file as a hitl store, so a command never writes its tables into another
 # program's database.
 APPLICATION_ID = 0x6869746C
 OUR_TABLES = frozenset({"requests", "decisions", "audit", "outbox"})
 
+# Run a statement at a time (split on ";", in the transaction that checks the version): no ";" in comments.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY,
@@ -134,6 +135,28 @@ CREATE TABLE IF NOT EXISTS sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at);
+-- Decision links sent to one person (an email, a phone's push): only the SHA-256 of each link's token. A
+-- link is bound to its request, its recipient and the digest of the arguments it showed. A decision made
+-- with it spends it, and one made otherwise, or an edit, makes it stale.
+CREATE TABLE IF NOT EXISTS link_tokens (
+    sha256 TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    arguments_digest TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+CREATE INDEX IF NOT EXISTS link_tokens_request ON link_tokens (request_id);
+-- The Slack messages posted about a request, so that a decision updates each of them in place.
+CREATE TABLE IF NOT EXISTS slack_messages (
+    channel TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    posted_at REAL NOT NULL,
+    PRIMARY KEY (channel, ts)
+);
+CREATE INDEX IF NOT EXISTS slack_messages_request ON slack_messages (request_id);
 """
 
 # Statements that bring a store from the version before each key to that version; SCHEMA then adds
@@ -148,6 +171,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Tokens and sessions: new tables only, which SCHEMA creates.
     3: (),
+    # Decision links and Slack messages: new tables only, which SCHEMA creates.
+    4: (),
 }
 
 
