@@ -54,6 +54,7 @@ from hitl_mcp.store.postgres_rows import (
     text_in,
     text_out,
 )
+from hitl_mcp.store.postgres_slack import PostgresSlackMessages
 from hitl_mcp.store.sqlite_rows import filed_of
 
 T = TypeVar("T")
@@ -133,7 +134,7 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-class PostgresStore(PostgresCredentials):
+class PostgresStore(PostgresCredentials, PostgresSlackMessages):
     """`readonly` never writes (and its sessions refuse to); `any_schema` with it skips the schema check,
     for `hitl audit`. `lock_timeout` bounds how long a transition waits for a row another server holds."""
 

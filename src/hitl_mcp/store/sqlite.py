@@ -51,6 +51,7 @@ from hitl_mcp.store.sqlite_rows import (
     request_of,
     summary_of,
 )
+from hitl_mcp.store.sqlite_slack import SQLiteSlackMessages
 
 T = TypeVar("T")
 
@@ -219,7 +220,7 @@ def open_reader(
 AUDIT_BATCH = 2000
 
 
-class SQLiteStore(SQLiteCredentials):
+class SQLiteStore(SQLiteCredentials, SQLiteSlackMessages):
     """`readonly` opens an existing, current store without ever writing to it: what reading commands use,
     so they work on a read-only file and never take the write lock. `any_schema` (with `readonly`) skips
     the schema check, so `hitl audit` can examine whatever trail a file holds — one damaged, foreign or

@@ -143,6 +143,12 @@ TABLES = (
         "ORDER BY sha256",
         ("sha256", "principal", "roles", "csrf", "id_token", "created_at", "last_seen_at", "expires_at"),
     ),
+    # The Slack messages posted about requests: a decision after the move still updates them.
+    Table(
+        "slack_messages",
+        "SELECT channel, ts, request_id, posted_at FROM slack_messages ORDER BY posted_at, channel, ts",
+        ("channel", "ts", "request_id", "posted_at"),
+    ),
 )
 
 
