@@ -41,6 +41,7 @@ from hitl_mcp.store import (
 from hitl_mcp.store import postgres_schema as schema
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_credentials import PostgresCredentials
+from hitl_mcp.store.postgres_links import PostgresLinks
 from hitl_mcp.store.postgres_rows import (
     REQUEST_COLUMNS,
     SUMMARY_COLUMNS,
@@ -134,7 +135,7 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-class PostgresStore(PostgresCredentials, PostgresSlackMessages):
+class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
     """`readonly` never writes (and its sessions refuse to); `any_schema` with it skips the schema check,
     for `hitl audit`. `lock_timeout` bounds how long a transition waits for a row another server holds."""
 

@@ -41,6 +41,7 @@ from hitl_mcp.store import (
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_credentials import SQLiteCredentials
+from hitl_mcp.store.sqlite_links import SQLiteLinks
 from hitl_mcp.store.sqlite_rows import (
     REQUEST_COLUMNS,
     SUMMARY_COLUMNS,
@@ -220,7 +221,7 @@ def open_reader(
 AUDIT_BATCH = 2000
 
 
-class SQLiteStore(SQLiteCredentials, SQLiteSlackMessages):
+class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages):
     """`readonly` opens an existing, current store without ever writing to it: what reading commands use,
     so they work on a read-only file and never take the write lock. `any_schema` (with `readonly`) skips
     the schema check, so `hitl audit` can examine whatever trail a file holds — one damaged, foreign or

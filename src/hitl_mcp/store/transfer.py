@@ -143,6 +143,13 @@ TABLES = (
         "ORDER BY sha256",
         ("sha256", "principal", "roles", "csrf", "id_token", "created_at", "last_seen_at", "expires_at"),
     ),
+    # A decision link mailed before the move still works after it (once).
+    Table(
+        "link_tokens",
+        "SELECT sha256, request_id, principal, arguments_digest, created_at, expires_at, used_at "
+        "FROM link_tokens ORDER BY sha256",
+        ("sha256", "request_id", "principal", "arguments_digest", "created_at", "expires_at", "used_at"),
+    ),
     # The Slack messages posted about requests: a decision after the move still updates them.
     Table(
         "slack_messages",
