@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from hitl_mcp.actions import ACTION_TYPES
 from hitl_mcp.config import GateSettings, PrincipalSettings, load_settings
 from hitl_mcp.notify.settings import Notifier
+from hitl_mcp.notify.slack_settings import SlackSettings
 from hitl_mcp.policy import ActionPolicy, Level, Rule
 from hitl_mcp.tokens import token_sha256
 from hitl_mcp.upstream.settings import PreviewCall, RestartSettings, UpstreamSettings
@@ -74,6 +75,7 @@ def test_the_commented_out_parts_of_the_example_show_every_other_setting() -> No
         *missing(Rule, rules, "policy.TOOL.rules[]"),
         *missing(Level, [level for rule in rules for level in rule.get("levels", [])], "levels[]"),
         *missing(Notifier, restored.get("notify", []), "notify[]"),
+        *missing(SlackSettings, [restored.get("slack", {})], "slack"),
     ]
 
     assert absent == [], f"examples/hitl.toml does not show {', '.join(absent)}"
@@ -109,7 +111,13 @@ def test_the_example_loads_without_warnings(tmp_path: Path, restore: bool) -> No
     config.write_text(uncommented(text) if restore else text, encoding="utf-8")
 
     # The variables the example's upstreams and sign-in take their secrets from.
-    secrets = {"FS_API_KEY": "example", "TICKETS_TOKEN": "example", "OIDC_CLIENT_SECRET": "example"}
+    secrets = {
+        "FS_API_KEY": "example",
+        "TICKETS_TOKEN": "example",
+        "OIDC_CLIENT_SECRET": "example",
+        "SLACK_BOT_TOKEN": "xoxb-example",
+        "SLACK_SIGNING_SECRET": "example",
+    }
     settings = load_settings({"HITL_CONFIG": str(config), "HITL_DB": str(tmp_path / "hitl.db"), **secrets})
 
     assert settings.warnings == ()

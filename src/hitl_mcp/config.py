@@ -18,6 +18,13 @@ from hitl_mcp.actions import ActionSettings, registry
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.notify.settings import Notifier, load_notifiers
+from hitl_mcp.notify.slack_settings import (
+    SLACK_USER_PATTERN,
+    SlackSettings,
+    check_slack_channels,
+    check_slack_users,
+    load_slack,
+)
 from hitl_mcp.policy import ActionPolicy, load_policies, policy_warnings
 from hitl_mcp.upstream.settings import (
     GatewaySettings,
@@ -31,7 +38,19 @@ from hitl_mcp.upstream.settings import (
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 DEFAULT_PRINCIPAL = "agent"
 TOP_LEVEL_TABLES = frozenset(
-    {"gate", "actions", "principals", "policy", "notify", "upstreams", "gateway", "web", "store", "cli"}
+    {
+        "gate",
+        "actions",
+        "principals",
+        "policy",
+        "notify",
+        "upstreams",
+        "gateway",
+        "web",
+        "store",
+        "cli",
+        "slack",
+    }
 )
 # `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
@@ -202,6 +221,11 @@ class PrincipalSettings(BaseModel):
 
     roles: tuple[str, ...] = ()
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    slack_user: str | None = Field(
+        default=None,
+        pattern=SLACK_USER_PATTERN,
+        description="The Slack user id (U…) that presses as this principal",
+    )
 
 
 @dataclass(frozen=True)
@@ -227,6 +251,8 @@ class Settings:
     """The PostgreSQL database the store is in (HITL_DB or `[store] url`); None: the SQLite file."""
     cli: CliSettings = field(default_factory=CliSettings)
     """`[cli]`: whether decisions may be made by opening the store directly."""
+    slack: SlackSettings | None = None
+    """`[slack]`: the bot that posts approval messages with buttons; None: no Slack app."""
 
     @property
     def store(self) -> StoreLocation:
@@ -300,6 +326,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         raw.get("upstreams", {}), base_dir, env, config_path=config_path, gateway=gateway
     )
     policies = load_policies(raw.get("policy", {}), principals, upstreams)
+    check_slack_users({name: known.slack_user for name, known in principals.items()})
+    notifiers = load_notifiers(raw.get("notify"), principals)
+    slack = load_slack(raw.get("slack"), env)
+    check_slack_channels([notifier.slack_channel for notifier in notifiers], slack)
     return Settings(
         db_path=location.path or _db_path(None),
         store_url=location.url,
@@ -309,11 +339,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         actions=_action_settings(raw.get("actions", {}), base_dir),
         principals=principals,
         policies=policies,
-        notifiers=load_notifiers(raw.get("notify"), principals),
+        notifiers=notifiers,
         upstreams=upstreams,
         gateway=gateway,
         web=_web_settings(raw.get("web", {}), env),
         cli=_cli_settings(raw.get("cli", {})),
+        slack=slack,
         warnings=tuple(policy_warnings(policies, principals)),
     )
 

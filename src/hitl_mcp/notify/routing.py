@@ -35,7 +35,7 @@ class Routing:
 
     def __init__(self, notifiers: Iterable[Notifier]) -> None:
         self.notifiers = tuple(notifiers)
-        self.events = frozenset(event for notifier in self.notifiers for event in notifier.on)
+        self.events = frozenset(event for notifier in self.notifiers for event in notifier.hears)
 
     def wants(self, event: str) -> bool:
         return event in self.events

@@ -14,6 +14,10 @@ on = ["filed"]
 slack_webhook = "https://hooks.slack.com/services/…"
 
 [[notify]]
+on = ["filed", "escalated"]
+slack_channel = "C0123APPROVALS"                   # posted by the [slack] bot, with Approve/Reject buttons
+
+[[notify]]
 on = ["failed", "expired"]
 email = "oncall@example.com"                       # sent with [actions.send_email]'s SMTP settings
 sender = "hitl@example.com"                        # its From (default: hitl@localhost)
@@ -50,8 +54,16 @@ Event = Literal[
     "filed", "escalated", "approved", "rejected", "executed", "failed", "expired", "cancelled", "tool-changed"
 ]
 EVENTS: tuple[str, ...] = get_args(Event)
-Channel = Literal["webhook", "slack", "email"]
-TARGET_KEYS: dict[str, Channel] = {"webhook": "webhook", "slack_webhook": "slack", "email": "email"}
+Channel = Literal["webhook", "slack", "email", "slack_bot"]
+TARGET_KEYS: dict[str, Channel] = {
+    "webhook": "webhook",
+    "slack_webhook": "slack",
+    "email": "email",
+    "slack_channel": "slack_bot",
+}
+# A message posted with buttons is updated in place when its request is decided, whichever face decided:
+# a `slack_channel` notifier hears these events of every request, whatever its `on` and filters say.
+SLACK_UPDATE_EVENTS = frozenset({"approved", "rejected", "executed", "failed", "expired", "cancelled"})
 MAX_URL_LENGTH = 2000
 # Deliberately not [actions.send_email]'s sender: that one speaks for the agent.
 DEFAULT_SENDER = "hitl@localhost"
@@ -82,6 +94,11 @@ class Notifier(BaseModel):
         default=None, max_length=MAX_URL_LENGTH, description="A Slack incoming-webhook URL"
     )
     email: str | None = Field(default=None, description="One address, sent with [actions.send_email]'s SMTP")
+    slack_channel: str | None = Field(
+        default=None,
+        pattern=r"^[CGDU][A-Z0-9]{2,31}$",
+        description="A Slack channel id the [slack] bot posts to, with buttons",
+    )
     sender: str = Field(default=DEFAULT_SENDER, description="The From of an email notification")
     tools: tuple[str, ...] = Field(default=(), description="Only these actions; none: all")
     levels: tuple[Annotated[int, Field(ge=1, le=100)], ...] = Field(
@@ -120,11 +137,13 @@ class Notifier(BaseModel):
     def channel(self) -> Channel:
         if self.webhook is not None:
             return "webhook"
+        if self.slack_channel is not None:
+            return "slack_bot"
         return "slack" if self.slack_webhook is not None else "email"
 
     @property
     def target(self) -> str:
-        target = self.webhook or self.slack_webhook or self.email
+        target = self.webhook or self.slack_webhook or self.email or self.slack_channel
         assert target is not None
         return target
 
@@ -138,6 +157,8 @@ class Notifier(BaseModel):
         """The target as `hitl notify status` shows it, with nothing secret in it."""
         if self.channel == "email":
             return f"email {self.target}"
+        if self.channel == "slack_bot":
+            return f"slack channel {self.target}"
         parts = urlsplit(self.target)
         if self.channel == "slack":
             return f"slack {parts.scheme}://{parts.netloc}/…"
@@ -146,9 +167,16 @@ class Notifier(BaseModel):
         more = "/…" if parts.path.strip("/").count("/") or parts.query else ""
         return f"webhook {parts.scheme}://{parts.netloc}/{first}{more}"
 
+    @property
+    def hears(self) -> frozenset[str]:
+        """The events this notifier gets rows for: its `on`, and a Slack bot's updates of its messages."""
+        return frozenset(self.on) | (SLACK_UPDATE_EVENTS if self.slack_channel is not None else frozenset())
+
     def matches(self, event: str, tool: str, levels: Iterable[tuple[int, tuple[str, ...]]]) -> bool:
         """Whether this notifier wants `event` for `tool`, given the levels in question (0-based index and
         the roles each admits; no roles: anyone)."""
+        if self.slack_channel is not None and event in SLACK_UPDATE_EVENTS:
+            return True
         if event not in self.on or (self.tools and tool not in self.tools):
             return False
         if not self.levels and not self.roles:
@@ -181,7 +209,9 @@ def load_notifiers(raw: Any, principals: Mapping[str, Any]) -> tuple[Notifier, .
         targets = [name for name in TARGET_KEYS if name in table]
         if len(targets) != 1:
             given = f" (it has {' and '.join(targets)})" if targets else ""
-            raise ConfigError(f"{where}: give exactly one target: webhook, slack_webhook or email{given}")
+            raise ConfigError(
+                f"{where}: give exactly one target: webhook, slack_webhook, slack_channel or email{given}"
+            )
         if "secret" in table and targets != ["webhook"]:
             raise ConfigError(f"{where}.secret: only a webhook is signed; {targets[0]} takes no secret")
         if "sender" in table and targets != ["email"]:

@@ -48,11 +48,16 @@ from hitl_mcp.actions.send_email import MESSAGE_ID_DOMAIN, SendEmailSettings, de
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import StoreUnavailable
 from hitl_mcp.gate import Gate
+from hitl_mcp.models import Status
 from hitl_mcp.notify import render
 from hitl_mcp.notify.outbox import ClaimedDelivery, OutboxStore
 from hitl_mcp.notify.settings import Notifier
+from hitl_mcp.notify.slack_api import SlackApi, SlackCallFailed
+from hitl_mcp.notify.slack_delivery import RequestReader
+from hitl_mcp.notify.slack_delivery import deliver as deliver_to_slack
 from hitl_mcp.store import wait_for_change
 from hitl_mcp.store.outage import outage_of
+from hitl_mcp.store.slack_messages import SlackMessageStore
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +138,9 @@ class Deliverer:
         self.smtp = smtp if isinstance(smtp, SendEmailSettings) else SendEmailSettings()
         # Where the inbox is reached: each message then links to its request's page.
         self.public_url = settings.web.public_url
+        self.slack = (
+            None if settings.slack is None else SlackApi(settings.slack, timeout=self.policy.timeout_seconds)
+        )
         self._http: httpx2.AsyncClient | None = None
 
     async def __aenter__(self) -> Self:
@@ -270,6 +278,8 @@ class Deliverer:
         if notifier.webhook is not None:
             body = render.webhook_body(row.payload, row.row_id, public_url=self.public_url)
             await self._post(notifier.webhook, body, row, notifier)
+        elif notifier.slack_channel is not None:
+            await self._slack(notifier, row)
         elif notifier.slack_webhook is not None:
             await self._post(
                 notifier.slack_webhook,
@@ -306,6 +316,24 @@ class Deliverer:
         if status >= 500 or status in RETRYABLE_HTTP:
             raise DeliveryFailed(message, retry_after=_retry_after(response.headers.get("Retry-After")))
         raise DeliveryFailed(message, permanent=True)
+
+    async def _slack(self, notifier: Notifier, row: ClaimedDelivery) -> None:
+        store = self.store
+        if self.slack is None or not isinstance(store, SlackMessageStore):
+            raise DeliveryFailed("posting to a Slack channel needs a [slack] table", permanent=True)
+
+        async def current_status(request_id: str) -> Status | None:
+            found = await store.get(request_id) if isinstance(store, RequestReader) else None
+            return None if found is None else found.status
+
+        try:
+            await deliver_to_slack(
+                self.slack, store, current_status, notifier, row, public_url=self.public_url, now=self.clock()
+            )
+        except SlackCallFailed as failed:
+            raise DeliveryFailed(
+                str(failed), permanent=failed.permanent, retry_after=failed.retry_after
+            ) from None
 
     async def _email(self, notifier: Notifier, row: ClaimedDelivery) -> None:
         assert notifier.email is not None

@@ -1,0 +1,206 @@
+"""Approving from Slack: a real `hitl serve --http` posts to a stand-in for Slack's Web API, and presses
+reach `/slack/interactions` signed exactly as Slack signs them. Every face's rules hold: who may decide,
+the requester never, expiry, exactly once, and a request decided elsewhere is never decided again."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.environment import process_env, write_config
+from tests.slack_standin import BOT_TOKEN, SIGNING_SECRET, Call, SlackStandIn, press, signed
+from tests.test_auth import connect, serving
+from tests.test_cli import BUY, free_port, statuses
+from tests.test_server import ok
+
+CHANNEL = "C0APPROVALS"
+HOSTILE_SUBJECT = "<!channel> wire it now & <https://evil.example|your bank> \u202etxt.exe"
+
+
+@dataclass
+class Slack:
+    standin: SlackStandIn
+    url: str
+    """The server's MCP URL; its interactions are beside it."""
+    env: dict[str, str]
+    db: Path
+    ledger: Path
+
+    @property
+    def interactions(self) -> str:
+        return self.url.removesuffix("/mcp") + "/slack/interactions"
+
+    async def file(self, tool: str = "buy_stock", arguments: dict[str, Any] | None = None) -> str:
+        async with connect(self.url, None) as agent:
+            filed = ok(await agent.call_tool(tool, arguments or BUY))
+        request_id: str = filed["request_id"]
+        return request_id
+
+    async def send(self, payload: dict[str, Any]) -> httpx2.Response:
+        body, headers = signed(payload)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            return await http.post(self.interactions, content=body, headers=headers)
+
+    def posted(self, request_id: str) -> Call:
+        """The message posted about `request_id`, once it is."""
+        return _posts_about(
+            self.standin.wait_for(lambda calls: bool(_posts_about(calls, request_id))), request_id
+        )[0]
+
+    def message_ts(self, request_id: str) -> str:
+        """The `ts` hitl recorded for the message it posted about `request_id` (what it updates)."""
+        self.posted(request_id)
+        deadline = time.monotonic() + 30
+        while True:
+            with sqlite3.connect(self.db) as conn:
+                rows = conn.execute(
+                    "SELECT ts FROM slack_messages WHERE request_id = ?", (request_id,)
+                ).fetchall()
+            if rows:
+                return str(rows[0][0])
+            assert time.monotonic() < deadline, "the posted message was never recorded"
+            time.sleep(0.05)
+
+    def told(self, user: str, count: int = 1) -> list[str]:
+        """The ephemeral messages `user` got, once there are `count` of them."""
+        calls = self.standin.wait_for(lambda calls: len(_ephemerals(calls, user)) >= count)
+        return _ephemerals(calls, user)
+
+    def status(self, request_id: str) -> str:
+        return statuses(self.db)[request_id]
+
+    def wait_status(self, request_id: str, wanted: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status(request_id) != wanted:
+            assert time.monotonic() < deadline, f"{request_id} is {self.status(request_id)}, not {wanted}"
+            time.sleep(0.05)
+
+    def orders(self) -> int:
+        if not self.ledger.exists():
+            return 0
+        with sqlite3.connect(self.ledger) as conn:
+            count: int = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+            return count
+
+
+def _posts_about(calls: list[Call], request_id: str) -> list[Call]:
+    return [c for c in calls if c.method == "chat.postMessage" and request_id in json.dumps(c.body)]
+
+
+def _ephemerals(calls: list[Call], user: str) -> list[str]:
+    return [str(c.body["text"]) for c in calls if c.method == "chat.postEphemeral" and c.body["user"] == user]
+
+
+def _buttons(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        element for block in body["blocks"] if block["type"] == "actions" for element in block["elements"]
+    ]
+
+
+def _updates(calls: list[Call], ts: str) -> list[Call]:
+    return [c for c in calls if c.method == "chat.update" and c.body["ts"] == ts]
+
+
+@pytest.fixture(scope="module")
+def slack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slack]:
+    folder = tmp_path_factory.mktemp("slack")
+    port = free_port()
+    with SlackStandIn().running() as standin:
+        config = write_config(
+            folder / "hitl.toml",
+            smtp_port=free_port(),
+            extra=f"""
+[web]
+public_url = "http://127.0.0.1:{port}"
+
+[slack]
+bot_token = "${{SLACK_BOT_TOKEN}}"
+signing_secret = "${{SLACK_SIGNING_SECRET}}"
+api_url = "{standin.url}"
+
+[[notify]]
+on = ["filed"]
+slack_channel = "{CHANNEL}"
+
+[principals.alice]
+roles = ["trader"]
+slack_user = "U0ALICE"
+[principals.bob]
+roles = ["trader"]
+slack_user = "U0BOB"
+[principals.carol]
+slack_user = "U0CAROL"
+[principals.agent]
+slack_user = "U0AGENT"
+
+[policy.buy_stock]
+rules = [{{ levels = [{{ roles = ["trader"], count = 1 }}] }}]
+
+[policy.send_email]
+rules = [{{ levels = [{{ roles = ["trader"], count = 1 }}] }}]
+ttl_seconds = 2
+""",
+        )
+        env = process_env(folder, config) | {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        }
+        with serving(env, folder / "server.log", port=port) as url:
+            yield Slack(standin, url, env, folder / "hitl.db", folder / "ledger.db")
+
+
+async def test_a_filed_request_is_posted_with_buttons_naming_only_the_request(slack: Slack) -> None:
+    request_id = await slack.file()
+    post = slack.posted(request_id)
+
+    assert post.body["channel"] == CHANNEL
+    assert post.authorization == f"Bearer {BOT_TOKEN}"
+    text = json.dumps(post.body["blocks"])
+    assert "GOOGL" in text and "trader" in text and "Time left" in text
+    buttons = {button["text"]["text"]: button for button in _buttons(post.body)}
+    assert set(buttons) == {"Approve", "Reject", "Open in inbox"}
+    assert buttons["Approve"]["value"] == buttons["Reject"]["value"] == request_id
+    assert buttons["Open in inbox"]["url"].endswith(f"/requests/{request_id}")
+
+
+async def test_agent_text_is_shown_as_text_in_slack_never_as_a_mention_link_or_hidden_character(
+    slack: Slack,
+) -> None:
+    request_id = await slack.file(
+        "send_email", {"to": "bob@example.com", "subject": HOSTILE_SUBJECT, "body": "hello"}
+    )
+    sent = json.dumps(slack.posted(request_id).body, ensure_ascii=False)
+
+    assert "&lt;!channel&gt;" in sent and "&lt;https://evil.example|your bank&gt;" in sent
+    assert "<!channel>" not in sent and "<https://evil" not in sent and "\u202e" not in sent
+    assert "\\\\u202e" in sent  # the override shown as an escape (JSON doubles the backslash)
+
+
+async def test_approving_by_a_press_runs_the_action_once_and_updates_the_message_for_everyone(
+    slack: Slack,
+) -> None:
+    request_id = await slack.file()
+    ts = slack.message_ts(request_id)
+    before = slack.orders()
+
+    started = time.monotonic()
+    answer = await slack.send(press("hitl_approve", request_id, "U0ALICE"))
+    assert answer.status_code == 200 and time.monotonic() - started < 3
+
+    slack.wait_status(request_id, "executed")
+    assert slack.orders() == before + 1
+    calls = slack.standin.wait_for(
+        lambda calls: any("Executed" in json.dumps(c.body) for c in _updates(calls, ts))
+    )
+    updates = _updates(calls, ts)
+    assert all(c.body["channel"] == CHANNEL and not _buttons(c.body) for c in updates)
+    assert any("alice" in json.dumps(c.body) for c in updates)
+    assert "You approved" in slack.told("U0ALICE")[-1]
