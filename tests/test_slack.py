@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx2
 import pytest
 
 from tests.environment import process_env, write_config
-from tests.slack_standin import BOT_TOKEN, SIGNING_SECRET, Call, SlackStandIn, press, signed
+from tests.slack_standin import BOT_TOKEN, SIGNING_SECRET, Call, SlackStandIn, press, signed, submission
 from tests.test_auth import connect, serving
-from tests.test_cli import BUY, free_port, statuses
+from tests.test_cli import BUY, free_port, hitl, statuses
 from tests.test_server import ok
 
 CHANNEL = "C0APPROVALS"
@@ -69,10 +71,14 @@ class Slack:
             assert time.monotonic() < deadline, "the posted message was never recorded"
             time.sleep(0.05)
 
-    def told(self, user: str, count: int = 1) -> list[str]:
-        """The ephemeral messages `user` got, once there are `count` of them."""
-        calls = self.standin.wait_for(lambda calls: len(_ephemerals(calls, user)) >= count)
-        return _ephemerals(calls, user)
+    def heard(self, user: str) -> int:
+        """How many ephemeral messages `user` has had so far (for `told`)."""
+        return len(_ephemerals(self.standin.calls, user))
+
+    def told(self, user: str, after: int, count: int = 1) -> list[str]:
+        """The ephemeral messages `user` got after the first `after`, once there are `count` of them."""
+        calls = self.standin.wait_for(lambda calls: len(_ephemerals(calls, user)) >= after + count)
+        return _ephemerals(calls, user)[after:]
 
     def status(self, request_id: str) -> str:
         return statuses(self.db)[request_id]
@@ -189,7 +195,7 @@ async def test_approving_by_a_press_runs_the_action_once_and_updates_the_message
 ) -> None:
     request_id = await slack.file()
     ts = slack.message_ts(request_id)
-    before = slack.orders()
+    before, heard = slack.orders(), slack.heard("U0ALICE")
 
     started = time.monotonic()
     answer = await slack.send(press("hitl_approve", request_id, "U0ALICE"))
@@ -203,4 +209,153 @@ async def test_approving_by_a_press_runs_the_action_once_and_updates_the_message
     updates = _updates(calls, ts)
     assert all(c.body["channel"] == CHANNEL and not _buttons(c.body) for c in updates)
     assert any("alice" in json.dumps(c.body) for c in updates)
-    assert "You approved" in slack.told("U0ALICE")[-1]
+    assert "You approved" in slack.told("U0ALICE", heard)[0]
+
+
+async def test_reject_asks_for_a_reason_in_a_modal_and_its_submission_rejects_with_that_reason(
+    slack: Slack,
+) -> None:
+    request_id = await slack.file()
+    ts = slack.message_ts(request_id)
+
+    assert (await slack.send(press("hitl_reject", request_id, "U0BOB"))).status_code == 200
+    [opened] = [
+        c
+        for c in slack.standin.wait_for(lambda calls: bool(_modals(calls, request_id)))
+        if c in _modals(slack.standin.calls, request_id)
+    ]
+    assert opened.body["trigger_id"] == f"trigger-U0BOB-{request_id[:8]}"
+    view = opened.body["view"]
+
+    empty = await slack.send(submission(view, "U0BOB", "   "))
+    assert empty.json() == {"response_action": "errors", "errors": {"reason": "A rejection needs a reason."}}
+    assert slack.status(request_id) == "pending"
+
+    assert (await slack.send(submission(view, "U0BOB", "too risky <today>"))).status_code == 200
+    slack.wait_status(request_id, "rejected")
+    shown = hitl(slack.env, "show", request_id, "--json")
+    assert "too risky <today>" in shown.stdout and "bob" in shown.stdout
+    calls = slack.standin.wait_for(lambda calls: bool(_updates(calls, ts)))
+    [update] = _updates(calls, ts)
+    assert "Rejected by bob" in json.dumps(update.body) and not _buttons(update.body)
+
+
+def _modals(calls: list[Call], request_id: str) -> list[Call]:
+    return [c for c in calls if c.method == "views.open" and request_id in c.body["view"]["private_metadata"]]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    ["another secret", "ten minutes old", "no signature", "a timestamp that is no number", "body changed"],
+)
+async def test_a_forged_stale_or_malformed_request_is_refused_401_and_decides_nothing(
+    slack: Slack, forge: str
+) -> None:
+    request_id = await slack.file()
+    slack.posted(request_id)
+    body, headers = signed(press("hitl_approve", request_id, "U0ALICE"))
+    if forge == "another secret":
+        body, headers = signed(press("hitl_approve", request_id, "U0ALICE"), secret="not the app's")
+    elif forge == "ten minutes old":
+        body, headers = signed(press("hitl_approve", request_id, "U0ALICE"), at=time.time() - 600)
+    elif forge == "no signature":
+        del headers["X-Slack-Signature"]
+    elif forge == "a timestamp that is no number":
+        headers["X-Slack-Request-Timestamp"] = "soon"
+    else:
+        body = body.replace(b"U0ALICE", b"U0BOB00")
+    before = len(slack.standin.calls)
+
+    async with httpx2.AsyncClient(timeout=30) as http:
+        answer = await http.post(slack.interactions, content=body, headers=headers)
+
+    # A 401 carries no background work: the press is refused before anything is scheduled.
+    assert answer.status_code == 401
+    assert slack.status(request_id) == "pending"
+    assert [c.method for c in slack.standin.calls[before:] if c.method == "chat.postEphemeral"] == []
+
+
+@pytest.mark.parametrize(
+    ("user", "words"),
+    [
+        ("U0NOBODY", "is not a hitl principal"),
+        ("U0AGENT", "own request"),
+        ("U0CAROL", "trader"),
+    ],
+    ids=["unmapped user", "the requester", "without the level's role"],
+)
+async def test_a_press_the_gate_refuses_is_told_to_the_presser_alone_and_decides_nothing(
+    slack: Slack, user: str, words: str
+) -> None:
+    request_id = await slack.file()
+    slack.posted(request_id)
+    heard = slack.heard(user)
+
+    assert (await slack.send(press("hitl_approve", request_id, user))).status_code == 200
+
+    [said] = slack.told(user, heard)
+    assert said.startswith("Nothing was decided") and words in said, said
+    assert slack.status(request_id) == "pending"
+    ephemeral = [c for c in slack.standin.calls if c.method == "chat.postEphemeral"][-1]
+    assert ephemeral.body["channel"] == CHANNEL and ephemeral.body["user"] == user
+
+
+async def test_a_press_on_the_message_of_a_request_decided_elsewhere_changes_nothing_and_says_so(
+    slack: Slack,
+) -> None:
+    request_id = await slack.file()
+    slack.posted(request_id)
+    decided = hitl(slack.env, "reject", request_id, "--reason", "not today", "--as", "alice")
+    assert decided.returncode == 0, decided.stderr
+    heard = slack.heard("U0BOB")
+
+    await slack.send(press("hitl_approve", request_id, "U0BOB"))
+    await slack.send(press("hitl_reject", request_id, "U0BOB"))
+
+    approve_said, reject_said = slack.told("U0BOB", heard, 2)
+    assert "rejected" in approve_said and approve_said.startswith("Nothing was decided"), approve_said
+    assert "already rejected" in reject_said, reject_said
+    assert slack.status(request_id) == "rejected"
+    assert not _modals(slack.standin.calls, request_id)
+
+
+async def test_a_press_after_the_request_expired_is_refused_and_the_message_says_it_expired(
+    slack: Slack,
+) -> None:
+    request_id = await slack.file("send_email", {"to": "bob@example.com", "subject": "hi", "body": "hello"})
+    ts = slack.message_ts(request_id)
+    slack.wait_status(request_id, "expired")
+    heard = slack.heard("U0ALICE")
+
+    await slack.send(press("hitl_approve", request_id, "U0ALICE"))
+
+    [said] = slack.told("U0ALICE", heard)
+    assert "expired" in said and said.startswith("Nothing was decided"), said
+    calls = slack.standin.wait_for(lambda calls: bool(_updates(calls, ts)))
+    assert "Expired" in json.dumps(_updates(calls, ts)[-1].body)
+    assert slack.status(request_id) == "expired"
+
+
+async def test_two_presses_racing_decide_once_and_run_the_action_once(slack: Slack) -> None:
+    request_id = await slack.file()
+    slack.posted(request_id)
+    before = slack.orders()
+    heard = {user: slack.heard(user) for user in ("U0ALICE", "U0BOB")}
+
+    async with anyio.create_task_group() as tasks:
+        for user in ("U0ALICE", "U0BOB"):
+            tasks.start_soon(slack.send, press("hitl_approve", request_id, user))
+
+    slack.wait_status(request_id, "executed")
+    answers = [slack.told(user, heard[user])[0] for user in ("U0ALICE", "U0BOB")]
+    assert sorted(a.startswith("You approved") for a in answers) == [False, True], answers
+    assert slack.orders() == before + 1
+
+
+async def test_a_post_slack_fails_is_retried_by_the_outbox(slack: Slack) -> None:
+    slack.standin.fail("chat.postMessage", 1)
+    request_id = await slack.file()
+
+    calls = slack.standin.wait_for(lambda calls: len(_posts_about(calls, request_id)) == 2)
+    assert len(_posts_about(calls, request_id)) == 2
+    slack.message_ts(request_id)  # the second attempt's message is the one recorded

@@ -37,12 +37,33 @@ def time_left(expires_at: str, now: float) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
+def decided(payload: dict[str, Any]) -> str:
+    """Who decided and what became of it, in mrkdwn: "*Approved by* alice · *now* executed"."""
+    request = payload["request"]
+    status = request["status"]
+    approvers = [str(name) for name in request["approval"].get("approved_by") or []]
+    if status == "rejected" or payload["event"] == "rejected":
+        said = f"*Rejected by* {mrkdwn(str(payload['actor']))}"
+    elif approvers:
+        said = f"*Approved by* {mrkdwn(', '.join(approvers))}"
+    elif status == "cancelled":
+        said = f"*Withdrawn by* {mrkdwn(str(payload['actor']))}"
+    else:
+        said = "*No decision*"
+    return f"{said} · *now* {mrkdwn(status)}"
+
+
 def message(payload: dict[str, Any], *, public_url: str | None, now: float) -> dict[str, Any]:
     """`text` and `blocks` for chat.postMessage / chat.update."""
     body = render.slack_body(payload, public_url=public_url)
     blocks: list[dict[str, Any]] = body["blocks"]
     request = payload["request"]
     if request["status"] != "pending":
+        # The CLI commands are no use on a decided request; who decided is what everyone wants to know.
+        blocks = [
+            *blocks[:-1],
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": decided(payload)}]},
+        ]
         return {"text": body["text"], "blocks": blocks}
     request_id = request["request_id"]
     # The last block holds the CLI commands: buttons do that job here.
