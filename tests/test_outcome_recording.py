@@ -27,6 +27,7 @@ from tests.environment import process_env
 from tests.inbox import make_site, serve, until
 from tests.postgres_cluster import Cluster, missing, start_cluster
 from tests.smtp_sink import SmtpSink
+from tests.test_auth import ACCEPT, INITIALIZE
 from tests.test_cli import hitl
 from tests.test_server import text
 from tests.test_store_faults import one_line, with_busy_timeout
@@ -275,3 +276,32 @@ async def test_a_server_stopping_with_an_outcome_the_store_still_refuses_says_so
     assert "record it with `hitl settle`" in stopped
     assert left.status is Status.EXECUTING and left.claimed_by == gate.worker
     assert len(smtp.messages) == 1
+
+
+def test_a_stored_token_met_while_postgresql_is_down_is_a_503_not_a_refusal(
+    own_cluster: Cluster, own_url: str, tmp_path: Path
+) -> None:
+    """A token kept in the store cannot be checked while the store is down: the client hears of the outage,
+    never that its credential is wrong (401), and the same token works once the store is back."""
+    site = make_site(tmp_path, tokens=False)
+    env = {**site.env, "HITL_DB": own_url}
+    made = hitl(env, "token", "new", "alice", "--name", f"outage-{tmp_path.name}")
+    token = re.search(r"^ {4}(\S+)$", made.stdout, re.MULTILINE)
+    assert made.returncode == 0 and token is not None, made.stderr
+    bearer = {"Authorization": f"Bearer {token.group(1)}"}
+    with serve(site, env=env) as served, served.api(token.group(1)) as api:
+        assert api.get("/api/v1/requests").status_code == 200
+        own_cluster.halt()
+        try:
+            rest = api.get("/api/v1/requests")
+            mcp = api.post("/mcp", json=INITIALIZE, headers=ACCEPT | bearer)
+        finally:
+            own_cluster.resume()
+        until(lambda: api.get("/api/v1/requests").status_code == 200, timeout=30)
+        log = served.log.read_text()
+
+    for response in (rest, mcp):
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "the bearer token cannot be checked now" in response.json()["detail"]
+    assert "Traceback" not in log, log

@@ -76,3 +76,15 @@ def test_db_status_warns_about_a_store_others_can_read(env: dict[str, str], sett
     found = json.loads(exposed_json.stdout)["readable_by_others"]
     assert found[0] == {"file": str(settings.db_path), "mode": "0644"}
     assert {item["mode"] for item in found} == {"0644"}
+
+
+async def test_a_ledger_in_a_folder_not_made_yet_is_made_in_a_private_folder(tmp_path: Path) -> None:
+    """With a PostgreSQL store nothing else makes the user's data folder: the first order must not fail."""
+    from hitl_mcp.ledger import Ledger
+
+    path = tmp_path / "data" / "hitl-mcp" / "ledger.db"
+    fill = await Ledger(path, 1000.0).buy("r1", "AAPL", 1, 10.0)
+
+    assert fill.order_id == "r1"
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -25,7 +25,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 
 from hitl_mcp.config import Settings, check_distinct_tokens, check_principal
-from hitl_mcp.errors import ConfigError, HitlError
+from hitl_mcp.errors import ConfigError, HitlError, StoreUnavailable
 from hitl_mcp.store.credentials import CredentialStore
 from hitl_mcp.tokens import token_sha256
 
@@ -107,9 +107,9 @@ class PrincipalTokens:
         now = self.clock()
         try:
             stored = await self._store.token_find(digest, now)
-        except HitlError as error:
-            logger.warning("a stored token could not be checked, so it is refused: %s", error)
-            return None
+        except StoreUnavailable as fault:
+            # Not a refusal: the token may well be good. Every face answers this as the outage it is (503).
+            raise StoreUnavailable(f"the bearer token cannot be checked now: {fault.reason}") from None
         if stored is None:
             return None
         if now - self._recorded_use.get(stored.id, 0.0) >= USED_EVERY_SECONDS:

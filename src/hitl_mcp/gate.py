@@ -750,13 +750,18 @@ class Gate:
         whichever process: `hitl approve` in a terminal without this configuration leaves it here.
         Cancel it to stop."""
         while True:
-            changed, before = self._changed, await self.store.change_counter()
+            changed, before = self._changed, None
             try:
+                before = await self.store.change_counter()
                 await self._run_approved(math.inf)
             except StoreUnavailable as fault:
                 self.outage.failed(fault)
             except Exception:
                 logger.exception("running approved requests failed; trying again at the next change")
+            if before is None:
+                # The store could not even say where it stands: look again in a while, as housekeeping does.
+                await anyio.sleep(self.settings.gate.sweep_interval_seconds)
+                continue
             await wait_for_change(self.store, before, RUNNER_IDLE_SECONDS, local=changed)
             # A request is several commits (filed, decided, claimed, finished): look once for them all,
             # not once each. This process runs what it approves itself; this is for the others.

@@ -14,11 +14,15 @@ import stat
 from pathlib import Path
 
 PRIVATE = 0o600
+PRIVATE_FOLDER = 0o700
 
 
 def create_private(path: Path) -> None:
-    """Create `path` empty with mode 0600 unless it exists (an empty file is a new database to SQLite)."""
+    """Create `path` empty with mode 0600 unless it exists (an empty file is a new database to SQLite), and
+    its folder, 0700, when it is missing: the default folder (the user's data directory) is made by nobody
+    else when the store is PostgreSQL and the ledger is the first file hitl writes there."""
     try:
+        path.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
     except OSError:
         # There already, or not makeable here (no folder, read-only): SQLite opens it or says why.

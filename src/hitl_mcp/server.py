@@ -287,7 +287,9 @@ def serve_http(
             stopping=lambda: server is not None and server.should_exit,
         )
     if tokens is not None:
-        served = tokens.admit_open(served)
+        from hitl_mcp.web.store_down import answer_store_outage
+
+        served = answer_store_outage(tokens.admit_open(served))
     config = uvicorn.Config(
         served,
         host=host,

@@ -245,8 +245,10 @@ async def transact(
 
 
 # What the driver raises for the database's and the connection's faults (anything else is a bug).
-FAULTS = (OSError, pg.PostgresError, pg.InterfaceError)
-_CONNECTION_LOST = (OSError, pg.PostgresConnectionError, pg.InterfaceError)
+# asyncpg's InternalClientError ("cannot switch to state …; another operation is in progress") is what a
+# connection that broke in the middle of an operation answers the next one with: a lost connection too.
+FAULTS = (OSError, pg.PostgresError, pg.InterfaceError, pg.InternalClientError)
+_CONNECTION_LOST = (OSError, pg.PostgresConnectionError, pg.InterfaceError, pg.InternalClientError)
 
 
 class _Uncertain(Exception):

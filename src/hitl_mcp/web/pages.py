@@ -416,7 +416,10 @@ class Pages:
 
     async def login_page(self, request: HttpRequest) -> Response:
         token = request.query_params.get("token")
-        principal = await self.face.sign_in.principal_of(token) if token else None
+        try:
+            principal = await self.face.sign_in.principal_of(token) if token else None
+        except HitlError as error:
+            return self.login(request, refusal=str(error), status=status_of(error))
         return self.login(
             request,
             token=token if principal else None,
@@ -455,9 +458,9 @@ class Pages:
         try:
             fields = await form_of(request)
             self.face.sign_in.check_form(request, fields.get("csrf"), request.cookies.get(LOGIN_COOKIE))
+            signed = await self.face.sign_in.access_of(fields.get("token", ""))
         except HitlError as error:
             return self.login(request, refusal=str(error), status=status_of(error))
-        signed = await self.face.sign_in.access_of(fields.get("token", ""))
         if signed is None:
             return self.login(
                 request,
