@@ -12,12 +12,14 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from hitl_mcp.actions import ActionSettings, registry
 from hitl_mcp.actions.base import describe_validation_error
+from hitl_mcp.actions.send_email import normalize_address
 from hitl_mcp.errors import ConfigError
-from hitl_mcp.notify.settings import Notifier, load_notifiers
+from hitl_mcp.notify.settings import Notifier, check_link_notifiers, load_notifiers
 from hitl_mcp.notify.slack_settings import (
     SLACK_USER_PATTERN,
     SlackSettings,
@@ -226,6 +228,21 @@ class PrincipalSettings(BaseModel):
         pattern=SLACK_USER_PATTERN,
         description="The Slack user id (U…) that presses as this principal",
     )
+    email: str | None = Field(
+        default=None,
+        max_length=254,
+        description="Where `email_approvers` notifiers send this principal their own decision links",
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalize_address(value)
+        except ValueError as error:
+            raise PydanticCustomError("email", str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -328,6 +345,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
     policies = load_policies(raw.get("policy", {}), principals, upstreams)
     check_slack_users({name: known.slack_user for name, known in principals.items()})
     notifiers = load_notifiers(raw.get("notify"), principals)
+    web = _web_settings(raw.get("web", {}), env)
+    check_link_notifiers(notifiers, web.public_url)
     slack = load_slack(raw.get("slack"), env)
     check_slack_channels([notifier.slack_channel for notifier in notifiers], slack)
     return Settings(
@@ -342,7 +361,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         notifiers=notifiers,
         upstreams=upstreams,
         gateway=gateway,
-        web=_web_settings(raw.get("web", {}), env),
+        web=web,
         cli=_cli_settings(raw.get("cli", {})),
         slack=slack,
         warnings=tuple(policy_warnings(policies, principals)),

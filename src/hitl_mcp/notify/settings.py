@@ -21,6 +21,17 @@ slack_channel = "C0123APPROVALS"                   # posted by the [slack] bot, 
 on = ["failed", "expired"]
 email = "oncall@example.com"                       # sent with [actions.send_email]'s SMTP settings
 sender = "hitl@example.com"                        # its From (default: hitl@localhost)
+
+[[notify]]
+on = ["filed", "escalated"]
+email_approvers = true        # each [principals.NAME] with an email who may decide gets their own links
+link_hours = 24               # a link lasts this long, or until its request expires (sooner wins)
+
+[[notify]]
+on = ["filed", "escalated"]
+ntfy = "https://ntfy.example.com/approvals"        # an ntfy topic: a push with a View action
+ntfy_token = "tk_…"                                # optional: Authorization: Bearer
+principal = "alice"                                # optional: Approve / Reject actions open alice's link
 ```
 
 A notification's From is its own `sender`, never the `send_email` action's: a message about a request is
@@ -54,12 +65,14 @@ Event = Literal[
     "filed", "escalated", "approved", "rejected", "executed", "failed", "expired", "cancelled", "tool-changed"
 ]
 EVENTS: tuple[str, ...] = get_args(Event)
-Channel = Literal["webhook", "slack", "email", "slack_bot"]
+Channel = Literal["webhook", "slack", "email", "slack_bot", "email_approvers", "ntfy"]
 TARGET_KEYS: dict[str, Channel] = {
     "webhook": "webhook",
     "slack_webhook": "slack",
     "email": "email",
     "slack_channel": "slack_bot",
+    "email_approvers": "email_approvers",
+    "ntfy": "ntfy",
 }
 # A message posted with buttons is updated in place when its request is decided, whichever face decided:
 # a `slack_channel` notifier hears these events of every request, whatever its `on` and filters say.
@@ -99,6 +112,17 @@ class Notifier(BaseModel):
         pattern=r"^[CGDU][A-Z0-9]{2,31}$",
         description="A Slack channel id the [slack] bot posts to, with buttons",
     )
+    email_approvers: Literal[True] | None = Field(
+        default=None, description="Mail each principal who may decide the waiting level their own links"
+    )
+    ntfy: str | None = Field(default=None, max_length=MAX_URL_LENGTH, description="An ntfy topic's URL")
+    ntfy_token: SecretStr | None = Field(default=None, min_length=1, description="The ntfy access token")
+    principal: str | None = Field(
+        default=None, description="The one principal an ntfy push's Approve / Reject actions act as"
+    )
+    link_hours: float = Field(
+        default=24.0, gt=0, le=24 * 90, allow_inf_nan=False, description="How long a decision link lasts"
+    )
     sender: str = Field(default=DEFAULT_SENDER, description="The From of an email notification")
     tools: tuple[str, ...] = Field(default=(), description="Only these actions; none: all")
     levels: tuple[Annotated[int, Field(ge=1, le=100)], ...] = Field(
@@ -106,7 +130,7 @@ class Notifier(BaseModel):
     )
     roles: tuple[str, ...] = Field(default=(), description="Only levels these roles may decide; none: any")
 
-    @field_validator("webhook", "slack_webhook")
+    @field_validator("webhook", "slack_webhook", "ntfy")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
@@ -139,18 +163,26 @@ class Notifier(BaseModel):
             return "webhook"
         if self.slack_channel is not None:
             return "slack_bot"
+        if self.email_approvers:
+            return "email_approvers"
+        if self.ntfy is not None:
+            return "ntfy"
         return "slack" if self.slack_webhook is not None else "email"
 
     @property
     def target(self) -> str:
-        target = self.webhook or self.slack_webhook or self.email or self.slack_channel
+        if self.email_approvers:
+            return "approvers"
+        target = self.webhook or self.slack_webhook or self.email or self.slack_channel or self.ntfy
         assert target is not None
         return target
 
     @property
     def key(self) -> str:
         """Names the target in the outbox without storing it: a Slack URL is itself a credential."""
-        return target_key(self.channel, self.target)
+        # Two ntfy entries on one topic bound to different principals are two messages, not one.
+        bound = "" if self.principal is None else f"\n{self.principal}"
+        return target_key(self.channel, self.target + bound)
 
     @property
     def label(self) -> str:
@@ -159,9 +191,16 @@ class Notifier(BaseModel):
             return f"email {self.target}"
         if self.channel == "slack_bot":
             return f"slack channel {self.target}"
+        if self.channel == "email_approvers":
+            return "email to each approver"
         parts = urlsplit(self.target)
         if self.channel == "slack":
             return f"slack {parts.scheme}://{parts.netloc}/…"
+        if self.channel == "ntfy":
+            # On a public ntfy server the topic's name is what keeps others from reading it.
+            return f"ntfy {parts.scheme}://{parts.netloc}/…" + (
+                f" as {self.principal}" if self.principal else ""
+            )
         # A path or query may carry a token; keep the path's first segment only.
         first = parts.path.strip("/").split("/", 1)[0]
         more = "/…" if parts.path.strip("/").count("/") or parts.query else ""
@@ -188,6 +227,16 @@ class Notifier(BaseModel):
         )
 
 
+def check_link_notifiers(notifiers: Iterable[Notifier], public_url: str | None) -> None:
+    """Decision links point at the inbox: entries that send them need `[web] public_url`."""
+    for index, notifier in enumerate(notifiers):
+        if public_url is None and (notifier.email_approvers or notifier.principal is not None):
+            key = "email_approvers" if notifier.email_approvers else "principal"
+            raise ConfigError(
+                f"notify[{index}].{key}: decision links need [web] public_url (where people reach the inbox)"
+            )
+
+
 def target_key(channel: str, target: str) -> str:
     return hashlib.sha256(f"{channel}\n{target}".encode()).hexdigest()[:24]
 
@@ -210,16 +259,32 @@ def load_notifiers(raw: Any, principals: Mapping[str, Any]) -> tuple[Notifier, .
         if len(targets) != 1:
             given = f" (it has {' and '.join(targets)})" if targets else ""
             raise ConfigError(
-                f"{where}: give exactly one target: webhook, slack_webhook, slack_channel or email{given}"
+                f"{where}: give exactly one target: webhook, slack_webhook, slack_channel, email, "
+                f"email_approvers or ntfy{given}"
             )
         if "secret" in table and targets != ["webhook"]:
             raise ConfigError(f"{where}.secret: only a webhook is signed; {targets[0]} takes no secret")
-        if "sender" in table and targets != ["email"]:
+        if "sender" in table and targets[0] not in ("email", "email_approvers"):
             raise ConfigError(f"{where}.sender: only an email has a sender; {targets[0]} takes none")
+        for key in ("ntfy_token", "principal"):
+            if key in table and targets != ["ntfy"]:
+                raise ConfigError(f"{where}.{key}: only an ntfy push takes {key}; {targets[0]} does not")
+        if "link_hours" in table and targets[0] != "email_approvers" and "principal" not in table:
+            raise ConfigError(
+                f"{where}.link_hours: only entries that send decision links take it (email_approvers, or "
+                "ntfy with a principal)"
+            )
+        if table.get("email_approvers") is False:
+            raise ConfigError(f"{where}.email_approvers: write true, or remove the entry")
         try:
             notifier = Notifier.model_validate(table)
         except ValidationError as error:
             raise ConfigError(describe_validation_error(error, prefix=f"{where}.")) from None
+        if notifier.principal is not None and notifier.principal.lower() not in principals:
+            raise ConfigError(
+                f"{where}.principal: no [principals.{notifier.principal}] in the config; a push's Approve / "
+                "Reject act as a principal the config knows"
+            )
         for number, role in enumerate(notifier.roles):
             if role not in known_roles:
                 raise ConfigError(

@@ -45,11 +45,11 @@ import anyio
 import httpx2
 
 from hitl_mcp.actions.send_email import MESSAGE_ID_DOMAIN, SendEmailSettings, deliver
-from hitl_mcp.config import Settings
+from hitl_mcp.config import PrincipalSettings, Settings
 from hitl_mcp.errors import StoreUnavailable
 from hitl_mcp.gate import Gate
-from hitl_mcp.models import Status
-from hitl_mcp.notify import render
+from hitl_mcp.models import Request
+from hitl_mcp.notify import approver_mail, links, ntfy, render
 from hitl_mcp.notify.outbox import ClaimedDelivery, OutboxStore
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.notify.slack_api import SlackApi, SlackCallFailed
@@ -138,6 +138,7 @@ class Deliverer:
         self.smtp = smtp if isinstance(smtp, SendEmailSettings) else SendEmailSettings()
         # Where the inbox is reached: each message then links to its request's page.
         self.public_url = settings.web.public_url
+        self.principals = settings.principals
         self.slack = (
             None if settings.slack is None else SlackApi(settings.slack, timeout=self.policy.timeout_seconds)
         )
@@ -280,6 +281,10 @@ class Deliverer:
             await self._post(notifier.webhook, body, row, notifier)
         elif notifier.slack_channel is not None:
             await self._slack(notifier, row)
+        elif notifier.email_approvers:
+            await self._email_approvers(notifier, row)
+        elif notifier.ntfy is not None:
+            await self._ntfy(notifier, row)
         elif notifier.slack_webhook is not None:
             await self._post(
                 notifier.slack_webhook,
@@ -291,7 +296,12 @@ class Deliverer:
             await self._email(notifier, row)
 
     async def _post(
-        self, url: str, body: dict[str, object], row: ClaimedDelivery, notifier: Notifier
+        self,
+        url: str,
+        body: dict[str, object],
+        row: ClaimedDelivery,
+        notifier: Notifier,
+        extra: dict[str, str] | None = None,
     ) -> None:
         if self._http is None:
             raise RuntimeError("the deliverer is not open: use `async with Deliverer(...)`")
@@ -302,6 +312,7 @@ class Deliverer:
             "X-Hitl-Event": row.event,
             "X-Hitl-Delivery": str(row.row_id),
         }
+        headers.update(extra or {})
         if notifier.secret is not None:
             headers["X-Hitl-Signature"] = "sha256=" + sign(notifier.secret.get_secret_value(), content)
         try:
@@ -322,22 +333,54 @@ class Deliverer:
         if self.slack is None or not isinstance(store, SlackMessageStore):
             raise DeliveryFailed("posting to a Slack channel needs a [slack] table", permanent=True)
 
-        async def current_status(request_id: str) -> Status | None:
-            found = await store.get(request_id) if isinstance(store, RequestReader) else None
-            return None if found is None else found.status
+        async def current(request_id: str) -> Request | None:
+            return await store.get(request_id) if isinstance(store, RequestReader) else None
 
         try:
             await deliver_to_slack(
-                self.slack, store, current_status, notifier, row, public_url=self.public_url, now=self.clock()
+                self.slack, store, current, notifier, row, public_url=self.public_url, now=self.clock()
             )
         except SlackCallFailed as failed:
             raise DeliveryFailed(
                 str(failed), permanent=failed.permanent, retry_after=failed.retry_after
             ) from None
 
+    async def _ntfy(self, notifier: Notifier, row: ClaimedDelivery) -> None:
+        assert notifier.ntfy is not None
+        decide_url = None
+        store = self.store
+        if notifier.principal is not None and self.public_url is not None:
+            if not isinstance(store, approver_mail.LinkSource):
+                raise DeliveryFailed("decision links need a store that keeps them", permanent=True)
+            decide_url = await approver_mail.personal_link(
+                store,
+                row.payload,
+                notifier.principal,
+                self.principals.get(notifier.principal, PrincipalSettings()).roles,
+                public_url=self.public_url,
+                now=self.clock(),
+                lifetime_seconds=notifier.link_hours * 3600,
+            )
+        if "notice" in row.payload:
+            published: dict[str, object] = {
+                "topic": ntfy.endpoint(notifier.ntfy)[1],
+                "title": render.subject(row.payload),
+                "message": render.text(row.payload),
+            }
+        else:
+            published = ntfy.body(
+                row.payload,
+                notifier.ntfy,
+                now=self.clock(),
+                request_url=render.request_url(row.payload, self.public_url),
+                decide_url=decide_url,
+            )
+        token_value = notifier.ntfy_token
+        auth = {} if token_value is None else {"Authorization": f"Bearer {token_value.get_secret_value()}"}
+        await self._post(ntfy.endpoint(notifier.ntfy)[0], published, row, notifier, auth)
+
     async def _email(self, notifier: Notifier, row: ClaimedDelivery) -> None:
         assert notifier.email is not None
-        smtp = self.smtp
         message = EmailMessage()
         message["From"] = notifier.sender
         message["To"] = notifier.email
@@ -347,12 +390,41 @@ class Deliverer:
         message["Message-ID"] = f"<notify-{row.row_id}.{row.request_id}@{MESSAGE_ID_DOMAIN}>"
         message["X-Hitl-Event"] = row.event
         message.set_content(render.text(row.payload, public_url=self.public_url))
+        await self._mail(message, notifier.email)
+
+    async def _email_approvers(self, notifier: Notifier, row: ClaimedDelivery) -> None:
+        store = self.store
+        if self.public_url is None or not isinstance(store, approver_mail.LinkSource):
+            raise DeliveryFailed(
+                "decision links need [web] public_url and a store that keeps them", permanent=True
+            )
+        request = await approver_mail.waiting(store, row.payload)
+        if request is None:
+            return  # decided, withdrawn or edited since: nobody is asked to decide what this shows
+        # Every attempt mints fresh links (no plaintext token is kept): see notify.links.
+        for principal, address in approver_mail.recipients(request, self.principals):
+            token = await links.mint(
+                store, request, principal, now=self.clock(), lifetime_seconds=notifier.link_hours * 3600
+            )
+            message = approver_mail.message(
+                row.payload,
+                row_id=row.row_id,
+                principal=principal,
+                address=address,
+                sender=notifier.sender,
+                link=links.link_url(self.public_url, request.request_id, token),
+                public_url=self.public_url,
+            )
+            await self._mail(message, address)
+
+    async def _mail(self, message: EmailMessage, address: str) -> None:
+        smtp = self.smtp
         try:
             await deliver(message, smtp, timeout=min(smtp.timeout_seconds, self.policy.timeout_seconds))
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refused.code for refused in error.recipients]
             raise DeliveryFailed(
-                f"SMTP refused {notifier.email}: {error}", permanent=bool(codes) and min(codes) >= 500
+                f"SMTP refused {address}: {error}", permanent=bool(codes) and min(codes) >= 500
             ) from None
         except aiosmtplib.SMTPResponseException as error:
             raise DeliveryFailed(f"SMTP {error.code}: {error.message}", permanent=error.code >= 500) from None

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_mcp.auth import is_loopback
 from hitl_mcp.gate import Gate
-from hitl_mcp.web import api, cli_sign_in, rendering, sign_on, slack, token_pages
+from hitl_mcp.web import api, cli_sign_in, link_pages, rendering, sign_on, slack, token_pages
 from hitl_mcp.web.auth import InboxOff, SignIn
 from hitl_mcp.web.face import WebFace
 from hitl_mcp.web.pages import Pages
@@ -168,6 +168,7 @@ def inbox_app(
             *token_pages.routes(pages),
             *cli_sign_in.routes(pages),
             *slack.routes(face),
+            *link_pages.routes(pages),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         lifespan=_lifespan_of(mcp_http),
