@@ -89,6 +89,20 @@ class Slack:
             assert time.monotonic() < deadline, f"{request_id} is {self.status(request_id)}, not {wanted}"
             time.sleep(0.05)
 
+    def wait_delivered(self, request_id: str, timeout: float = 30.0) -> None:
+        """Until every notification row of `request_id` is delivered (none pending, none dead)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with sqlite3.connect(self.db) as conn:
+                states = [
+                    row[0]
+                    for row in conn.execute("SELECT state FROM outbox WHERE request_id = ?", (request_id,))
+                ]
+            if states and all(state == "delivered" for state in states):
+                return
+            assert time.monotonic() < deadline, f"notifications of {request_id}: {states}"
+            time.sleep(0.05)
+
     def orders(self) -> int:
         if not self.ledger.exists():
             return 0
@@ -359,3 +373,21 @@ async def test_a_post_slack_fails_is_retried_by_the_outbox(slack: Slack) -> None
     calls = slack.standin.wait_for(lambda calls: len(_posts_about(calls, request_id)) == 2)
     assert len(_posts_about(calls, request_id)) == 2
     slack.message_ts(request_id)  # the second attempt's message is the one recorded
+
+
+async def test_a_request_decided_while_slack_was_failing_is_not_posted_with_buttons_afterwards(
+    slack: Slack,
+) -> None:
+    slack.standin.fail("chat.postMessage", 1)
+    request_id = await slack.file()
+    slack.posted(request_id)  # the failed attempt; the outbox waits a second or two before the next
+    decided = hitl(slack.env, "reject", request_id, "--reason", "handled on the phone", "--as", "alice")
+    assert decided.returncode == 0, decided.stderr
+
+    slack.wait_delivered(request_id)
+
+    assert len(_posts_about(slack.standin.calls, request_id)) == 1
+    with sqlite3.connect(slack.db) as conn:
+        assert (
+            conn.execute("SELECT * FROM slack_messages WHERE request_id = ?", (request_id,)).fetchall() == []
+        )
