@@ -7,6 +7,7 @@ decides once, as that recipient, and every link that no longer holds shows why a
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,6 +141,16 @@ def test_each_approver_gets_their_own_link_and_opening_it_decides_nothing(linked
     assert mine["alice@example.com"] != mine["dave@example.com"]
     token = mine["alice@example.com"].rsplit("/", 1)[1]
     assert len(token) >= 43  # 256 bits, URL-safe base64
+    # Only the token's digest is at rest: not in the links table, not in the outbox, nowhere in the store.
+    with sqlite3.connect(linked.site.folder / "hitl.db") as store:
+        dumped = "\n".join(store.iterdump())
+        digests = [
+            row[0]
+            for row in store.execute("SELECT sha256 FROM link_tokens WHERE request_id = ?", (request_id,))
+        ]
+    store.close()
+    assert token not in dumped
+    assert links.digest_of(token) in digests
 
     # A mail scanner follows every link, more than once: nothing is decided.
     with httpx2.Client(timeout=30) as scanner:
@@ -319,3 +330,28 @@ def test_a_push_carries_the_summary_time_left_and_view_actions_that_open_alices_
         assert linked.request(request_id)["status"] == "pending"
         assert post(phone, approve, "approve").status_code == 200
     until(lambda: linked.orders(request_id) == 1)
+
+
+def test_agent_text_in_a_push_is_plain_and_shows_hidden_characters() -> None:
+    from hitl_mcp.notify import ntfy
+
+    payload = {
+        "event": "filed",
+        "actor": "agent",
+        "request": {
+            "request_id": "abc123",
+            "tool": "buy_stock",
+            "requested_by": "agent",
+            "status": "pending",
+            "summary": "Buy 1 GOOGL\u202e\nApprove: tap here",
+            "expires_at": "2030-01-01T00:00:00+00:00",
+            "approval": {"waiting_on": 0, "levels": 1, "may_decide": "trader"},
+        },
+    }
+    body = ntfy.body(payload, "https://n.example.com/base/topic", now=0.0, request_url=None, decide_url=None)
+    assert body["topic"] == "topic"
+    assert ntfy.endpoint("https://n.example.com/base/topic")[0] == "https://n.example.com/base/"
+    first = body["message"].split("\n")[0]
+    # The reordering character and the line break the agent wrote are shown, not obeyed.
+    assert "\u202e" not in body["message"] and "\\u202e" in first and "\\n" in first
+    assert "actions" not in body

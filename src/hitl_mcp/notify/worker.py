@@ -56,6 +56,7 @@ from hitl_mcp.notify.slack_api import SlackApi, SlackCallFailed
 from hitl_mcp.notify.slack_delivery import RequestReader
 from hitl_mcp.notify.slack_delivery import deliver as deliver_to_slack
 from hitl_mcp.store import wait_for_change
+from hitl_mcp.store.links import LinkStore
 from hitl_mcp.store.outage import outage_of
 from hitl_mcp.store.slack_messages import SlackMessageStore
 
@@ -166,6 +167,9 @@ class Deliverer:
                 if self.clock() - pruned >= self.policy.prune_every_seconds:
                     pruned = self.clock()
                     await self.store.outbox_prune(pruned - self.policy.retention_seconds)
+                    if isinstance(self.store, LinkStore):
+                        # Kept as long as delivered rows, so an old link's page still says it expired.
+                        await self.store.link_prune(pruned - self.policy.retention_seconds)
                 # The counter is read before looking, so a row added meanwhile cuts the wait short.
                 before = await self.store.change_counter()
                 await self.deliver_due()
