@@ -35,7 +35,7 @@ def time_left(payload: dict[str, Any], now: float) -> str:
     from hitl_mcp.web.rendering import duration  # the inbox's wording of a span
 
     left = datetime.fromisoformat(payload["request"]["expires_at"]).timestamp() - now
-    return f"{duration(left)} left" if left > 0 else "expired"
+    return duration(left) if left > 0 else "none (expired)"
 
 
 def body(

@@ -81,7 +81,7 @@ def routes(pages: Pages) -> list[Route]:
             action=request.url.path.removesuffix("/approve").removesuffix("/reject"),
             **context,
         )
-        if why_not is None:
+        if why_not is None and link is not None:
             response.set_cookie(
                 LINK_COOKIE,
                 form_token,
@@ -136,10 +136,8 @@ def routes(pages: Pages) -> list[Route]:
             else:
                 decided = await gate.reject(link.request_id, link.principal, reason)
                 notice = f"Your rejection as {link.principal} was recorded."
-            spent = await store_of(gate).link_find(link.sha256)
-            return await render(
-                request, gate, spent, decided, why_not="This link has been used.", notice=notice
-            )
+            # No form and no "decides nothing" notice: the person has just decided.
+            return await render(request, gate, None, decided, why_not=None, notice=notice)
         except HitlError as error:
             return refused(error)
 
