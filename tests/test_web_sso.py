@@ -5,18 +5,19 @@ callback nobody began signs nobody in."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx2
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.inbox import Site, make_site
 from tests.oidc_provider import Provider, oidc_provider
 from tests.test_auth import serving
 from tests.test_cli import free_port
-from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, browser_or_skip, file_over_mcp, new_page
+from tests.test_web_browser import browser, browser_or_skip, file_over_mcp, new_page
+
+__all__ = ["browser"]  # the module's Chromium, shared with the other browser tests' way of starting it
 
 ACCOUNTS = {
     "alice": {"email": "Alice@Example.com", "groups": ["trader"]},
@@ -44,19 +45,6 @@ def sso_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsoSite]:
         env = site.env | {"TEST_OIDC_SECRET": provider.client_secret}
         with serving(env, site.folder / "server.log", port=port):
             yield SsoSite(site, base, provider)
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    browser_or_skip()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
