@@ -107,7 +107,9 @@ def _interactions(face: WebFace) -> Handler:
         except Unverified as refused:
             logger.warning("a Slack interaction was refused: %s", refused)
             return Response(str(refused), status_code=401, media_type="text/plain")
-        api = apis.setdefault(slack, SlackApi(slack))
+        api = apis.get(slack)
+        if api is None:
+            api = apis[slack] = SlackApi(slack)
         kind = payload.get("type")
         if kind == "block_actions":
             return _on_press(gate, api, payload)
