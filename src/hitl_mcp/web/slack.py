@@ -194,15 +194,22 @@ async def _ask_reason(gate: Gate, api: SlackApi, press: Press, trigger: str | No
     if principal is None:
         return
     # Only to spare the presser a modal that cannot succeed; the Gate decides again on submission.
-    found = await gate.store.get(press.request_id)
-    if found is not None and found.status is not Status.PENDING:
+    try:
+        found = await gate.store.get(press.request_id)
+    except HitlError as refused:  # the store is down: say so rather than open a form that cannot work
+        await _tell(api, press, f"Nothing was decided: {refused}")
+        return
+    if found is None:
+        await _tell(api, press, f"Nothing was decided: there is no request {press.request_id[:64]}.")
+        return
+    if found.status is not Status.PENDING:
         await _tell(
             api,
             press,
             f"Nothing was decided: request {press.request_id[:10]} is already {found.status.value}.",
         )
         return
-    if trigger is None or found is None:
+    if trigger is None:
         await _tell(api, press, "Nothing was decided: Slack sent no trigger for the reason form; try again.")
         return
     where = {"channel": press.channel} if press.channel else {}
