@@ -131,6 +131,14 @@ class GateSettings(BaseModel):
         "arguments, within this many seconds returns that request instead of filing another; 0 turns "
         "this off",
     )
+    confirm_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description='How long a call under approval = "confirm" waits for the person at an older client to '
+        "answer its question; unanswered, the request waits for one approval by anyone but the requester",
+    )
 
 
 class OidcSettings(BaseModel):

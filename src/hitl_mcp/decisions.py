@@ -87,3 +87,44 @@ def plan(
         keep_escalation=not complete and not moved,
         edit=edit,
     )
+
+
+def plan_confirmation(
+    request: Request,
+    *,
+    principal: str,
+    accepted: bool,
+    reason: str | None,
+    now: float,
+    digest: str | None = None,
+) -> DecisionPlan:
+    """The requester's own yes or no through their client, allowed only where the request's rule says
+    `approval = "confirm"`: consent, recorded apart from decisions, so it never fills a level (invariant 4
+    holds for every other rule)."""
+    request_id = request.request_id
+    if request.status is not Status.PENDING:
+        raise NotPending(f"request {request_id} is {request.status}, not pending; nothing was changed")
+    if request.expires_at.timestamp() <= now:
+        raise Expired(f"request {request_id} expired at {request.expires_at.isoformat()}; it will never run")
+    if request.approval.policy.approval != "confirm":
+        raise NotAllowed(
+            f"request {request_id}'s rule does not ask its requester to confirm; it waits on "
+            f"{request.approval.may_decide or 'its approvers'}"
+        )
+    if fold_principal(request.requested_by) != fold_principal(principal):
+        raise NotAllowed(
+            f"request {request_id} was filed by {request.requested_by}; only its requester confirms it"
+        )
+    if digest is not None and digest != request.arguments_digest:
+        raise NotPending(f"request {request_id} was edited since the question was asked; nothing was changed")
+    return DecisionPlan(
+        principal=principal,
+        verdict="approve" if accepted else "reject",
+        reason=reason,
+        roles=(),
+        level=None,
+        status=Status.APPROVED if accepted else Status.REJECTED,
+        waiting_on=None,
+        escalate_at=None,
+        confirmation=True,
+    )

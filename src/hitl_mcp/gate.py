@@ -315,6 +315,52 @@ class Gate:
         finally:
             self._running_here.discard(request_id)
 
+    async def confirm(
+        self,
+        ref: str,
+        principal: str,
+        accepted: bool,
+        reason: str | None = None,
+        *,
+        digest: str | None = None,
+    ) -> Request:
+        """The requester's person says yes or no through their client to a request whose rule says
+        `approval = "confirm"`. Yes approves it and runs it here, once (the claim is in the same commit); no
+        rejects it, with the person's reason if given. Audited as `confirmed` or as a rejection marked a
+        confirmation; refused for anyone but the requester and for any other rule. `digest`: the arguments
+        the person was shown, refused if the request was edited since."""
+        request_id = await self._decidable_id(ref)
+        now = self.clock()
+        claim_for = ClaimFor(self.worker, self._runnable_targets()) if accepted else None
+        self._running_here.add(request_id)
+        try:
+            try:
+                with _unless_stored("nothing was changed"):
+                    request = await self.store.decide(
+                        request_id,
+                        lambda current: decisions.plan_confirmation(
+                            current,
+                            principal=principal,
+                            accepted=accepted,
+                            reason=reason,
+                            now=now,
+                            digest=digest,
+                        ),
+                        now,
+                        claim_for,
+                    )
+            except Expired:
+                await self.sweep()
+                raise
+            self._signal()
+            if request.status is Status.EXECUTING and request.claimed_by == self.worker:
+                return await self._run_claimed(request)
+            if request.status is Status.APPROVED:
+                return await self.execute(request.request_id)
+            return request
+        finally:
+            self._running_here.discard(request_id)
+
     async def reject(self, ref: str, principal: str, reason: str, *, roles: Sequence[str] = ()) -> Request:
         if not reason.strip():
             raise InvalidArguments("reason: a rejection needs a reason")

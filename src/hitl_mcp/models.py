@@ -242,7 +242,7 @@ def approval_state(snapshot: Snapshot, decisions: list[Decision], escalated: boo
 
     approvers = [Approver(d.principal, tuple(d.roles)) for d in decisions if d.verdict == "approve"]
     counted = progress(snapshot.levels, approvers)
-    waiting_on = counted.waiting_on if snapshot.approval == "required" else None
+    waiting_on = counted.waiting_on if snapshot.needs_decision else None
     return ApprovalState(
         policy=snapshot,
         description=snapshot.describe(),

@@ -19,7 +19,7 @@ from hitl_mcp.errors import ConfigError, NotAllowed
 if TYPE_CHECKING:
     from hitl_mcp.actions.base import Action
 
-Approval = Literal["required", "none", "deny"]
+Approval = Literal["required", "none", "deny", "confirm"]
 
 
 class Level(BaseModel):
@@ -52,6 +52,13 @@ class Rule(BaseModel):
     def _levels_match_approval(self) -> Rule:
         if self.approval == "required" and not self.levels:
             raise ValueError("a rule that needs approval must name its levels, e.g. levels = [{ count = 1 }]")
+        if self.approval == "confirm" and self.levels:
+            # A confirmation is consent by the requester's person, not separation of duties: it never
+            # counts toward a quorum, so the two cannot share a rule.
+            raise ValueError(
+                'approval = "confirm" takes no levels: a confirmation by the requester never counts toward '
+                "levels; put the levels in a rule of their own"
+            )
         if self.approval != "required" and self.levels:
             raise ValueError(f'approval = "{self.approval}" takes no levels')
         return self
@@ -100,6 +107,11 @@ class Snapshot(BaseModel):
             data.setdefault("rule_index", number_or_index)
         return data
 
+    @property
+    def needs_decision(self) -> bool:
+        """Whether the request waits on levels (a confirm rule's does, until its requester confirms)."""
+        return self.approval in ("required", "confirm")
+
     def describe(self) -> str:
         source = "the default policy" if self.rule is None else f"rule {self.rule}"
         condition = f" (when {self.when})" if self.when else ""
@@ -107,6 +119,12 @@ class Snapshot(BaseModel):
             return f"{source}{condition}: no approval needed"
         if self.approval == "deny":
             return f"{source}{condition}: denied"
+        if self.approval == "confirm":
+            return (
+                f"{source}{condition}: the requester confirms through their client, or else "
+                f"{(self.levels or DEFAULT_RULE.levels)[0].describe()} (a confirmation is consent, never a "
+                "counted approval)"
+            )
         steps = ", then ".join(level.describe() for level in self.levels)
         return f"{source}{condition}: {steps}"
 
@@ -262,7 +280,10 @@ def select(policy: ActionPolicy | None, values: Mapping[str, object]) -> Snapsho
     if policy is not None:
         for index, rule in enumerate(policy.rules):
             if rule.when is None or expr.holds(expr.parse(rule.when), values):
-                return Snapshot(rule_index=index, when=rule.when, approval=rule.approval, levels=rule.levels)
+                # Unconfirmed, a confirm rule's request waits like the default one: one approval by anyone
+                # but the requester.
+                levels = DEFAULT_RULE.levels if rule.approval == "confirm" else rule.levels
+                return Snapshot(rule_index=index, when=rule.when, approval=rule.approval, levels=levels)
     return Snapshot(rule_index=None, approval=DEFAULT_RULE.approval, levels=DEFAULT_RULE.levels)
 
 

@@ -20,6 +20,7 @@ from mcp.server.models import InitializationOptions
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
     CallToolResult,
+    InputRequiredResult,
     SetLevelRequestParams,
     SubscribeRequestParams,
     TextContent,
@@ -30,7 +31,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl, BaseModel, Field
 from pydantic_core import to_json
 
-from hitl_mcp import __version__
+from hitl_mcp import __version__, confirm
 from hitl_mcp.actions import Action, build_actions
 from hitl_mcp.auth import PrincipalTokens, authenticated_principal, authenticated_roles, is_loopback
 from hitl_mcp.client_log import LogListeners, level_of, send
@@ -182,7 +183,11 @@ def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) 
     from hitl_mcp.gateway import Gateway  # the SDK's client comes with it: only for servers with upstreams
 
     async def file(name: str, arguments: dict[str, Any], ctx: Context[ServerState, Any]) -> CallToolResult:
-        return await _file(ctx, name, arguments)
+        # The gateway's proxy tools answer a CallToolResult only: an upstream's confirm rule asks a
+        # 2026-07-28 client nothing, and its request waits for an approval by someone else.
+        answer = await _file(ctx, name, arguments, ask_later=False)
+        assert isinstance(answer, CallToolResult)
+        return answer
 
     gateway = Gateway(
         app,
@@ -409,8 +414,10 @@ async def _call(work: Awaitable[T]) -> T:
         raise ToolError(str(error)) from None
 
 
-def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # type: ignore[type-arg]
-    async def file_request(ctx: Context[ServerState, Any], **arguments: Any) -> CallToolResult:
+def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult | InputRequiredResult]]:  # type: ignore[type-arg]
+    async def file_request(
+        ctx: Context[ServerState, Any], **arguments: Any
+    ) -> CallToolResult | InputRequiredResult:
         return await _file(ctx, action.name, arguments)
 
     # The input schema the model reads is the action's own argument model, field by field.
@@ -430,15 +437,29 @@ def _gated_tool(action: Action) -> Callable[..., Awaitable[CallToolResult]]:  # 
     return file_request
 
 
-async def _file(ctx: Context[ServerState, Any], tool: str, arguments: dict[str, Any]) -> CallToolResult:
-    """A gated call, built-in or an upstream's: file it (or find the request it repeats) and answer."""
+async def _file(
+    ctx: Context[ServerState, Any], tool: str, arguments: dict[str, Any], *, ask_later: bool = True
+) -> CallToolResult | InputRequiredResult:
+    """A gated call, built-in or an upstream's: file it (or find the request it repeats) and answer. Under
+    `approval = "confirm"` the person at the client is asked (confirm.py); `ask_later`: a 2026-07-28 client
+    may be asked through an `input_required` answer."""
     meta = ctx.request_context.meta or {}
-    filing = await _call(
-        _state(ctx).gate.file_call(
-            tool, arguments, _principal(ctx), idempotency_key=meta.get(IDEMPOTENCY_KEY)
+    gate = _state(ctx).gate
+    principal = _principal(ctx)
+    filing = await _call(confirm.resume(ctx, gate, tool, principal))
+    if filing is None:
+        filing = await _call(
+            gate.file_call(tool, arguments, principal, idempotency_key=meta.get(IDEMPOTENCY_KEY))
         )
-    )
-    await _tell(ctx, filing.request)
+        await _tell(ctx, filing.request)
+        asked = await _call(confirm.settle(ctx, gate, filing, principal, ask_later=ask_later))
+        if isinstance(asked, InputRequiredResult):
+            return asked
+        if asked is not filing:
+            await _tell(ctx, asked.request)
+        filing = asked
+    else:
+        await _tell(ctx, filing.request)
     return _filed(filing)
 
 
@@ -462,6 +483,11 @@ def _next_step(filing: Filing) -> str:
         )
     if filing.repeated:
         return f"{repeated}Its status is {request.status.value}. {follow}"
+    if request.approval.policy.approval == "confirm":
+        if request.status is Status.EXECUTED:
+            return "The person at your client confirmed it, so it ran once: see `result`."
+        if request.status is Status.REJECTED:
+            return "The person at your client said no: it was rejected and nothing ran."
     if request.status is Status.EXECUTED:
         return (
             f"The policy needed no approval ({request.approval.description}), so it ran once: see `result`."

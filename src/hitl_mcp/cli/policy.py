@@ -152,7 +152,7 @@ def explain(tool: str, arguments: str) -> None:
     snapshot = policy.select(settings.policies.get(tool), action.policy_values(args, preview))
     click.echo(action.summary(args))
     click.echo(f"applies: {snapshot.describe()}")
-    if snapshot.approval == "required":
+    if snapshot.needs_decision:
         for number, level in enumerate(snapshot.levels, start=1):
             escalation = (
                 f", escalated after {level.escalate_after_seconds:g} s"

@@ -79,6 +79,9 @@ class DecisionPlan:
     escalate_at: float | None
     keep_escalation: bool = False
     edit: Edit | None = None
+    confirmation: bool = False
+    """The requester's own yes or no through their client (`approval = "confirm"`): audited as `confirmed`
+    (or `rejected`, marked a confirmation) and never stored as a decision, so it counts toward no level."""
 
 
 Planner = Callable[[Request], DecisionPlan]

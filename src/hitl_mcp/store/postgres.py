@@ -344,25 +344,29 @@ class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
             )
             if changed is None:
                 raise NotPending(f"request {request_id} changed while deciding; read it again")
-            await conn.execute(
-                "INSERT INTO decisions "
-                "(request_id, principal, verdict, reason, decided_at, roles, level, edit) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                request_id,
-                decision.principal,
-                decision.verdict,
-                text_in(decision.reason),
-                now,
-                dumps(list(decision.roles)),
-                decision.level,
-                None
-                if edit is None
-                else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
-            )
+            if not decision.confirmation:
+                await conn.execute(
+                    "INSERT INTO decisions "
+                    "(request_id, principal, verdict, reason, decided_at, roles, level, edit) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    request_id,
+                    decision.principal,
+                    decision.verdict,
+                    text_in(decision.reason),
+                    now,
+                    dumps(list(decision.roles)),
+                    decision.level,
+                    None
+                    if edit is None
+                    else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
+                )
             details: dict[str, Any] = {**level_details(decision.level), "status": decision.status.value}
             if decision.reason:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
+            if decision.confirmation:
+                details["confirmation"] = True
+                event = "confirmed" if decision.verdict == "approve" else "rejected"
             await tx.audit(request_id, event, decision.principal, now, details)
             if claim is not None and decision.status is Status.APPROVED:
                 await _claim(tx, request_id, claim, now)

@@ -484,27 +484,31 @@ class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages):
             ).rowcount
             if not changed:
                 raise NotPending(f"request {request_id} changed while deciding; read it again")
-            conn.execute(
-                "INSERT INTO decisions "
-                "(request_id, principal, verdict, reason, decided_at, roles, level, edit) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request_id,
-                    decision.principal,
-                    decision.verdict,
-                    decision.reason,
-                    now,
-                    dumps(list(decision.roles)),
-                    decision.level,
-                    None
-                    if edit is None
-                    else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
-                ),
-            )
+            if not decision.confirmation:
+                conn.execute(
+                    "INSERT INTO decisions "
+                    "(request_id, principal, verdict, reason, decided_at, roles, level, edit) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request_id,
+                        decision.principal,
+                        decision.verdict,
+                        decision.reason,
+                        now,
+                        dumps(list(decision.roles)),
+                        decision.level,
+                        None
+                        if edit is None
+                        else dumps({k: v.model_dump(mode="json") for k, v in edit.changes.items()}),
+                    ),
+                )
             details: dict[str, Any] = {**level_details(decision.level), "status": decision.status.value}
             if decision.reason:
                 details["reason"] = decision.reason
             event = "approved" if decision.verdict == "approve" else "rejected"
+            if decision.confirmation:
+                details["confirmation"] = True
+                event = "confirmed" if decision.verdict == "approve" else "rejected"
             _audit(conn, request_id, event, decision.principal, now, details)
             if claim is not None and decision.status is Status.APPROVED:
                 _claim(conn, request_id, claim, now)
