@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import EmptyResult, LoggingLevel, SetLevelRequestParams
 
 from hitl_mcp.models import AuditEvent
+from hitl_mcp.sdk_seams import connection_of
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class LogListeners:
     async def set_level(
         self, ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams
     ) -> EmptyResult:
-        self._levels[ctx.session._connection] = LEVELS.index(params.level)
+        self._levels[connection_of(ctx.session)] = LEVELS.index(params.level)
         if self.on_listen is not None:
             self.on_listen()
         return EmptyResult()

@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import anyio
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
-from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp.server.models import InitializationOptions
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
     CallToolResult,
@@ -41,6 +39,13 @@ from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
 from hitl_mcp.models import Decided, Request, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
+from hitl_mcp.sdk_seams import (
+    add_legacy_request_handler,
+    announce_tools_changing,
+    connection_of,
+    lifespan_state,
+    registered_tool,
+)
 
 if TYPE_CHECKING:
     from hitl_mcp.web import InboxOff, SignIn
@@ -173,7 +178,7 @@ def build_server(
     if settings.upstreams:
         gateway = _gateway(app, settings, bus)
     # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
-    app._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, logs.set_level)
+    add_legacy_request_handler(app, "logging/setLevel", SetLevelRequestParams, logs.set_level)
     app.middleware.append(_strict_arguments(app, gateway))
     return app
 
@@ -198,16 +203,8 @@ def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) 
         start_wait=settings.gateway.start_wait_seconds,
     )
     app.middleware.append(gateway.middleware)
-    lowlevel = app._lowlevel_server
-    announced = lowlevel.create_initialization_options
-
-    def with_tools_changing(
-        notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any
-    ) -> InitializationOptions:
-        # Older clients learn from the handshake that tools/list_changed will come as upstreams change.
-        return announced(notification_options or NotificationOptions(tools_changed=True), *args, **kwargs)
-
-    lowlevel.create_initialization_options = with_tools_changing  # type: ignore[method-assign]
+    # Older clients learn from the handshake that tools/list_changed will come as upstreams change.
+    announce_tools_changing(app)
     return gateway
 
 
@@ -245,9 +242,8 @@ def _add_resources(
 
     # Clients of protocol versions before 2026-07-28 subscribe per URI and hear through their session.
     # MCPServer offers no public hook for these methods, so they go on its low-level server.
-    lowlevel = app._lowlevel_server
-    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, legacy.subscribe)
-    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, legacy.unsubscribe)
+    add_legacy_request_handler(app, "resources/subscribe", SubscribeRequestParams, legacy.subscribe)
+    add_legacy_request_handler(app, "resources/unsubscribe", UnsubscribeRequestParams, legacy.unsubscribe)
 
 
 def serve_http(
@@ -279,9 +275,8 @@ def serve_http(
         from hitl_mcp.web import inbox_app
 
         def running_gate() -> Gate | None:
-            # The SDK keeps the lifespan's state on its session manager while it runs; 2.3 has no public
-            # accessor for it, and the web face must use the very gate the MCP tools use.
-            state = getattr(app.session_manager, "_lifespan_state", None)
+            # The web face must use the very gate the MCP tools use.
+            state = lifespan_state(app)
             return state.gate if isinstance(state, ServerState) else None
 
         served = inbox_app(
@@ -349,13 +344,12 @@ def _strict_arguments(app: MCPServer[ServerState], gateway: Gateway | None) -> S
     it (a limit price, a principal it hoped to act as). The tool listing says so with
     `additionalProperties: false`. An upstream's tool keeps its own schema, which its validation (or the
     upstream's) applies."""
-    manager = app._tool_manager
 
     def own(name: object) -> Any:
         """hitl's own tool of that name; None for an upstream's (or none)."""
         if not isinstance(name, str) or (gateway is not None and name in gateway.tools.names):
             return None
-        return manager.get_tool(name)
+        return registered_tool(app, name)
 
     async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method == "tools/call" and ctx.params:
@@ -379,7 +373,7 @@ def _strict_arguments(app: MCPServer[ServerState], gateway: Gateway | None) -> S
             and ctx.method == "tools/list"
             and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
         ):
-            gateway.tools.connections.add(ctx.session._connection)
+            gateway.tools.connections.add(connection_of(ctx.session))
         result = await call_next(ctx)
         if ctx.method == "tools/list" and isinstance(result, dict):
             # The listing arrives serialised; each of hitl's own tools says it takes nothing else.

@@ -27,6 +27,7 @@ from pydantic import Field
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import Gate
 from hitl_mcp.gateway.action import UpstreamCalls, gated_description, upstream_tool
+from hitl_mcp.sdk_seams import put_tool, registered_tools
 from hitl_mcp.upstream.settings import PreviewCall
 
 logger = logging.getLogger(__name__)
@@ -112,13 +113,12 @@ class GatewayTools:
         self.connections: set[Connection] = set()
 
     def builtin_names(self) -> set[str]:
-        return {tool.name for tool in self.app._tool_manager.list_tools() if not isinstance(tool, ProxyTool)}
+        return {tool.name for tool in registered_tools(self.app) if not isinstance(tool, ProxyTool)}
 
     def sync(self, gate: Gate) -> bool:
         """Make the registered tools and the gate's actions match what the upstreams offer now. True when
         the tool listing changed."""
         self.gate = gate
-        manager = self.app._tool_manager
         taken = self.builtin_names()
         wanted: dict[str, Exposed] = {}
         for exposed in self.view.exposed():
@@ -135,12 +135,12 @@ class GatewayTools:
         actions = gate.actions
         assert isinstance(actions, MutableMapping)
         for name in self.names - set(wanted):
-            manager.remove_tool(name)
+            self.app.remove_tool(name)
             # The action stays: a request filed for it fails clearly at execution instead of waiting.
         for name, exposed in wanted.items():
             if self._signature.get(name) == signature[name]:
                 continue
-            manager._tools[name] = self._tool(exposed)
+            put_tool(self.app, self._tool(exposed))
             if exposed.gated:
                 action_type = upstream_tool(
                     exposed.upstream, exposed.tool, target=exposed.target, preview_call=exposed.preview_call

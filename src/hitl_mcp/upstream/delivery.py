@@ -30,9 +30,10 @@ from typing import Self
 
 import anyio
 import httpx2
-from mcp.shared._stream_protocols import WriteStream
 from mcp.shared.message import SessionMessage
 from mcp_types import JSONRPCRequest, RequestId
+
+from hitl_mcp.sdk_seams import WriteStream
 
 
 class NotSent(Exception):

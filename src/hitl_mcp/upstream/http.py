@@ -8,9 +8,9 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 import httpx2
-from mcp.client._transport import TransportStreams
 from mcp.client.streamable_http import streamable_http_client
 
+from hitl_mcp.sdk_seams import TransportStreams
 from hitl_mcp.upstream.delivery import Delivery, TrackedWriteStream, TrackingTransport
 from hitl_mcp.upstream.settings import UpstreamSettings
 

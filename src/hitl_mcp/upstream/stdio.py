@@ -27,12 +27,12 @@ import anyio
 import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.client._transport import TransportStreams
 from mcp.client.stdio import get_default_environment
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from hitl_mcp import display
+from hitl_mcp.sdk_seams import TransportStreams
 from hitl_mcp.upstream.delivery import Delivery, Stage, TrackedWriteStream, current_delivery, delivery_of
 from hitl_mcp.upstream.processes import (
     EXIT_POLL_SECONDS,
