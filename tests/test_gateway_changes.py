@@ -25,6 +25,7 @@ from hitl_mcp.gate import open_gate
 from hitl_mcp.gateway.tools import GatewayTools
 from hitl_mcp.gateway.view import SupervisedUpstreams
 from hitl_mcp.report import build
+from hitl_mcp.sdk_seams import registered_tool
 from hitl_mcp.server import build_server
 from hitl_mcp.upstream.settings import GatewaySettings
 from hitl_mcp.upstream.supervisor import Upstreams
@@ -259,7 +260,7 @@ async def test_a_passed_tool_re_listed_as_gated_is_not_forwarded_before_it_is_re
         )
         await until(lambda: upstreams.live("notes", "sleep"))
         tools.sync(gate)
-        passed = app._tool_manager.get_tool("notes__sleep")
+        passed = registered_tool(app, "notes__sleep")
         assert passed is not None
         nobody: Any = None  # the handlers read no context: the principal is given
         forwarded = await passed.run({"seconds": 0}, nobody)
