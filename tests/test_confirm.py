@@ -23,6 +23,7 @@ from hitl_mcp.ledger import Ledger
 from hitl_mcp.server import build_server
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
+from tests.test_cli import hitl
 from tests.test_server import ok, text
 
 SMALL = {"symbol": "GOOGL", "quantity": 5, "price": 100.0}  # $500: the confirm rule
@@ -39,13 +40,18 @@ Answer = Callable[[ClientRequestContext, ElicitRequestParams], Awaitable[ElicitR
 
 
 @pytest.fixture
-def confirm_settings(tmp_path: Path, smtp: SmtpSink) -> Settings:
+def confirm_env(tmp_path: Path, smtp: SmtpSink) -> dict[str, str]:
     config = write_config(tmp_path / "hitl.toml", smtp_port=smtp.port, extra=POLICY)
     text_now = config.read_text(encoding="utf-8")
     config.write_text(
         text_now.replace("dedup_seconds = 0\n", "dedup_seconds = 0\nconfirm_timeout_seconds = 1\n")
     )
-    return load_settings(process_env(tmp_path, config))
+    return process_env(tmp_path, config)
+
+
+@pytest.fixture
+def confirm_settings(confirm_env: dict[str, str]) -> Settings:
+    return load_settings(confirm_env)
 
 
 def answering(
@@ -219,3 +225,26 @@ def test_confirm_mixed_with_levels_is_refused_naming_the_rule(tmp_path: Path, sm
     assert message.startswith("policy.buy_stock.rules.0: ")
     assert "never counts toward levels" in message
     assert "\n" not in message
+
+
+async def test_every_face_shows_a_confirmation_as_the_requesters_consent(
+    confirm_env: dict[str, str], confirm_settings: Settings
+) -> None:
+    async with client(confirm_settings, "agent", "legacy", answering({"confirm": True})) as agent:
+        request_id = ok(await agent.call_tool("buy_stock", SMALL))["request_id"]
+        record = ok(await agent.call_tool("get_request", {"request_id": request_id}))
+    assert record["confirmation"] == "confirmed"
+    assert record["decisions"] == []
+
+    shown = await anyio.to_thread.run_sync(lambda: hitl(confirm_env, "show", request_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "Confirm    confirmed: agent's person said yes through their client" in shown.stdout
+
+
+async def test_policy_check_explains_the_confirm_rule(confirm_env: dict[str, str]) -> None:
+    checked = await anyio.to_thread.run_sync(lambda: hitl(confirm_env, "policy", "check"))
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        "rule 1 (when quantity * price <= 1000): the requester confirms through their client, or else "
+        "1 × anyone but the requester (a confirmation is consent, never a counted approval)"
+    ) in checked.stdout

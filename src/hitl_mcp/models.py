@@ -143,6 +143,20 @@ class Request(BaseModel):
         "the outcome yet: what it holds and why it waits (it keeps trying). Null otherwise; never stored.",
     )
 
+    @computed_field(  # type: ignore[prop-decorator]
+        description='Under approval = "confirm": `confirmed` when the requester\'s person said yes through '
+        "their client (consent, not a second person's approval), `refused` when they said no; null otherwise"
+    )
+    @property
+    def confirmation(self) -> Literal["confirmed", "refused"] | None:
+        # A confirmation is audited but never stored as a decision (it counts toward no level), so a confirm
+        # rule's request that left pending with no decision was decided by its requester's person.
+        if self.approval.policy.approval != "confirm" or self.decisions:
+            return None
+        if self.status in (Status.APPROVED, Status.EXECUTING, Status.EXECUTED, Status.FAILED):
+            return "confirmed"
+        return "refused" if self.status is Status.REJECTED else None
+
 
 class AuditEvent(BaseModel):
     seq: int

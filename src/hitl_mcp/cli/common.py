@@ -208,6 +208,12 @@ def describe(request: Request) -> str:
     if request.original_arguments is not None:
         lines.append("As filed   " + indented(request.original_arguments))
     lines.append("Preview    " + indented(request.preview))
+    if request.confirmation is not None:
+        said = "yes" if request.confirmation == "confirmed" else "no"
+        lines.append(
+            f"Confirm    {request.confirmation}: {request.requested_by}'s person said {said} "
+            "through their client"
+        )
     for decision in request.decisions:
         note = f" — note: {decision.reason!r}" if decision.reason else ""
         lines.append(

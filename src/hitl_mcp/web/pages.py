@@ -101,6 +101,8 @@ def outcome_of(request: Request, elsewhere: str | None) -> Outcome:
     if status is Status.REJECTED:
         verdict = next((d for d in reversed(request.decisions) if d.verdict == "reject"), None)
         who = f" by {verdict.principal}" if verdict else ""
+        if request.confirmation == "refused":
+            who = f" by its requester, {request.requested_by}, through their client"
         return Outcome("rejected", f"Rejected{who}; it will never run.")
     if status is Status.EXPIRED:
         return Outcome("expired", "Expired without a decision; it will never run.")
