@@ -248,3 +248,33 @@ async def test_policy_check_explains_the_confirm_rule(confirm_env: dict[str, str
         "rule 1 (when quantity * price <= 1000): the requester confirms through their client, or else "
         "1 × anyone but the requester (a confirmation is consent, never a counted approval)"
     ) in checked.stdout
+
+
+async def test_the_question_shows_hidden_characters_escaped(tmp_path: Path, smtp: SmtpSink) -> None:
+    policy = '[policy.send_email]\nrules = [ { approval = "confirm" } ]\n'
+    config = write_config(tmp_path / "hitl.toml", smtp_port=smtp.port, extra=policy)
+    settings = load_settings(process_env(tmp_path, config))
+    asked: list[str] = []
+    email = {"to": "erin@example.org", "subject": "Hi \u202egnp.exe", "body": "Hello"}
+    async with client(settings, "agent", "legacy", answering(None, "decline", asked)) as agent:
+        filed = ok(await agent.call_tool("send_email", email))
+
+    assert filed["status"] == "pending"
+    assert len(asked) == 1
+    assert "\u202e" not in asked[0]  # the raw override never reaches the person's screen
+    assert 'Email erin@example.org: "Hi \\u202egnp.exe"' in asked[0]
+
+
+async def test_the_report_counts_no_confirmation_as_an_approvers_decision(confirm_settings: Settings) -> None:
+    from hitl_mcp import report
+
+    async with open_gate(confirm_settings) as gate:
+        yes = await gate.file("buy_stock", SMALL, "agent")
+        no = await gate.file("buy_stock", {**SMALL, "quantity": 6}, "agent")
+        await gate.confirm(yes.request_id, "agent", True)
+        await gate.confirm(no.request_id, "agent", False, "not today")
+        made = await report.from_store(gate.store)
+
+    assert made.tools["buy_stock"] == {"executed": 1, "rejected": 1}
+    assert made.events["confirmed"] == 1
+    assert "agent" not in made.approvers

@@ -33,6 +33,8 @@ _ISO_TIME = TypeAdapter(datetime)
 STATUS_AFTER = {
     "filed": "pending",
     "policy-auto-approved": "approved",
+    # The requester's person said yes through their client (approval = "confirm"): consent, no decision.
+    "confirmed": "approved",
     "rejected": "rejected",
     "claimed": "executing",
     "retried": "approved",
@@ -200,7 +202,9 @@ class _Tally:
         self.events[event] += 1
 
         if event in DECISIONS:
-            self.approvers.setdefault(record.actor, Counter())[event] += 1
+            # A requester's "no" to its own confirm question is no approver's decision.
+            if not _details(record).get("confirmation"):
+                self.approvers.setdefault(record.actor, Counter())[event] += 1
             if not state.decided and state.filed_at is not None:
                 self.waits.append(record.at - state.filed_at)
             state.decided = True
