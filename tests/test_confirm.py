@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
-from mcp_types import ElicitRequestParams, ElicitResult, ErrorData
+from mcp_types import ElicitRequestParams, ElicitRequestURLParams, ElicitResult, ErrorData
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import ConfigError, NotAllowed
@@ -278,3 +278,30 @@ async def test_the_report_counts_no_confirmation_as_an_approvers_decision(confir
     assert made.tools["buy_stock"] == {"executed": 1, "rejected": 1}
     assert made.events["confirmed"] == 1
     assert "agent" not in made.approvers
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_client_that_opens_links_is_offered_the_inbox_page_which_decides_nothing(
+    tmp_path: Path, smtp: SmtpSink, mode: str
+) -> None:
+    web = '[web]\npublic_url = "https://hitl.example.com/"\n'
+    config = write_config(tmp_path / "hitl.toml", smtp_port=smtp.port, extra=POLICY + web)
+    settings = load_settings(process_env(tmp_path, config))
+    offered: list[ElicitRequestParams] = []
+
+    async def open_it(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        offered.append(params)
+        return ElicitResult(action="accept")
+
+    async with client(settings, "agent", mode, open_it) as agent:
+        filed = ok(await agent.call_tool("buy_stock", LARGE))
+
+    assert filed["status"] == "pending"
+    assert len(offered) == 1
+    link = offered[0]
+    assert isinstance(link, ElicitRequestURLParams)
+    assert link.url == f"https://hitl.example.com/requests/{filed['request_id']}"
+    assert "opening it decides nothing" in link.message
+    assert await ledger(settings).orders() == []
+    events = [event for event, _, _ in await trail(settings, filed["request_id"])]
+    assert events == ["filed"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from mcp.server.elicitation import AcceptedElicitation, elicit_with_validation
@@ -26,6 +27,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import (
     ElicitRequest,
     ElicitRequestFormParams,
+    ElicitRequestURLParams,
     ElicitResult,
     InputRequiredResult,
 )
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 # The key of our one question in `input_requests` / `input_responses`, and the state's marker.
 QUESTION_KEY = "hitl_confirm"
 STATE_KIND = "hitl-confirm/1"
+LINK_KEY = "hitl_inbox_link"
+LINK_KIND = "hitl-link/1"
 PREVIEW_VALUES = 6
 
 
@@ -93,20 +97,29 @@ def question_round(request: Request) -> InputRequiredResult:
     return InputRequiredResult(input_requests={QUESTION_KEY: ask}, request_state=state)
 
 
-def answered(ctx: Context[Any, Any]) -> tuple[str, str, Confirmation | None] | None:
-    """On a 2026-07-28 retry: (request id, arguments digest, the answer, None for no/decline/cancel);
-    None when this call is not a retry of our question."""
+def _our_state(ctx: Context[Any, Any]) -> tuple[str, str, str] | None:
+    """(kind, request id, digest) of the request state we sent, on a 2026-07-28 retry; None otherwise."""
     if ctx.request_state is None:
         return None
     try:
         state = json.loads(ctx.request_state)
     except ValueError:
         raise ToolError("request state: not what this server sent; call the tool again") from None
-    if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
+    if not isinstance(state, dict) or state.get("kind") not in (STATE_KIND, LINK_KIND):
         return None
-    request_id, digest = state.get("request_id"), state.get("digest")
+    kind, request_id, digest = state.get("kind"), state.get("request_id"), state.get("digest")
     if not isinstance(request_id, str) or not isinstance(digest, str):
         raise ToolError("request state: not what this server sent; call the tool again")
+    return str(kind), request_id, digest
+
+
+def answered(ctx: Context[Any, Any]) -> tuple[str, str, Confirmation | None] | None:
+    """On a 2026-07-28 retry: (request id, arguments digest, the answer, None for no/decline/cancel);
+    None when this call is not a retry of our question."""
+    ours = _our_state(ctx)
+    if ours is None or ours[0] != STATE_KIND:
+        return None
+    _, request_id, digest = ours
     reply = (ctx.input_responses or {}).get(QUESTION_KEY)
     if not isinstance(reply, ElicitResult) or reply.action != "accept" or reply.content is None:
         return request_id, digest, None
@@ -141,8 +154,17 @@ async def ask_now(ctx: Context[Any, Any], request: Request, timeout: float) -> C
 
 
 async def resume(ctx: Context[Any, Any], gate: Gate, tool: str, principal: str) -> Filing | None:
-    """A 2026-07-28 retry carrying the person's answer: confirm or reject the request it names. None when
-    this call is not such a retry (file it as usual)."""
+    """A 2026-07-28 retry carrying the person's answer: confirm or reject the request it names (after the
+    inbox link, just where it stands). None when this call is not such a retry (file it as usual)."""
+    ours = _our_state(ctx)
+    if ours is not None and ours[0] == LINK_KIND:
+        # Whatever the person did with the link, it decided nothing: the answer is where the request is.
+        linked = await gate.get(ours[1])
+        if linked.tool != tool:
+            raise ToolError(
+                f"request state: names a request for {linked.tool}, not {tool}; call the tool again"
+            )
+        return Filing(linked)
     reply = answered(ctx)
     if reply is None:
         return None
@@ -162,14 +184,68 @@ async def settle(
     """After filing: ask the person if the rule says confirm and the client can be asked (a 2026-07-28
     client only if `ask_later`)."""
     request = filing.request
+    timeout = gate.settings.gate.confirm_timeout_seconds
     if not wants_confirmation(request, repeated=filing.repeated) or not can_elicit(ctx):
-        return filing
+        return await _offer_link(ctx, gate, filing, ask_later=ask_later)
     if is_modern(ctx):
         return question_round(request) if ask_later else filing
-    answer = await ask_now(ctx, request, gate.settings.gate.confirm_timeout_seconds)
+    answer = await ask_now(ctx, request, timeout)
     if answer is None:
         return filing
     return Filing(await gate.confirm(request.request_id, principal, answer.confirm, _reason(answer)))
+
+
+async def _offer_link(
+    ctx: Context[Any, Any], gate: Gate, filing: Filing, *, ask_later: bool
+) -> Filing | InputRequiredResult:
+    """A request that waits on other people: a client that opens links (URL-mode elicitation) is offered
+    its inbox page when `[web] public_url` is set. A link to follow it, never a decision."""
+    request = filing.request
+    public_url = gate.settings.web.public_url
+    if (
+        filing.repeated
+        or request.status is not Status.PENDING
+        or public_url is None
+        or not can_open_links(ctx)
+    ):
+        return filing
+    url = inbox_url(public_url, request.request_id)
+    message = link_message(request)
+    if is_modern(ctx):
+        return link_round(request, url) if ask_later else filing
+    with anyio.move_on_after(gate.settings.gate.confirm_timeout_seconds):
+        try:
+            await ctx.elicit_url(message, url, elicitation_id=request.request_id)
+        except Exception as error:  # the client's refusal changes nothing: the request still waits
+            logger.info("inbox link for %s not offered: %s", request.request_id, error)
+    return filing
+
+
+def can_open_links(ctx: Context[Any, Any]) -> bool:
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return elicitation is not None and elicitation.url is not None
+
+
+def inbox_url(public_url: str, request_id: str) -> str:
+    return f"{public_url.rstrip('/')}/requests/{quote(request_id, safe='')}"
+
+
+def link_message(request: Request) -> str:
+    waits = request.approval.may_decide or "a decision"
+    return (
+        f"Request {request.request_id} ({visible(request.summary)}) waits on {waits}. You may open its inbox "
+        "page to follow it; opening it decides nothing."
+    )
+
+
+def link_round(request: Request, url: str) -> InputRequiredResult:
+    """The 2026-07-28 way to offer the link: the retry that follows is answered with the pending record."""
+    state = json.dumps(
+        {"kind": LINK_KIND, "request_id": request.request_id, "digest": request.arguments_digest}
+    )
+    offer = ElicitRequest(params=ElicitRequestURLParams(message=link_message(request), url=url))
+    return InputRequiredResult(input_requests={LINK_KEY: offer}, request_state=state)
 
 
 def _reason(answer: Confirmation) -> str | None:
