@@ -14,7 +14,13 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
-from mcp_types import ElicitRequestParams, ElicitRequestURLParams, ElicitResult, ErrorData
+from mcp_types import (
+    ElicitRequestFormParams,
+    ElicitRequestParams,
+    ElicitRequestURLParams,
+    ElicitResult,
+    ErrorData,
+)
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import ConfigError, NotAllowed
@@ -55,11 +61,16 @@ def confirm_settings(confirm_env: dict[str, str]) -> Settings:
 
 
 def answering(
-    content: dict[str, Any] | None, action: str = "accept", asked: list[str] | None = None
+    content: dict[str, Any] | None,
+    action: str = "accept",
+    asked: list[str] | None = None,
+    schemas: list[dict[str, Any]] | None = None,
 ) -> Answer:
     async def answer(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
         if asked is not None:
             asked.append(params.message)
+        if schemas is not None and isinstance(params, ElicitRequestFormParams):
+            schemas.append(params.requested_schema)
         return ElicitResult(action=action, content=content)
 
     return answer
@@ -88,7 +99,9 @@ async def test_yes_runs_it_once_and_the_same_call_returns_the_result(
     confirm_settings: Settings, mode: str
 ) -> None:
     asked: list[str] = []
-    async with client(confirm_settings, "agent", mode, answering({"confirm": True}, asked=asked)) as agent:
+    schemas: list[dict[str, Any]] = []
+    answer = answering({"confirm": True}, asked=asked, schemas=schemas)
+    async with client(confirm_settings, "agent", mode, answer) as agent:
         result = await agent.call_tool("buy_stock", SMALL)
 
     filed = ok(result)
@@ -99,6 +112,10 @@ async def test_yes_runs_it_once_and_the_same_call_returns_the_result(
     assert len(asked) == 1
     assert "Buy 5 GOOGL at $100.00 — total $500.00" in asked[0]
     assert "total: 500.0" in asked[0]
+    # The spec's flat form: primitive properties only, which every client can render.
+    assert schemas[0]["properties"]["confirm"]["type"] == "boolean"
+    assert schemas[0]["properties"]["reason"]["type"] == "string"
+    assert schemas[0]["required"] == ["confirm"]
     assert [fill.quantity for fill in await ledger(confirm_settings).orders()] == [5]
     events = await trail(confirm_settings, filed["request_id"])
     assert ("confirmed", "agent") in [(event, actor) for event, actor, _ in events]

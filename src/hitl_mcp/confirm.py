@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-from mcp.server.elicitation import AcceptedElicitation, elicit_with_validation
+from mcp.server.elicitation import AcceptedElicitation, elicit_with_validation, render_elicitation_schema
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import (
@@ -91,7 +91,7 @@ def question_round(request: Request) -> InputRequiredResult:
     )
     ask = ElicitRequest(
         params=ElicitRequestFormParams(
-            message=question(request), requested_schema=Confirmation.model_json_schema()
+            message=question(request), requested_schema=render_elicitation_schema(Confirmation)
         )
     )
     return InputRequiredResult(input_requests={QUESTION_KEY: ask}, request_state=state)
