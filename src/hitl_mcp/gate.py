@@ -43,7 +43,16 @@ from hitl_mcp.errors import (
     StoreUnavailable,
 )
 from hitl_mcp.models import Change, Request, RequestPage, Status
-from hitl_mcp.store import ClaimFor, DenialPage, Edit, NewRequest, Store, SummaryRows, wait_for_change
+from hitl_mcp.store import (
+    ClaimFor,
+    DenialPage,
+    Edit,
+    NewRequest,
+    Planner,
+    Store,
+    SummaryRows,
+    wait_for_change,
+)
 from hitl_mcp.store.outage import outage_of
 
 logger = logging.getLogger(__name__)
@@ -307,11 +316,7 @@ class Gate:
             request = await self.decide(
                 request_id, principal, "approve", reason, arguments, claim=True, roles=roles
             )
-            if request.status is Status.EXECUTING and request.claimed_by == self.worker:
-                return await self._run_claimed(request)
-            if request.status is Status.APPROVED:
-                return await self.execute(request.request_id)
-            return request
+            return await self._run_decided(request)
         finally:
             self._running_here.discard(request_id)
 
@@ -334,30 +339,15 @@ class Gate:
         claim_for = ClaimFor(self.worker, self._runnable_targets()) if accepted else None
         self._running_here.add(request_id)
         try:
-            try:
-                with _unless_stored("nothing was changed"):
-                    request = await self.store.decide(
-                        request_id,
-                        lambda current: decisions.plan_confirmation(
-                            current,
-                            principal=principal,
-                            accepted=accepted,
-                            reason=reason,
-                            now=now,
-                            digest=digest,
-                        ),
-                        now,
-                        claim_for,
-                    )
-            except Expired:
-                await self.sweep()
-                raise
-            self._signal()
-            if request.status is Status.EXECUTING and request.claimed_by == self.worker:
-                return await self._run_claimed(request)
-            if request.status is Status.APPROVED:
-                return await self.execute(request.request_id)
-            return request
+            request = await self._apply(
+                request_id,
+                lambda current: decisions.plan_confirmation(
+                    current, principal=principal, accepted=accepted, reason=reason, now=now, digest=digest
+                ),
+                now,
+                claim_for,
+            )
+            return await self._run_decided(request)
         finally:
             self._running_here.discard(request_id)
 
@@ -387,26 +377,39 @@ class Gate:
         held = self.roles_of(principal, roles)
         claiming = claim and verdict == "approve"
         claim_for = ClaimFor(self.worker, self._runnable_targets()) if claiming else None
+        return await self._apply(
+            request_id,
+            lambda current: decisions.plan(
+                current, principal=principal, roles=held, verdict=verdict, reason=reason, edit=edit, now=now
+            ),
+            now,
+            claim_for,
+        )
+
+    async def _apply(
+        self,
+        request_id: str,
+        plan: Planner,
+        now: float,
+        claim_for: ClaimFor | None,
+    ) -> Request:
+        """One decision's transaction: `plan` judges the request as it stands inside it."""
         try:
             with _unless_stored("nothing was changed"):
-                request = await self.store.decide(
-                    request_id,
-                    lambda current: decisions.plan(
-                        current,
-                        principal=principal,
-                        roles=held,
-                        verdict=verdict,
-                        reason=reason,
-                        edit=edit,
-                        now=now,
-                    ),
-                    now,
-                    claim_for,
-                )
+                request = await self.store.decide(request_id, plan, now, claim_for)
         except Expired:
             await self.sweep()
             raise
         self._signal()
+        return request
+
+    async def _run_decided(self, request: Request) -> Request:
+        """Run what a decision made by this process left to run: claimed here in the decision's own commit,
+        or approved for whichever process has its target."""
+        if request.status is Status.EXECUTING and request.claimed_by == self.worker:
+            return await self._run_claimed(request)
+        if request.status is Status.APPROVED:
+            return await self.execute(request.request_id)
         return request
 
     def roles_of(self, principal: str, granted: Sequence[str] = ()) -> tuple[str, ...]:
