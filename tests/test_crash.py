@@ -148,7 +148,7 @@ class Trial:
     status: Status | None = None  # as the kill left it
 
 
-# A bound for a stuck run, not a speed figure: 100 kill trials take ~60 s alone, twice that on a busy machine.
+# A bound for a stuck run, not a speed figure: 100 kill trials took up to 115 s on a busy 2-core machine.
 @pytest.mark.timeout(300 * max(1.0, SCALE))
 def test_kill_minus_9_at_any_moment_runs_nothing_twice_and_loses_nothing(
     crash_env: dict[str, str], holding_smtp: HoldingSmtp, tmp_path: Path
