@@ -13,7 +13,7 @@ from mcp import Client
 
 from hitl_mcp import expr
 from hitl_mcp.config import Settings, load_settings
-from hitl_mcp.errors import ConfigError, InvalidArguments, NotAllowed
+from hitl_mcp.errors import ConfigError, InvalidArguments, NotAllowed, NotPending
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Status
 from hitl_mcp.server import build_server
@@ -239,6 +239,25 @@ async def test_an_edit_that_raises_the_stakes_waits_on_the_missing_level(
     done = await gate.approve(request.request_id, "bob")
     assert done.status is Status.EXECUTED
     assert done.result is not None and done.result["quantity"] == 100
+
+
+async def test_a_decision_on_arguments_the_decider_was_not_shown_is_refused(
+    gate: Gate, governed: Settings
+) -> None:
+    """A decision link shows one set of arguments: an edit landing before its press must not be approved by
+    it (the check is in the decision's own transaction, so no moment is left between looking and deciding)."""
+    request = await gate.file("buy_stock", buy(30), "agent")
+    raised = await gate.approve(request.request_id, "alice", None, {"quantity": 100})
+
+    with pytest.raises(NotPending, match="edited since you were shown it"):
+        await gate.approve(request.request_id, "bob", shown=request.arguments_digest)
+    with pytest.raises(NotPending, match="edited since you were shown it"):
+        await gate.reject(request.request_id, "bob", "too much", shown=request.arguments_digest)
+
+    assert (await gate.get(request.request_id)).status is Status.PENDING
+    assert orders(governed) == 0
+    done = await gate.approve(request.request_id, "bob", shown=raised.arguments_digest)
+    assert done.status is Status.EXECUTED
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,10 @@ def plan(
     reason: str | None,
     edit: Edit | None,
     now: float,
+    shown: str | None = None,
 ) -> DecisionPlan:
+    """`shown`: the digest of the arguments the decider was shown, when the face knows it (a decision link is
+    bound to one): a decision on other arguments is refused inside the decision's own transaction."""
     request_id = request.request_id
     if request.status is not Status.PENDING:
         raise NotPending(f"request {request_id} is {request.status}, not pending; nothing was changed")
@@ -48,6 +51,10 @@ def plan(
         raise NotAllowed(f"{principal} has already decided request {request_id}; a principal counts once")
     if edit is not None and edit.based_on_digest != request.arguments_digest:
         raise NotPending(f"request {request_id} was edited by someone else meanwhile; read it again")
+    if shown is not None and shown != request.arguments_digest:
+        raise NotPending(
+            f"request {request_id} was edited since you were shown it; nothing was changed: read it again"
+        )
 
     snapshot = request.approval.policy
     waiting_on = request.approval.waiting_on

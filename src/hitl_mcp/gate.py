@@ -303,10 +303,12 @@ class Gate:
         arguments: Mapping[str, Any] | None = None,
         *,
         roles: Sequence[str] = (),
+        shown: str | None = None,
     ) -> Request:
         """Record an approval — with edited arguments if given — and, once the policy's levels are all
         satisfied, claim and run the action at once. Returns the record afterwards. `roles`: what the
-        principal's verified credential grants beyond the config (`roles_of`)."""
+        principal's verified credential grants beyond the config (`roles_of`); `shown`: the digest of the
+        arguments the approver was shown, when the face knows it (refused if they changed since)."""
         request_id = await self._decidable_id(ref)
         self._running_here.add(request_id)
         try:
@@ -314,7 +316,7 @@ class Gate:
             # commit fewer; see Store.decide), so the claim is made before anything is decided.
             _test_pause("before-claim", request_id)
             request = await self.decide(
-                request_id, principal, "approve", reason, arguments, claim=True, roles=roles
+                request_id, principal, "approve", reason, arguments, claim=True, roles=roles, shown=shown
             )
             return await self._run_decided(request)
         finally:
@@ -351,10 +353,18 @@ class Gate:
         finally:
             self._running_here.discard(request_id)
 
-    async def reject(self, ref: str, principal: str, reason: str, *, roles: Sequence[str] = ()) -> Request:
+    async def reject(
+        self,
+        ref: str,
+        principal: str,
+        reason: str,
+        *,
+        roles: Sequence[str] = (),
+        shown: str | None = None,
+    ) -> Request:
         if not reason.strip():
             raise InvalidArguments("reason: a rejection needs a reason")
-        return await self.decide(ref, principal, "reject", reason, roles=roles)
+        return await self.decide(ref, principal, "reject", reason, roles=roles, shown=shown)
 
     async def decide(
         self,
@@ -366,6 +376,7 @@ class Gate:
         *,
         claim: bool = False,
         roles: Sequence[str] = (),
+        shown: str | None = None,
     ) -> Request:
         """Record one decision under the request's policy, and nothing more: `approve` also runs it.
 
@@ -380,7 +391,14 @@ class Gate:
         return await self._apply(
             request_id,
             lambda current: decisions.plan(
-                current, principal=principal, roles=held, verdict=verdict, reason=reason, edit=edit, now=now
+                current,
+                principal=principal,
+                roles=held,
+                verdict=verdict,
+                reason=reason,
+                edit=edit,
+                now=now,
+                shown=shown,
             ),
             now,
             claim_for,

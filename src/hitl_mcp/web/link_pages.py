@@ -131,10 +131,14 @@ def routes(pages: Pages) -> list[Route]:
                 why_not = why_not or "This link was used."
                 return await render(request, gate, link, record, why_not=why_not, status=410)
             if verdict == "approve":
-                decided = await gate.approve(link.request_id, link.principal, reason or None)
+                decided = await gate.approve(
+                    link.request_id, link.principal, reason or None, shown=link.arguments_digest
+                )
                 notice = f"Your approval as {link.principal} was recorded."
             else:
-                decided = await gate.reject(link.request_id, link.principal, reason)
+                decided = await gate.reject(
+                    link.request_id, link.principal, reason, shown=link.arguments_digest
+                )
                 notice = f"Your rejection as {link.principal} was recorded."
             # No form and no "decides nothing" notice: the person has just decided.
             return await render(request, gate, None, decided, why_not=None, notice=notice)
