@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import urllib.error
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.web import WebClient
 
 from hitl_mcp.notify.slack_settings import SlackSettings
+
+if TYPE_CHECKING:
+    # slack_sdk is imported by the first Slack call, not when every server (or the CLI) starts.
+    from slack_sdk.errors import SlackApiError
 
 # Slack's answers a retry can change: rate limits and its own trouble. Anything else (channel_not_found,
 # invalid_auth, not_in_channel…) needs a person to fix the app or the config.
@@ -36,6 +38,8 @@ class SlackCallFailed(Exception):
 
 class SlackApi:
     def __init__(self, settings: SlackSettings, *, timeout: float = 10.0) -> None:
+        from slack_sdk.web import WebClient
+
         self._client = WebClient(
             token=settings.bot_token.get_secret_value(),
             base_url=settings.api_url,
@@ -46,6 +50,8 @@ class SlackApi:
 
     async def call(self, method: str, **arguments: Any) -> dict[str, Any]:
         """`method` (such as "chat.postMessage") with a JSON body; the answer's data when Slack says ok."""
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
         try:
             response = await anyio.to_thread.run_sync(
                 partial(self._client.api_call, method, json=arguments), abandon_on_cancel=True

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from slack_sdk.signature import SignatureVerifier
 from starlette.background import BackgroundTask
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
@@ -58,6 +57,9 @@ class Unverified(Exception):
 
 
 def verified_payload(slack: SlackSettings, body: bytes, timestamp: str | None, signature: str | None) -> Any:
+    # Imported at the first press, not when every server starts.
+    from slack_sdk.signature import SignatureVerifier
+
     verifier = SignatureVerifier(slack.signing_secret.get_secret_value())
     try:
         valid = verifier.is_valid(body, timestamp, signature)

@@ -17,16 +17,17 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlencode
 
 import httpx2
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from hitl_mcp.config import OidcSettings, check_principal
 from hitl_mcp.errors import ConfigError
+
+if TYPE_CHECKING:
+    # joserfc is imported when a sign-in is checked, not when every server starts (it costs ~35 ms).
+    from joserfc.jwk import KeySet
 
 # How long a begun sign-in may take at the provider before its callback is refused.
 PENDING_SECONDS = 600
@@ -139,6 +140,9 @@ class SingleSignOn:
         return metadata
 
     async def _key_set(self, metadata: ProviderMetadata, *, fresh: bool = False) -> KeySet:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         if self._keys is None or fresh:
             document = await self._get_json(metadata.jwks_uri, "keys")
             try:
@@ -272,6 +276,9 @@ class SingleSignOn:
         return self._json(response, "token")
 
     async def _verified_claims(self, metadata: ProviderMetadata, id_token: str, nonce: str) -> dict[str, Any]:
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+
         algorithms = list(metadata.algorithms) or ["RS256"]
         try:
             try:
