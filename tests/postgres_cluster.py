@@ -191,12 +191,18 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
+def started_cluster() -> Cluster:
+    """A new cluster, or a skip (a failure under CI) saying why there is none."""
     cluster = start_cluster()
     if cluster is None:
         missing("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin")
         raise AssertionError("unreachable")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    cluster = started_cluster()
     try:
         yield cluster
     finally:

@@ -7,10 +7,8 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager, closing, contextmanager
+from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +23,12 @@ from hitl_mcp.models import Request, Status
 from hitl_mcp.server import build_server
 from tests.environment import process_env
 from tests.inbox import make_site, serve, until
-from tests.postgres_cluster import Cluster, missing, start_cluster
+from tests.postgres_cluster import Cluster, started_cluster
 from tests.smtp_sink import SmtpSink
 from tests.test_auth import ACCEPT, INITIALIZE
 from tests.test_cli import hitl
 from tests.test_server import text
-from tests.test_store_faults import one_line, with_busy_timeout
+from tests.test_store_faults import locked, one_line, with_busy_timeout
 
 EMAIL = {"to": "erin@example.org", "subject": "Quarterly report", "body": "Numbers attached."}
 
@@ -38,10 +36,7 @@ EMAIL = {"to": "erin@example.org", "subject": "Quarterly report", "body": "Numbe
 @pytest.fixture(scope="module")
 def own_cluster() -> Iterator[Cluster]:
     """A cluster of these tests' own: they stop and start it, which the suite's shared one must not see."""
-    cluster = start_cluster()
-    if cluster is None:
-        missing("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin")
-        raise AssertionError("unreachable")
+    cluster = started_cluster()
     try:
         yield cluster
     finally:
@@ -55,30 +50,9 @@ def own_url(own_cluster: Cluster) -> str:
     return own_cluster.create_database()
 
 
-@contextmanager
-def exclusively_locked(db: Path) -> Iterator[None]:
+def exclusively_locked(db: Path) -> AbstractContextManager[None]:
     """Another process holds an EXCLUSIVE transaction on the store until the block ends."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sqlite3, sys\n"
-            f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-            "c.execute('BEGIN EXCLUSIVE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        yield
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
+    return locked(db, "EXCLUSIVE")
 
 
 @dataclass

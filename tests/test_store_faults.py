@@ -41,15 +41,16 @@ def count(db: Path, table: str = "requests") -> int:
 
 
 @contextmanager
-def locked(db: Path) -> Iterator[None]:
-    """Another process holds the store's write lock until the block ends."""
+def locked(db: Path, mode: str = "IMMEDIATE") -> Iterator[None]:
+    """Another process holds the store's write lock (a `BEGIN IMMEDIATE`, or `mode`: EXCLUSIVE keeps readers
+    out too) until the block ends."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sqlite3, sys\n"
             f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
+            f"c.execute('BEGIN {mode}')\n"
             "print('locked', flush=True)\n"
             "sys.stdin.read()\n",
         ],

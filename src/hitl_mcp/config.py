@@ -13,13 +13,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
 
 from hitl_mcp.actions import ActionSettings, registry
 from hitl_mcp.actions.base import describe_validation_error
-from hitl_mcp.actions.send_email import normalize_address
 from hitl_mcp.errors import ConfigError
-from hitl_mcp.notify.settings import Notifier, check_link_notifiers, load_notifiers
+from hitl_mcp.notify.settings import Notifier, check_link_notifiers, email_address, load_notifiers
 from hitl_mcp.notify.slack_settings import (
     SLACK_USER_PATTERN,
     SlackSettings,
@@ -245,12 +243,7 @@ class PrincipalSettings(BaseModel):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalize_address(value)
-        except ValueError as error:
-            raise PydanticCustomError("email", str(error)) from None
+        return email_address(value)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,16 @@ MAX_URL_LENGTH = 2000
 DEFAULT_SENDER = "hitl@localhost"
 
 
+def email_address(value: str | None) -> str | None:
+    """A settings field's email address in its normal form, or the validation error that names it."""
+    if value is None:
+        return None
+    try:
+        return normalize_address(value)
+    except ValueError as error:
+        raise PydanticCustomError("email", str(error)) from None
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if (
@@ -138,12 +148,7 @@ class Notifier(BaseModel):
     @field_validator("email", "sender")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalize_address(value)
-        except ValueError as error:
-            raise PydanticCustomError("email", str(error)) from None
+        return email_address(value)
 
     @field_validator("tools")
     @classmethod
