@@ -39,9 +39,19 @@ def site(tmp_path: Path) -> Site:
     return make_site(tmp_path, tokens=False)
 
 
-async def test_a_tokenless_server_requires_tokens_from_the_moment_one_is_made(site: Site) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    made_site = make_site(tmp_path, tokens=False)
+    if request.param == "postgres":
+        made_site.env["HITL_DB"] = request.getfixturevalue("pg_url")
+    return made_site
+
+
+async def test_a_tokenless_server_requires_tokens_from_the_moment_one_is_made(either_site: Site) -> None:
+    site = either_site
     with serve(site) as server:
-        assert initialize(server.mcp, None) == 200  # no token anywhere: loopback clients act as agent
+        # No token anywhere: loopback clients act as agent, request after request.
+        assert [initialize(server.mcp, None) for _ in range(3)] == [200, 200, 200]
 
         secret = made(site.env, "alice", "--name", "alice-bot", "--roles", "trader")
 
@@ -49,7 +59,10 @@ async def test_a_tokenless_server_requires_tokens_from_the_moment_one_is_made(si
         assert initialize(server.mcp, "not-a-token") == 401
         async with connect(server.mcp, secret) as client:
             ok(await client.call_tool("buy_stock", BUY))
-        assert filed_by(site.folder / "hitl.db") == ["alice"]
+
+        # Revoking the only token does not open the server again to anyone on the machine.
+        assert hitl(site.env, "token", "revoke", "alice-bot").returncode == 0
+        assert initialize(server.mcp, None) == 401
 
 
 async def test_a_revoked_token_is_refused_at_once_over_mcp_and_rest(site: Site) -> None:

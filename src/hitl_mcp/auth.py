@@ -62,6 +62,9 @@ class PrincipalTokens:
         self.clock = clock
         self._store: CredentialStore | None = None
         self._recorded_use: dict[str, float] = {}
+        # Set once a live token is seen: from then on this server admits no tokenless request, even when
+        # every token is later revoked or expires (a restart decides afresh).
+        self._closed = False
 
     def attach(self, store: object) -> None:
         """Honour the tokens kept in `store` too, from now on (the server's store, once it is open)."""
@@ -128,11 +131,12 @@ class PrincipalTokens:
 
     async def _open_access(self) -> AccessToken | None:
         principal = self.open_principal
-        if principal is None or self._hashes:
+        if principal is None or self._hashes or self._closed:
             return None
         if self._store is not None:
             try:
-                if await self._store.token_count(self.clock()) > 0:
+                if await self._store.live_token_exists(self.clock()):
+                    self._closed = True
                     return None
             except HitlError:
                 return None

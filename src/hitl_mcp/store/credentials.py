@@ -95,6 +95,11 @@ class CredentialStore(Protocol):
     async def token_count(self, now: float) -> int:
         """How many live tokens there are."""
 
+    async def live_token_exists(self, now: float) -> bool:
+        """Whether any live token exists. A tokenless server asks this for every request it admits, so
+        each store answers it without a round trip where it can: SQLite on its watch connection, PostgreSQL
+        from its last answer until a token is made or revoked anywhere (announced on the change feed)."""
+
     async def session_insert(self, sha256: str, session: StoredSession) -> None: ...
 
     async def session_find(self, sha256: str, now: float, idle_seconds: float) -> StoredSession | None:

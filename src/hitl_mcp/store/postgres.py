@@ -39,6 +39,7 @@ from hitl_mcp.store import (
     level_details,
 )
 from hitl_mcp.store import postgres_schema as schema
+from hitl_mcp.store import report_sql
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_credentials import PostgresCredentials
 from hitl_mcp.store.postgres_links import PostgresLinks
@@ -630,6 +631,20 @@ class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
         except FAULTS as error:
             raise HitlError(f"cannot read the audit trail in {redact(self.url)}: {error}") from None
 
+    async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
+        sql = report_sql.statement("postgres", since is not None)
+        try:
+            async with (
+                self._open_pool().acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                rows = await conn.fetch(sql, *(() if since is None else (since,)))
+        except HitlError:
+            raise
+        except FAULTS as error:
+            raise HitlError(f"cannot read the audit trail in {redact(self.url)}: {error}") from None
+        return report_sql.rows_of(tuple(row.values()) for row in rows)
+
     async def audit_head(self) -> tuple[int, str]:
         # The trail's last record rather than audit_head's row: what `hitl audit verify` walks to.
         async def head(conn: Conn) -> tuple[int, str]:
@@ -663,6 +678,9 @@ class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
             return [str(row[0]) for row in rows if row[2]], newest
 
         return await self._read(changed)
+
+    def _tokens_heard(self) -> int | None:
+        return None if self._listener is None else self._listener.tokens
 
     async def change_counter(self) -> int:
         # Commits counted by the LISTEN connection as their NOTIFYs arrive: asking costs nothing.

@@ -52,6 +52,9 @@ logging.getLogger("asyncpg.pool").addFilter(_PoolFloorRetries())
 T = TypeVar("T")
 
 CHANNEL = "hitl_changes"
+# The payload of the NOTIFY a token's making or revoking adds to its commit's: a tokenless server keeps its
+# answer to "does any token exist?" until it hears one.
+TOKENS_CHANGED = "tokens"
 # A transaction that meets a deadlock or a serialization failure rolled back whole: run it again.
 RETRIES = 5
 RECONNECT_SECONDS = 0.5
@@ -174,6 +177,8 @@ class Listener:
         self._reconnecting: asyncio.Task[None] | None = None
         self._closed = False
         self.counter = 0
+        # Moves with each NOTIFY whose payload is TOKENS_CHANGED, and whenever commits may have been missed.
+        self.tokens = 0
 
     async def open(self) -> None:
         conn = await self._connect()
@@ -184,7 +189,10 @@ class Listener:
     def next_change(self) -> anyio.Event:
         return self._event
 
-    def _heard(self, *_: object) -> None:
+    def _heard(self, *heard: object) -> None:
+        # asyncpg passes (connection, pid, channel, payload); a lost or renewed connection passes less.
+        if len(heard) < 4 or heard[3] == TOKENS_CHANGED:
+            self.tokens += 1
         self.counter += 1
         event, self._event = self._event, anyio.Event()
         event.set()

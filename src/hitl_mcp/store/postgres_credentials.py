@@ -10,7 +10,7 @@ import asyncpg
 
 from hitl_mcp.errors import InvalidArguments
 from hitl_mcp.store.credentials import TOKEN_MADE, TOKEN_REVOKED, NewToken, StoredSession, StoredToken
-from hitl_mcp.store.postgres_connection import Transaction
+from hitl_mcp.store.postgres_connection import CHANNEL, TOKENS_CHANGED, Transaction
 from hitl_mcp.store.postgres_rows import Conn, dumps
 from hitl_mcp.store.sqlite_credentials import SESSION_COLUMNS, TOKEN_COLUMNS, token_details
 
@@ -47,13 +47,25 @@ def _name_taken(name: str) -> InvalidArguments:
     return InvalidArguments(f"name: a token named {name!r} exists; revoke it first or pick another name")
 
 
+# How long an answer to `live_token_exists` is kept even when no change is heard: a token written past the
+# change feed (a copy by `hitl db migrate` into a running store) counts within this.
+TOKENS_REASK_SECONDS = 1.0
+
+
 class PostgresCredentials:
     """The `CredentialStore` methods; `PostgresStore` gives them its reads and transactions."""
+
+    # (what the change feed had heard of tokens, when, the answer): the answer holds while both hold.
+    _live_token_answer: tuple[int, float, bool] | None = None
 
     async def _write(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         raise NotImplementedError
 
     async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    def _tokens_heard(self) -> int | None:
+        """How many token changes the change feed has announced; None without a feed."""
         raise NotImplementedError
 
     async def token_insert(self, token: NewToken) -> StoredToken:
@@ -78,6 +90,7 @@ class PostgresCredentials:
                 raise RuntimeError("INSERT … RETURNING returned no row")
             stored = _token(row)
             await tx.audit(token.id, TOKEN_MADE, token.created_by, token.created_at, token_details(stored))
+            await tx.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, TOKENS_CHANGED)
             return stored
 
         return await self._write(insert)
@@ -131,6 +144,7 @@ class PostgresCredentials:
                 return None
             token = _token(row)
             await tx.audit(token.id, TOKEN_REVOKED, actor, now, token_details(token))
+            await tx.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, TOKENS_CHANGED)
             return token
 
         return await self._write(revoke)
@@ -146,6 +160,32 @@ class PostgresCredentials:
             )
 
         return await self._read(count)
+
+    async def live_token_exists(self, now: float) -> bool:
+        heard = self._tokens_heard()
+        kept = self._live_token_answer
+        if (
+            heard is not None
+            and kept is not None
+            and kept[0] == heard
+            and 0 <= now - kept[1] < TOKENS_REASK_SECONDS
+        ):
+            return kept[2]
+
+        async def exists(conn: Conn) -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL "
+                    "AND (expires_at IS NULL OR expires_at > $1))",
+                    now,
+                )
+            )
+
+        # Taken before the read: a change announced while it runs makes the next ask read again.
+        found = await self._read(exists)
+        if heard is not None:
+            self._live_token_answer = (heard, now, found)
+        return found
 
     async def session_insert(self, sha256: str, session: StoredSession) -> None:
         async def insert(tx: Transaction) -> None:

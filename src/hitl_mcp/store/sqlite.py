@@ -38,6 +38,7 @@ from hitl_mcp.store import (
     level_details,
     sqlite_audit,
 )
+from hitl_mcp.store import report_sql
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_credentials import SQLiteCredentials
@@ -53,6 +54,7 @@ from hitl_mcp.store.sqlite_rows import (
     summary_of,
 )
 from hitl_mcp.store.sqlite_slack import SQLiteSlackMessages
+from hitl_mcp.store.sqlite_tally import SQLiteTally
 
 T = TypeVar("T")
 
@@ -221,7 +223,7 @@ def open_reader(
 AUDIT_BATCH = 2000
 
 
-class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages):
+class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages, SQLiteTally):
     """`readonly` opens an existing, current store without ever writing to it: what reading commands use,
     so they work on a read-only file and never take the write lock. `any_schema` (with `readonly`) skips
     the schema check, so `hitl audit` can examine whatever trail a file holds — one damaged, foreign or
@@ -758,6 +760,23 @@ class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages):
     def _unreadable(self, error: sqlite3.Error) -> HitlError:
         return HitlError(f"cannot read the audit trail in {self.path}: {error}")
 
+    async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
+        sql = report_sql.statement("sqlite", since is not None)
+
+        # A connection of its own, like `audit_records`: the scan does not hold up the store's other reads.
+        def run() -> report_sql.ReportRows:
+            conn = self._connect_reader()
+            try:
+                conn.execute("BEGIN")
+                return report_sql.rows_of(conn.execute(sql, {"since": since}).fetchall())
+            finally:
+                conn.close()
+
+        try:
+            return await anyio.to_thread.run_sync(run)
+        except sqlite3.Error as error:
+            raise self._unreadable(error) from None
+
     async def audit_head(self) -> tuple[int, str]:
         seq, head = await self._run(sqlite_audit.head)
         return seq, head if head is not None else GENESIS
@@ -775,10 +794,13 @@ class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages):
             ]
         )
 
-    async def change_counter(self) -> int:
-        watch = self._watch
-        if watch is None:
+    def _watching(self) -> sqlite3.Connection:
+        if self._watch is None:
             raise RuntimeError("the store is not open")
+        return self._watch
+
+    async def change_counter(self) -> int:
+        watch = self._watching()
         # data_version moves when another connection commits; it reads shared memory only, so it is
         # cheap enough to ask on the event loop itself.
         value: int = watch.execute("PRAGMA data_version").fetchone()[0]

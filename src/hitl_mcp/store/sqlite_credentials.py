@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hitl_mcp.errors import InvalidArguments
+from hitl_mcp.errors import InvalidArguments, StoreUnavailable
 from hitl_mcp.store import sqlite_audit
 from hitl_mcp.store.credentials import TOKEN_MADE, TOKEN_REVOKED, NewToken, StoredSession, StoredToken
 from hitl_mcp.store.sqlite_rows import dumps
@@ -44,6 +44,9 @@ class SQLiteCredentials:
         raise NotImplementedError
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
+    def _watching(self) -> sqlite3.Connection:
         raise NotImplementedError
 
     async def token_insert(self, token: NewToken) -> StoredToken:
@@ -133,6 +136,23 @@ class SQLiteCredentials:
             )
 
         return await self._run(count)
+
+    async def live_token_exists(self, now: float) -> bool:
+        # On the event loop, like the change counter: an indexed probe of a table of a few rows costs
+        # microseconds, less than the hop to a reader thread that `token_count` takes.
+        try:
+            found = (
+                self._watching()
+                .execute(
+                    "SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL "
+                    "AND (expires_at IS NULL OR expires_at > ?))",
+                    (now,),
+                )
+                .fetchone()[0]
+            )
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"the store's tokens cannot be read: {error}") from None
+        return bool(found)
 
     async def session_insert(self, sha256: str, session: StoredSession) -> None:
         await self._write(
