@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver.tools.base import Tool
     from mcp.server.models import InitializationOptions
     from mcp.server.session import ServerSession
+    from mcp_types import ServerTasksCapability
 
     RequestHandler = Callable[[ServerRequestContext[Any, Any], Any], Awaitable[Any]]
 
@@ -75,6 +76,52 @@ def add_legacy_request_handler(
     `MethodBinding` refuses spec methods by design and the SDK's docs point to the low-level server's
     `add_request_handler` for exactly this; MCPServer keeps that server in `_lowlevel_server`."""
     app._lowlevel_server.add_request_handler(method, params_type, handler)
+
+
+def add_handshake_era_handler(
+    app: MCPServer[Any], method: str, params_type: type[BaseModel], handler: RequestHandler
+) -> None:
+    """Serve `method` to clients of the handshake era only (the experimental tasks of 2025-11-25), leaving
+    a handler already registered under the same name (a 2026-07-28 extension's `MethodBinding`:
+    `tasks/get`, `tasks/cancel`) to the newer generation; without one, newer clients are told the method
+    is not found.
+
+    The low-level server keys handlers by method alone, so one name served differently per protocol
+    generation needs one handler that routes; it validates the raw params against the chosen handler's
+    own type. As for `add_legacy_request_handler`, MCPServer keeps that server in `_lowlevel_server`."""
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import METHOD_NOT_FOUND, RequestParams
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+    lowlevel = app._lowlevel_server
+    newer = lowlevel.get_request_handler(method)
+
+    async def by_generation(ctx: ServerRequestContext[Any, Any], _: Any) -> Any:
+        raw = dict(ctx.params or {})
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return await handler(ctx, params_type.model_validate(raw, by_name=False))
+        if newer is None:
+            raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=method)
+        return await newer.handler(ctx, newer.params_type.model_validate(raw, by_name=False))
+
+    lowlevel.add_request_handler(method, RequestParams, by_generation)
+
+
+def declare_handshake_tasks(app: MCPServer[Any], tasks: ServerTasksCapability) -> None:
+    """Make the handshake of older clients declare the `tasks` capability (2025-11-25, experimental).
+
+    The handshake's capabilities come from the low-level server's `create_initialization_options`, which
+    derives them from registered handlers and has no `tasks` (the SDK has no tasks runtime); MCPServer
+    offers no setting for it. Wrapped as `announce_tools_changing` wraps it; the two compose."""
+    lowlevel = app._lowlevel_server
+    announced = lowlevel.create_initialization_options
+
+    def with_tasks(*args: Any, **kwargs: Any) -> InitializationOptions:
+        options = announced(*args, **kwargs)
+        options.capabilities = options.capabilities.model_copy(update={"tasks": tasks})
+        return options
+
+    lowlevel.create_initialization_options = with_tasks  # type: ignore[method-assign]
 
 
 def announce_tools_changing(app: MCPServer[Any]) -> None:

@@ -137,7 +137,9 @@ class LegacyTasks:
 
         return middleware
 
-    async def _created(self, ctx: ServerRequestContext[Any, Any], gate: Gate, answer: HandlerResult) -> Any:
+    async def _created(
+        self, ctx: ServerRequestContext[Any, Any], gate: Gate, answer: HandlerResult
+    ) -> dict[str, Any]:
         """The task a gated call's answer names, once its request is stored; a refusal (bad arguments, a
         policy's deny) stays an error, since no task was created."""
         answer = answer if isinstance(answer, dict) else {}
@@ -181,13 +183,15 @@ class LegacyTasks:
         result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": task.task_id}}
         return result
 
-    async def list(self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams) -> dict[str, Any]:
+    async def list(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams
+    ) -> dict[str, Any]:
         """The caller's own tasks, newest first; another principal's are never listed."""
         gate, principal = ctx.lifespan_context.gate, _principal(ctx)
         newest_first = list(reversed(self._listed.get(principal.casefold(), [])))
         cursor = params.cursor or "0"
         if not cursor.isdigit() or int(cursor) > len(newest_first):
-            raise MCPError(code=INVALID_PARAMS, message="tasks/list: cursor: not a cursor this server returned")
+            raise MCPError(code=INVALID_PARAMS, message="tasks/list: cursor: not one this server returned")
         start = int(cursor)
         tasks = []
         for task_id in newest_first[start : start + PAGE]:
@@ -199,7 +203,9 @@ class LegacyTasks:
             page["nextCursor"] = str(start + PAGE)
         return page
 
-    async def cancel(self, ctx: ServerRequestContext[Any, Any], params: CancelTaskRequestParams) -> dict[str, Any]:
+    async def cancel(
+        self, ctx: ServerRequestContext[Any, Any], params: CancelTaskRequestParams
+    ) -> dict[str, Any]:
         """Withdraw the task's request while it is pending. A final task cannot be cancelled (the spec's
         -32602); one whose execution has begun stays `working`, its message saying it was not cancelled."""
         gate, principal = ctx.lifespan_context.gate, _principal(ctx)
@@ -207,7 +213,7 @@ class LegacyTasks:
         if task is not None and task.status != "working":
             raise MCPError(
                 code=INVALID_PARAMS,
-                message=f"tasks/cancel: taskId: task {params.task_id} is already {task.status}; nothing changed",
+                message=f"tasks/cancel: taskId: {params.task_id} is already {task.status}; nothing changed",
             )
         task = await core.cancel(gate, principal, params.task_id) if task is not None else None
         if task is None:
@@ -258,7 +264,9 @@ class LegacyTasks:
                 self._stop_listening = None
 
 
-def _with_params(ctx: ServerRequestContext[Any, Any], params: dict[str, Any]) -> ServerRequestContext[Any, Any]:
+def _with_params(
+    ctx: ServerRequestContext[Any, Any], params: dict[str, Any]
+) -> ServerRequestContext[Any, Any]:
     return replace(ctx, params=params)
 
 
