@@ -46,6 +46,7 @@ from hitl_mcp.sdk_seams import (
     lifespan_state,
     registered_tool,
 )
+from hitl_mcp.tasks.legacy import LegacyTasks
 
 if TYPE_CHECKING:
     from hitl_mcp.web import InboxOff, SignIn
@@ -119,6 +120,7 @@ def build_server(
     bus = ListenedBus()
     legacy = LegacySubscribers()
     logs = LogListeners()
+    legacy_tasks = LegacyTasks(bus)
     # Resources have no request context to reach the lifespan state through; they read it here.
     running: list[ServerState] = []
     gateway: Gateway | None = None
@@ -134,6 +136,7 @@ def build_server(
                 tasks.start_soon(opened.run_approved_forever)
                 tasks.start_soon(deliver_forever, opened)
             tasks.start_soon(feed.run, lambda: opened.change_event)
+            tasks.start_soon(legacy_tasks.run, opened)
             if tokens is not None:
                 tokens.attach(opened.store)  # tokens made on any server on this store count from now on
             state = ServerState(opened, acting_as)
@@ -175,6 +178,7 @@ def build_server(
         )
     _add_companions(app)
     _add_resources(app, running, legacy)
+    legacy_tasks.install(app)  # after any 2026-07-28 extension: tasks/get and tasks/cancel serve both
     if settings.upstreams:
         gateway = _gateway(app, settings, bus)
     # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
