@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
@@ -17,16 +17,27 @@ import pytest
 from mcp import Client
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Extension, MCPServer, MethodBinding
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.session import ServerSession
-from mcp_types import EmptyResult, SetLevelRequestParams
+from mcp_types import (
+    EmptyResult,
+    GetTaskRequest,
+    GetTaskRequestParams,
+    Result,
+    ServerTasksCapability,
+    SetLevelRequestParams,
+    TasksListCapability,
+)
+from pydantic import ConfigDict
 
 from hitl_mcp import sdk_seams
 from hitl_mcp.sdk_seams import (
+    add_handshake_era_handler,
     add_legacy_request_handler,
     announce_tools_changing,
     connection_of,
+    declare_handshake_tasks,
     lifespan_state,
     put_tool,
     registered_tool,
@@ -189,3 +200,41 @@ async def test_a_tool_sees_its_connection_through_the_seam() -> None:
     assert result.structured_content == {"result": "Connection"}, moved(
         "ServerSession._connection", "connection_of"
     )
+
+
+async def test_a_handshake_era_handler_leaves_the_newer_generation_its_own() -> None:
+    """`tasks/get` is one name in both generations: the 2025-11-25 form for older clients, an extension's
+    binding for 2026-07-28 ones."""
+
+    async def newer(ctx: ServerRequestContext[Any, Any], params: GetTaskRequestParams) -> dict[str, Any]:
+        return {"served": "extension", "taskId": params.task_id}
+
+    async def older(ctx: ServerRequestContext[Any, Any], params: GetTaskRequestParams) -> dict[str, Any]:
+        return {"served": "handshake era", "taskId": params.task_id}
+
+    class Tasks(Extension):
+        identifier = "io.hitl.test/tasks"
+
+        def methods(self) -> Sequence[MethodBinding]:
+            return [MethodBinding(method="tasks/get", params_type=GetTaskRequestParams, handler=newer)]
+
+    app: MCPServer[Any] = MCPServer("surface", extensions=[Tasks()])
+    add_handshake_era_handler(app, "tasks/get", GetTaskRequestParams, older)
+    declare_handshake_tasks(app, ServerTasksCapability(list=TasksListCapability()))
+    request = GetTaskRequest(params=GetTaskRequestParams(task_id="t1"))
+    async with Client(app, mode="legacy") as client:
+        answer = await client.session.send_request(request, Echoed)
+        assert answer.model_dump() == {"meta": None, "served": "handshake era", "taskId": "t1"}, moved(
+            "Server.get_request_handler / HandlerEntry(params_type, handler)", "add_handshake_era_handler"
+        )
+        tasks = client.server_capabilities.tasks
+        assert tasks is not None and tasks.list is not None, moved(
+            "the handshake's use of Server.create_initialization_options", "declare_handshake_tasks"
+        )
+    async with Client(app, mode="2026-07-28") as client:
+        answer = await client.session.send_request(request, Echoed)
+        assert answer.model_dump()["served"] == "extension"
+
+
+class Echoed(Result):
+    model_config = ConfigDict(extra="allow")
