@@ -96,6 +96,7 @@ def main() -> int:
             "HITL_CONFIG": str(config),
             "HITL_DB": str(work / "hitl.db"),
             "HITL_PRINCIPAL": "agent",
+            "HITL_CLI": str(HITL),  # the TypeScript check approves a task's request through the CLI
         }
         if "PYTHONPATH" in os.environ:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]

@@ -4,10 +4,14 @@
 //   node ts_client.mjs http URL [--as PRINCIPAL]   streamable HTTP; HITL_TOKEN, if set, is the bearer token
 //
 // It lists the tools, files a buy_stock request, reads it back with get_request, lists it, checks a refusal
-// and withdraws the request. The SDK itself validates every structured result against the tool's
-// outputSchema. Prints one line per check and exits 1 if any failed.
+// and withdraws the request. Then, as a task (the experimental tasks of 2025-11-25), it calls buy_stock with
+// `client.experimental.tasks.callToolStream`, has the request approved through `hitl approve` (HITL_CLI) as
+// another principal, and follows the task to the executed result. The SDK itself validates every
+// structured result against the tool's outputSchema. Prints one line per check and exits 1 if any failed.
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -198,7 +202,53 @@ async function main() {
     return `${Math.max(0, heardAt - cancelledAt).toFixed(0)} ms after the cancel answered`;
   });
 
+  await check("experimental tasks: callToolStream runs a gated call from filing to the executed result", async () => {
+    const tasks = client.getServerCapabilities()?.tasks;
+    assert.ok(tasks?.requests?.tools?.call, "the server declares tasks.requests.tools.call");
+    assert.equal(byName.buy_stock?.execution?.taskSupport, "optional");
+    assert.equal(byName.get_request?.execution, undefined, "a companion offers no task");
+    const order = { ...ORDER, quantity: 3 };
+    const stream = client.experimental.tasks.callToolStream({ name: "buy_stock", arguments: order });
+    const seen = [];
+    let taskId;
+    let result;
+    let approved = false;
+    for await (const message of stream) {
+      seen.push(message.type === "taskStatus" ? message.task.status : message.type);
+      if (message.type === "taskCreated") {
+        taskId = message.task.taskId;
+        assert.equal(message.task.status, "working");
+        assert.match(message.task.statusMessage ?? "", /anyone but the requester/);
+      } else if (message.type === "taskStatus" && message.task.status === "working" && !approved) {
+        approved = true; // once tasks/get has shown it waiting for people
+        await approveElsewhere(taskId);
+      } else if (message.type === "result") {
+        result = message.result;
+      } else if (message.type === "error") {
+        throw message.error;
+      }
+    }
+    assert.ok(result, `no result; the stream gave ${seen.join(", ")}`);
+    assert.ok(!result.isError, textOf(result));
+    assert.equal(result.structuredContent.request_id, taskId);
+    assert.equal(result.structuredContent.status, "executed");
+    assert.equal(result.structuredContent.result.quantity, 3);
+    assert.equal(result._meta?.["io.modelcontextprotocol/tool-approval-disposition"], "approved-executed");
+    const listed = await client.experimental.tasks.listTasks();
+    assert.ok(listed.tasks.some((task) => task.taskId === taskId), "tasks/list shows the caller's task");
+    return seen.join(" → ");
+  });
+
   await client.close();
+}
+
+// The approval a person makes elsewhere: the CLI on the same store, as a principal other than the caller.
+async function approveElsewhere(requestId) {
+  const cli = process.env.HITL_CLI;
+  assert.ok(cli, "HITL_CLI names the hitl command");
+  const args = ["approve", requestId, "--as", "interop-approver", "--reason", "interop", "--yes", "--json"];
+  const { stdout } = await promisify(execFile)(cli, args, { env: process.env });
+  assert.equal(JSON.parse(stdout).status, "executed");
 }
 
 const deadline = setTimeout(() => {
