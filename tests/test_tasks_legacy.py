@@ -16,6 +16,7 @@ from mcp.client.extension import ClientExtension, NotificationBinding
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    METHOD_NOT_FOUND,
     CancelTaskRequest,
     CancelTaskRequestParams,
     GetTaskPayloadRequest,
@@ -229,9 +230,13 @@ async def test_a_call_without_params_task_keeps_the_request_id_answer(settings: 
         assert await listed(agent) == []  # no task was created
 
 
-async def test_a_refused_call_creates_no_task_and_says_why(settings: Settings) -> None:
+async def test_a_refused_call_and_a_companion_create_no_task_and_say_why(settings: Settings) -> None:
     async with older_client(settings, "agent") as agent:
         with pytest.raises(MCPError) as refused:
             await call_as_task(agent, "buy_stock", {**BUY, "quantity": -5})
         assert refused.value.error.code == INVALID_PARAMS and "quantity" in refused.value.error.message
         assert await listed(agent) == []
+        with pytest.raises(MCPError) as no_task:
+            await call_as_task(agent, "list_pending", {})
+        assert no_task.value.error.code == METHOD_NOT_FOUND
+        assert "offers no task" in no_task.value.error.message

@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
     INVALID_REQUEST,
+    METHOD_NOT_FOUND,
     CancelTaskRequestParams,
     GetTaskPayloadRequestParams,
     GetTaskRequestParams,
@@ -129,8 +130,15 @@ class LegacyTasks:
                             tool["execution"] = {"taskSupport": "optional"}
                 return result
             params = dict(ctx.params or {})
-            if "task" not in params or params.get("name") not in gate.actions:
+            if "task" not in params:
                 return await call_next(ctx)
+            if params.get("name") not in gate.actions:
+                # The spec's answer to a task asked of a tool that does not offer one (taskSupport absent).
+                raise MCPError(
+                    code=METHOD_NOT_FOUND,
+                    message=f"tools/call: task: {params.get('name')!r} offers no task (gated tools do); "
+                    "call it without params.task",
+                )
             del params["task"]  # the call itself files and answers as always; the task is its request
             answer = await call_next(_with_params(ctx, params))
             return await self._created(ctx, gate, answer)
