@@ -23,9 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_mcp.auth import is_loopback
 from hitl_mcp.gate import Gate
-from hitl_mcp.web import api, cli_sign_in, link_pages, rendering, sign_on, slack, token_pages
+from hitl_mcp.web import api, cli_sign_in, health, link_pages, rendering, sign_on, slack, token_pages
 from hitl_mcp.web.auth import InboxOff, SignIn
 from hitl_mcp.web.face import WebFace
+from hitl_mcp.web.health import Operations
 from hitl_mcp.web.pages import Pages
 from hitl_mcp.web.problems import problem
 
@@ -147,8 +148,10 @@ def inbox_app(
     sign_in: SignIn,
     host: str,
     stopping: Callable[[], bool] = lambda: False,
+    operations: Operations | None = None,
 ) -> ASGIApp:
-    """`mcp_http` at /mcp, and the inbox and API everywhere else, sharing `mcp_http`'s lifespan and gate."""
+    """`mcp_http` at /mcp, and the inbox and API everywhere else, sharing `mcp_http`'s lifespan and gate;
+    with `operations`, the probes and the scrape too (`hitl_mcp.web.health`)."""
     face = WebFace(sign_in, running_gate, stopping)
     pages = Pages(face)
 
@@ -162,6 +165,7 @@ def inbox_app(
 
     inbox = Starlette(
         routes=[
+            *(health.routes(operations) if operations is not None else ()),
             *api.routes(face),
             *pages.routes(),
             *sign_on.routes(pages),
@@ -177,7 +181,9 @@ def inbox_app(
     return _beside_mcp(mcp_http, Guard(inbox, hosts=allowed_hosts(host, sign_in.public_url)))
 
 
-def inbox_off_app(mcp_http: Starlette, *, off: InboxOff, host: str) -> ASGIApp:
+def inbox_off_app(
+    mcp_http: Starlette, *, off: InboxOff, host: str, operations: Operations | None = None
+) -> ASGIApp:
     """`mcp_http` at /mcp, and everywhere else a 404 that says why the inbox is off and what to do about
     it: a page for a browser, problem+json for the API and for clients asking for JSON."""
     templates = rendering.environment()
@@ -194,6 +200,8 @@ def inbox_off_app(mcp_http: Starlette, *, off: InboxOff, host: str) -> ASGIApp:
 
     inbox = Starlette(
         routes=[
+            # An inbox that cannot be served safely leaves the probes and the scrape as they are.
+            *(health.routes(operations) if operations is not None else ()),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/{path:path}", explain, methods=["GET", "HEAD", *BODY_METHODS]),
         ],
