@@ -50,6 +50,7 @@ TOP_LEVEL_TABLES = frozenset(
         "store",
         "cli",
         "slack",
+        "grants",
     }
 )
 # `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
@@ -209,6 +210,20 @@ class CliSettings(BaseModel):
     )
 
 
+class GrantsSettings(BaseModel):
+    """The `[grants]` table: the bounds every standing approval (`hitl grants add`) is made within."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_seconds: int = Field(
+        default=7 * 86_400,
+        gt=0,
+        le=366 * 86_400,
+        description="The longest a grant may last: a longer --expires is refused, saying this cap, never cut "
+        "short quietly",
+    )
+
+
 class StoreSettings(BaseModel):
     """The `[store]` table: where the store is when HITL_DB does not say."""
 
@@ -271,6 +286,8 @@ class Settings:
     """`[cli]`: whether decisions may be made by opening the store directly."""
     slack: SlackSettings | None = None
     """`[slack]`: the bot that posts approval messages with buttons; None: no Slack app."""
+    grants: GrantsSettings = field(default_factory=GrantsSettings)
+    """`[grants]`: the cap on how long a standing approval may last."""
 
     @property
     def store(self) -> StoreLocation:
@@ -365,6 +382,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         web=web,
         cli=_cli_settings(raw.get("cli", {})),
         slack=slack,
+        grants=_grants_settings(raw.get("grants", {})),
         warnings=tuple(policy_warnings(policies, principals)),
     )
 
@@ -487,6 +505,15 @@ def _cli_settings(raw: Any) -> CliSettings:
         return CliSettings.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, prefix="cli.")) from None
+
+
+def _grants_settings(raw: Any) -> GrantsSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("grants: must be a table")
+    try:
+        return GrantsSettings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix="grants.")) from None
 
 
 def _web_settings(raw: Any, env: Mapping[str, str]) -> WebSettings:

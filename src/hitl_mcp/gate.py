@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import json
@@ -19,7 +20,7 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import anyio
@@ -42,6 +43,8 @@ from hitl_mcp.errors import (
     OutcomeUnknown,
     StoreUnavailable,
 )
+from hitl_mcp.grants import Grant
+from hitl_mcp.grants_gate import GateGrants
 from hitl_mcp.models import Change, Request, RequestPage, Status
 from hitl_mcp.store import (
     ClaimFor,
@@ -200,6 +203,7 @@ class Gate:
         # The tasks recording them, while `recording` runs; None otherwise (the runner then waits for it).
         self._recorder: set[asyncio.Task[None]] | None = None
         self.outage = outage_of(store)
+        self._grants = GateGrants(store, settings, clock, self.roles_of)
 
     def actions_changed(self) -> None:
         """Take in actions added, replaced or removed since (an upstream's tools come and go) and wake
@@ -241,7 +245,8 @@ class Gate:
         key = _checked_idempotency_key(idempotency_key)
         args = action.parse(arguments)
         preview = await action.preview(args)
-        snapshot = policy.select(self.settings.policies.get(tool), action.policy_values(args, preview))
+        values = action.policy_values(args, preview)
+        snapshot = policy.select(self.settings.policies.get(tool), values)
         normalised = args.model_dump(mode="json")
         digest = arguments_digest(tool, normalised)
         now = self.clock()
@@ -276,11 +281,13 @@ class Gate:
         self._running_here.add(request_id)
         try:
             with _unless_stored("nothing was filed"):
-                filed = await self.store.insert(new)
+                # Deny rules were refused above: no grant covers what the policy denies.
+                covering = await self._grants.covering(tool, principal, values, snapshot, now)
+                filed = await self._grants.file(new, covering)
             if filed.request_id != request_id:
                 return Filing(self._observed(filed), repeated=True, by_key=key is not None)
             self._signal()
-            if new.auto_approved:
+            if filed.status is Status.APPROVED:
                 return Filing(await self.execute(request_id))
             return Filing(filed)
         finally:
@@ -292,6 +299,52 @@ class Gate:
         """Audit a call forwarded at once to an upstream (no request): who, what, and how it ended."""
         details = {"tool": tool, "arguments_digest": arguments_digest(tool, arguments), "outcome": outcome}
         await self.store.record_event(new_request_id(), "passed", principal, details, self.clock())
+
+    # -- grants: standing approvals (hitl_mcp.grants) -------------------------------------------------
+
+    async def add_grant(
+        self,
+        tool: str,
+        requester: str,
+        when: str | None,
+        any_arguments: bool,
+        expires_in: timedelta,
+        uses: int | None,
+        reason: str | None,
+        by: str,
+        roles: Sequence[str] = (),
+    ) -> Grant:
+        """Grant `requester` calls of `tool` whose arguments meet `when` (or any, said explicitly) until it
+        expires: they then run at once. `by` must be eligible for the first level of every rule the scope
+        can reach; the grant waits on any further levels (`approve_grant`). Audited `grant-created`."""
+        action = self._action(tool)
+        with _unless_stored("nothing was granted"):
+            grant = await self._grants.add(
+                action, tool, requester, when, any_arguments, expires_in, uses, reason, by, roles
+            )
+        self._signal()
+        return grant
+
+    async def approve_grant(self, grant_id: str, by: str, roles: Sequence[str] = ()) -> Grant:
+        """A further level's approval of a waiting grant; it covers calls once every level is in."""
+        with _unless_stored("nothing was changed"):
+            grant = await self._grants.approve(grant_id, by, roles)
+        self._signal()
+        return grant
+
+    async def revoke_grant(self, grant_id: str, by: str, roles: Sequence[str] = ()) -> Grant:
+        """End a grant: from the next call on, on every server of the store, it covers nothing."""
+        with _unless_stored("nothing was changed"):
+            grant = await self._grants.revoke(grant_id, by, roles)
+        self._signal()
+        return grant
+
+    async def grants(self, include_finished: bool = False) -> builtins.list[Grant]:
+        """Grants waiting or active, oldest first; with `include_finished` expired, revoked, used-up too."""
+        return await self._grants.listed(include_finished)
+
+    async def grant(self, grant_id: str) -> Grant:
+        return await self._grants.get(grant_id)
 
     # -- deciding --------------------------------------------------------------------------------
 

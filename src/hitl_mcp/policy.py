@@ -88,6 +88,10 @@ class Snapshot(BaseModel):
     when: str | None = None
     approval: Approval
     levels: tuple[Level, ...] = ()
+    grant: str | None = Field(
+        default=None,
+        description="The standing approval (grant) that covered this call, which then ran without waiting",
+    )
 
     @computed_field(  # type: ignore[prop-decorator]
         description="The rule's number as people read it (`rule 1` is the first); null for the default"
@@ -115,6 +119,8 @@ class Snapshot(BaseModel):
     def describe(self) -> str:
         source = "the default policy" if self.rule is None else f"rule {self.rule}"
         condition = f" (when {self.when})" if self.when else ""
+        if self.grant is not None:
+            return f"{source}{condition}: covered by grant {self.grant}"
         if self.approval == "none":
             return f"{source}{condition}: no approval needed"
         if self.approval == "deny":

@@ -47,6 +47,9 @@ class NewRequest:
     dedup_since: float | None = None
     """Return a pending request of the same principal and digest filed since then instead; None: never."""
 
+    grant: str | None = None
+    """The grant covering this call (`policy.grant` names it too): the insert spends one of its uses in its
+    own transaction, or raises `GrantUnavailable` and files nothing."""
     @property
     def auto_approved(self) -> bool:
         return self.policy.approval == "none"

@@ -23,6 +23,7 @@ from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.config import redact
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
+from hitl_mcp.grants import GRANTED
 from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
@@ -37,9 +38,10 @@ from hitl_mcp.store import (
     SummaryRows,
     finish_details,
     level_details,
+    postgres_grants,
+    report_sql,
 )
 from hitl_mcp.store import postgres_schema as schema
-from hitl_mcp.store import report_sql
 from hitl_mcp.store.postgres_connection import FAULTS, Listener, Transaction, fault, transact
 from hitl_mcp.store.postgres_credentials import PostgresCredentials
 from hitl_mcp.store.postgres_links import PostgresLinks
@@ -136,7 +138,9 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
+class PostgresStore(
+    PostgresCredentials, PostgresLinks, PostgresSlackMessages, postgres_grants.PostgresGrants
+):
     """`readonly` never writes (and its sessions refuse to); `any_schema` with it skips the schema check,
     for `hitl audit`. `lock_timeout` bounds how long a transition waits for a row another server holds."""
 
@@ -242,6 +246,10 @@ class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
             repeated = await _repeated(tx.conn, request)
             if repeated is not None:
                 return repeated
+            # Spent before anything is written: a grant that no longer covers calls files nothing here.
+            spent = (
+                await postgres_grants.spend(tx, request.grant, request.created_at) if request.grant else None
+            )
             await tx.conn.execute(
                 "INSERT INTO requests (id, tool, arguments, arguments_digest, summary, preview, status, "
                 "requested_by, created_at, expires_at, updated_at, policy, escalate_at, target, "
@@ -269,7 +277,10 @@ class PostgresStore(PostgresCredentials, PostgresLinks, PostgresSlackMessages):
                 request.created_at,
                 {"tool": request.tool, "arguments_digest": request.arguments_digest},
             )
-            if request.auto_approved:
+            if spent is not None:
+                details = {**spent, "tool": request.tool, "policy": request.policy.describe()}
+                await tx.audit(request.request_id, GRANTED, "grant", request.created_at, details)
+            elif request.auto_approved:
                 await tx.audit(
                     request.request_id,
                     "policy-auto-approved",

@@ -21,6 +21,7 @@ import anyio.to_thread
 from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
+from hitl_mcp.grants import GRANTED
 from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
@@ -36,9 +37,10 @@ from hitl_mcp.store import (
     SummaryRows,
     finish_details,
     level_details,
+    report_sql,
     sqlite_audit,
+    sqlite_grants,
 )
-from hitl_mcp.store import report_sql
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
 from hitl_mcp.store.sqlite_credentials import SQLiteCredentials
@@ -223,7 +225,9 @@ def open_reader(
 AUDIT_BATCH = 2000
 
 
-class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages, SQLiteTally):
+class SQLiteStore(
+    SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages, SQLiteTally, sqlite_grants.SQLiteGrants
+):
     """`readonly` opens an existing, current store without ever writing to it: what reading commands use,
     so they work on a read-only file and never take the write lock. `any_schema` (with `readonly`) skips
     the schema check, so `hitl audit` can examine whatever trail a file holds — one damaged, foreign or
@@ -379,6 +383,8 @@ class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages, SQLiteTal
             repeated = _repeated(conn, request)
             if repeated is not None:
                 return repeated
+            # Spent before anything is written: a grant that no longer covers calls files nothing here.
+            spent = sqlite_grants.spend(conn, request.grant, request.created_at) if request.grant else None
             conn.execute(
                 "INSERT INTO requests (id, tool, arguments, arguments_digest, summary, preview, status, "
                 "requested_by, created_at, expires_at, updated_at, policy, escalate_at, target, "
@@ -409,7 +415,10 @@ class SQLiteStore(SQLiteCredentials, SQLiteLinks, SQLiteSlackMessages, SQLiteTal
                 request.created_at,
                 {"tool": request.tool, "arguments_digest": request.arguments_digest},
             )
-            if request.auto_approved:
+            if spent is not None:
+                details = {**spent, "tool": request.tool, "policy": request.policy.describe()}
+                _audit(conn, request.request_id, GRANTED, "grant", request.created_at, details)
+            elif request.auto_approved:
                 _audit(
                     conn,
                     request.request_id,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hitl_mcp.errors import ConfigError, StoreUnavailable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # "hitl" in ASCII: marks a file as a hitl store, so a command never writes its tables into another
 # program's database.
 APPLICATION_ID = 0x6869746C
@@ -157,6 +157,29 @@ CREATE TABLE IF NOT EXISTS slack_messages (
     PRIMARY KEY (channel, ts)
 );
 CREATE INDEX IF NOT EXISTS slack_messages_request ON slack_messages (request_id);
+-- Standing approvals (hitl_mcp.grants). `uses_left` is spent by the insert of each call a grant covers,
+-- in that call's transaction. `approvers` and `needs` are JSON: who approved it, with their roles, and the
+-- levels of every rule its scope can reach.
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    when_expr TEXT,
+    any_arguments INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    uses INTEGER,
+    uses_left INTEGER,
+    uses_made INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    needs TEXT NOT NULL,
+    reason TEXT,
+    revoked_by TEXT,
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS grants_active ON grants (tool, requester) WHERE state = 'active';
 """
 
 # Statements that bring a store from the version before each key to that version; SCHEMA then adds
@@ -173,6 +196,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (),
     # Decision links and Slack messages: new tables only, which SCHEMA creates.
     4: (),
+    # Grants: a new table only, which SCHEMA creates.
+    5: (),
 }
 
 
