@@ -25,8 +25,8 @@ from starlette.routing import Route
 from hitl_mcp import json_input
 from hitl_mcp.errors import HitlError, InvalidArguments, NotFound, NotPending
 from hitl_mcp.gate import MAX_PAGE, Gate
-from hitl_mcp.models import Request, Status
-from hitl_mcp.web import forms, queries, rendering
+from hitl_mcp.models import Request, RequestSummary, Status, SummaryPage
+from hitl_mcp.web import bulk, forms, queries, rendering
 from hitl_mcp.web.auth import CALLBACK_PATH, LOGIN_COOKIE, SESSION_COOKIE, Session
 from hitl_mcp.web.charts import bars, stacked_bars
 from hitl_mcp.web.face import WebFace
@@ -37,7 +37,7 @@ from hitl_mcp.web.problems import status_of
 FORM_MEDIA = "application/x-www-form-urlencoded"
 # A form's path, less what turns it into the page it was sent from: /requests/ID/approve → /requests/ID,
 # /tokens/ID/revoke → /tokens.
-FORM_ACTION = re.compile(r"/(?:approve|reject|edit)$|^/logout$|(?<=^/tokens)/[^/]+/revoke$")
+FORM_ACTION = re.compile(r"/(?:approve|reject|edit)$|^/logout$|^/decide$|(?<=^/tokens)/[^/]+/revoke$")
 HISTORY_STATUSES = ("finished", *(status.value for status in queries.FINISHED), "all")
 Page = Callable[[HttpRequest, Session, Gate], Awaitable[Response]]
 
@@ -198,24 +198,85 @@ class Pages:
 
     # -- the queue ---------------------------------------------------------------------------------
 
-    async def queue(self, request: HttpRequest, session: Session, gate: Gate) -> Response:
+    async def queue(
+        self,
+        request: HttpRequest,
+        session: Session,
+        gate: Gate,
+        *,
+        status: int = 200,
+        refusal: str | None = None,
+        picked: frozenset[str] = frozenset(),
+        reason: str = "",
+    ) -> Response:
         now = self.face.clock()
         params = {key: value for key, value in request.query_params.items() if value and key != "status"}
         # As much of the queue as one page holds: what arrives joins its end, and should be seen arriving.
         query = queries.parse_query({"limit": str(MAX_PAGE), **params}, now=now)
-        page = await queries.list_requests(gate, session.principal, query, now, roles=session.roles)
-        context: dict[str, Any] = {"page": page, "now": now, "query": query, "session": session}
+        records, cursor = await queries.list_records(gate, session.principal, query, now, roles=session.roles)
+        page = SummaryPage(requests=[RequestSummary.of(r) for r in records], next_cursor=cursor)
+        context: dict[str, Any] = {
+            "page": page,
+            "now": now,
+            "query": query,
+            "session": session,
+            # Each row's checkbox names the arguments it showed: a selection approves only what was read.
+            "picks": {r.request_id: bulk.pick_value(r.request_id, r.arguments_digest) for r in records},
+            "picked": picked,
+        }
         if request.query_params.get("partial") == "rows":
             return self.render("_queue_rows.html", **context)
-        live = {key: value for key, value in params.items() if key in ("tool", "waiting_on", "cursor")}
+        live = {key: value for key, value in params.items() if key in ("tool", "waiting_on", "cursor", "q")}
+        counts = await queries.queue_counts(gate, session.principal, now, roles=session.roles)
         return self.render(
             "queue.html",
+            status,
             nav="queue",
             tools=sorted(gate.actions),
+            counts=counts,
+            refusal=refusal,
+            reason=reason,
             live_url="/?" + urlencode({**live, "partial": "rows"}),
             next_url="/?" + urlencode({**live, "cursor": page.next_cursor}) if page.next_cursor else None,
             **context,
         )
+
+    async def decide_selected(
+        self, request: HttpRequest, session: Session, gate: Gate, fields: dict[str, str]
+    ) -> Response:
+        reason = fields.get("reason", "")
+        picks = bulk.picks_of((await request.body()).decode("utf-8", "replace"))
+        try:
+            verdict = bulk.verdict_of(fields.get("verdict"))
+            bulk.check(picks, verdict, reason)
+        except HitlError as error:
+            chosen = frozenset(pick.ref for pick in picks)
+            return await self.queue(
+                request,
+                session,
+                gate,
+                status=status_of(error),
+                refusal=str(error),
+                picked=chosen,
+                reason=reason,
+            )
+        results = await bulk.decide_each(gate, session.principal, session.roles, verdict, picks, reason)
+        done = [
+            (result, outcome_of(result.record, self.elsewhere(gate, result.record)))
+            for result in results
+            if result.record is not None
+        ]
+        return self.render(
+            "decided.html",
+            session=session,
+            verdict=verdict,
+            done=done,
+            refused=[result for result in results if result.record is None],
+        )
+
+    @staticmethod
+    def elsewhere(gate: Gate, record: Request) -> str | None:
+        return gate.elsewhere(record) if record.status is Status.APPROVED else None
 
     # -- one request -------------------------------------------------------------------------------
 
@@ -496,6 +557,7 @@ class Pages:
         page, form = self.page, self.form
         return [
             Route("/", page(self.queue), methods=["GET"]),
+            Route("/decide", page(form(self.decide_selected)), methods=["POST"]),
             Route("/requests/{request_id}", page(self.request_page), methods=["GET"]),
             Route("/requests/{request_id}/approve", page(form(self.approve)), methods=["POST"]),
             Route("/requests/{request_id}/reject", page(form(self.reject)), methods=["POST"]),

@@ -12,11 +12,15 @@ from typing import Any
 
 from hitl_mcp import decisions
 from hitl_mcp import report as reports
+from hitl_mcp.actions import find
 from hitl_mcp.audit import verify_stream
 from hitl_mcp.config import check_principal, fold_principal
 from hitl_mcp.errors import ConfigError, HitlError, InvalidArguments
-from hitl_mcp.gate import MAX_PAGE, Gate
+from hitl_mcp.gate import CURSOR_PATTERN, MAX_PAGE, Gate
 from hitl_mcp.models import FINAL_STATUSES, AuditEvent, Request, RequestSummary, Status, SummaryPage
+from hitl_mcp.store import Page
+from hitl_mcp.store import queue as queue_reads
+from hitl_mcp.store.sqlite_rows import snapshot_of
 from hitl_mcp.web.models import ChainBreak, ChainState, EditPreview, ReportFigures
 
 FINISHED = tuple(status for status in Status if status in FINAL_STATUSES)
@@ -42,6 +46,8 @@ class RequestQuery:
     until: float | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+    text: str | None = None
+    """Words the arguments or the summary hold (`q`), searched by the store."""
 
     @property
     def filters_beyond_the_gate(self) -> bool:
@@ -69,7 +75,11 @@ def parse_query(params: Mapping[str, str], *, now: float, default_status: str = 
             requested_by = check_principal(requested_by, "requested_by")
         except ConfigError as error:
             raise InvalidArguments(str(error)) from None
+    text = params.get("q", "").strip() or None
+    if text is not None and len(text) > queue_reads.MAX_SEARCH:
+        raise InvalidArguments(f"q: at most {queue_reads.MAX_SEARCH} characters")
     return RequestQuery(
+        text=text,
         statuses=statuses,
         tool=params.get("tool"),
         waiting_on_me=waiting_on == "me",
@@ -120,13 +130,32 @@ async def list_requests(
     gate: Gate, principal: str, query: RequestQuery, now: float, *, roles: tuple[str, ...] = ()
 ) -> SummaryPage:
     """A page of requests, oldest first; its cursor always points just past the last request read."""
+    found, cursor = await list_records(gate, principal, query, now, roles=roles)
+    return SummaryPage(requests=[RequestSummary.of(r) for r in found], next_cursor=cursor)
+
+
+async def read_page(gate: Gate, query: RequestQuery, limit: int, cursor: str | None) -> Page:
+    """One page as the store keys it: the gate's listing, or the store's search when there are words."""
+    if query.text is None:
+        listed = await gate.list(statuses=query.statuses, tool=query.tool, limit=limit, cursor=cursor)
+        return Page(listed.requests, listed.next_cursor)
+    # The checks `Gate.list` makes of the same parameters, in its words.
+    if query.tool is not None:
+        find(gate.actions, query.tool)
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidArguments(f"limit: must be between 1 and {MAX_PAGE}")
+    if cursor is not None and not CURSOR_PATTERN.fullmatch(cursor):
+        raise InvalidArguments("cursor: not a cursor this server returned")
+    return await queue_reads.search(gate.store, query.statuses, query.tool, query.text, limit, cursor)
+
+
+async def list_records(
+    gate: Gate, principal: str, query: RequestQuery, now: float, *, roles: tuple[str, ...] = ()
+) -> tuple[list[Request], str | None]:
+    """`list_requests`'s records, whole (the queue's selection binds each to the arguments it showed)."""
     if not query.filters_beyond_the_gate:
-        page = await gate.list(
-            statuses=query.statuses, tool=query.tool, limit=query.limit, cursor=query.cursor
-        )
-        return SummaryPage(
-            requests=[RequestSummary.of(r) for r in page.requests], next_cursor=page.next_cursor
-        )
+        page = await read_page(gate, query, query.limit, query.cursor)
+        return page.requests, page.next_cursor
     roles = gate.roles_of(principal, roles)
 
     def wanted(request: Request) -> bool:
@@ -142,14 +171,38 @@ async def list_requests(
     cursor = query.cursor
     for _ in range(MAX_SCAN_ROUNDS):
         # Never more than still fits: the gate's cursor then points past the last request kept or skipped.
-        page = await gate.list(
-            statuses=query.statuses, tool=query.tool, limit=query.limit - len(kept), cursor=cursor
-        )
+        page = await read_page(gate, query, query.limit - len(kept), cursor)
         kept += [request for request in page.requests if wanted(request)]
         cursor = page.next_cursor
         if cursor is None or len(kept) >= query.limit:
             break
-    return SummaryPage(requests=[RequestSummary.of(r) for r in kept], next_cursor=cursor)
+    return kept, cursor
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    waiting: int
+    """Pending requests not yet expired."""
+    on_me: int
+    """Those the principal may decide now: eligible for the level each waits on, not its requester, and
+    not already counted in it."""
+
+
+async def queue_counts(gate: Gate, principal: str, now: float, *, roles: tuple[str, ...] = ()) -> QueueCounts:
+    """How many wait, and on whom: one grouped count in the store, each rule and level judged once."""
+    held = gate.roles_of(principal, roles)
+    groups = await queue_reads.waiting_groups(gate.store, principal, now)
+    on_me = sum(group.open_to for group in groups if admits(group.policy, group.level, held))
+    return QueueCounts(waiting=sum(group.total for group in groups), on_me=on_me)
+
+
+def admits(policy: str, level: int, roles: tuple[str, ...]) -> bool:
+    """Whether `roles` may decide a request under `policy` waiting on `level` (`decisions.plan`'s rule:
+    a request waiting on no level is anyone's but its requester's)."""
+    if level < 0:
+        return True
+    levels = snapshot_of(policy).levels
+    return level < len(levels) and levels[level].admits(roles)
 
 
 async def audit_of(gate: Gate, ref: str) -> list[AuditEvent]:

@@ -38,6 +38,13 @@
       // Server-rendered and escaped like the page itself; scripts inside would not run under the CSP.
       const template = document.createElement("template");
       template.innerHTML = html;
+      // A selection survives the rows being drawn again: the boxes still there stay ticked.
+      const ticked = new Set(
+        Array.from(region.querySelectorAll("input[name=pick]:checked"), (box) => box.value),
+      );
+      template.content.querySelectorAll("input[name=pick]").forEach((box) => {
+        box.checked = ticked.has(box.value);
+      });
       region.replaceChildren(template.content);
       const record = region.querySelector("[data-decidable]");
       if (record && record.dataset.decidable === "false") {
