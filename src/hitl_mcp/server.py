@@ -46,6 +46,7 @@ from hitl_mcp.sdk_seams import (
     lifespan_state,
     registered_tool,
 )
+from hitl_mcp.tasks.extension import TasksExtension, noted
 from hitl_mcp.tasks.legacy import LegacyTasks
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ def build_server(
     # Resources have no request context to reach the lifespan state through; they read it here.
     running: list[ServerState] = []
     gateway: Gateway | None = None
+    # Tasks for gated calls, for clients that declare the 2026-07-28 extension.
+    tasks_extension = TasksExtension(_gate_of, _request_principal, bus)
 
     @asynccontextmanager
     async def serving(opened: Gate, *, housekeeping: bool) -> AsyncIterator[ServerState]:
@@ -168,6 +171,7 @@ def build_server(
         if tokens
         else None,
         subscriptions=bus,
+        extensions=[tasks_extension],
     )
     for action in actions.values():
         app.add_tool(
@@ -184,6 +188,7 @@ def build_server(
     # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
     add_legacy_request_handler(app, "logging/setLevel", SetLevelRequestParams, logs.set_level)
     app.middleware.append(_strict_arguments(app, gateway))
+    app.middleware.append(tasks_extension.listen)
     return app
 
 
@@ -333,6 +338,15 @@ def _state(ctx: Context[ServerState, Any]) -> ServerState:
     return ctx.request_context.lifespan_context
 
 
+def _gate_of(ctx: ServerRequestContext[ServerState, Any]) -> Gate:
+    return ctx.lifespan_context.gate
+
+
+def _request_principal(ctx: ServerRequestContext[ServerState, Any]) -> str | None:
+    """Who sends a request that is not a tool call (tasks/*): as `_principal` decides for a tool call."""
+    return authenticated_principal() or ctx.lifespan_context.principal
+
+
 def _principal(ctx: Context[ServerState, Any]) -> str:
     """Who is calling: the principal of the HTTP request's bearer token, else the server's own.
 
@@ -458,7 +472,7 @@ async def _file(
         filing = asked
     else:
         await _tell(ctx, filing.request)
-    return _filed(filing)
+    return _filed(noted(filing))
 
 
 def _next_step(filing: Filing) -> str:
