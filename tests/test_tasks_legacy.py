@@ -235,6 +235,9 @@ async def test_a_refused_call_and_a_companion_create_no_task_and_say_why(setting
         with pytest.raises(MCPError) as refused:
             await call_as_task(agent, "buy_stock", {**BUY, "quantity": -5})
         assert refused.value.error.code == INVALID_PARAMS and "quantity" in refused.value.error.message
+        with pytest.raises(MCPError) as unknown_argument:
+            await call_as_task(agent, "buy_stock", {**BUY, "limit_price": 140})
+        assert "limit_price" in unknown_argument.value.error.message
         assert await listed(agent) == []
         with pytest.raises(MCPError) as no_task:
             await call_as_task(agent, "list_pending", {})

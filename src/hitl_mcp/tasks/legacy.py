@@ -40,6 +40,7 @@ from mcp_types import (
     TasksToolsCapability,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from hitl_mcp.auth import authenticated_principal
 from hitl_mcp.gate import Gate
@@ -150,6 +151,8 @@ class LegacyTasks:
     ) -> dict[str, Any]:
         """The task a gated call's answer names, once its request is stored; a refusal (bad arguments, a
         policy's deny) stays an error, since no task was created."""
+        if isinstance(answer, BaseModel):  # a middleware's own answer (unknown arguments), not yet wire form
+            answer = answer.model_dump(by_alias=True, mode="json", exclude_none=True)
         answer = answer if isinstance(answer, dict) else {}
         filed = answer.get("structuredContent")
         if answer.get("isError") or not isinstance(filed, dict) or "request_id" not in filed:
