@@ -42,6 +42,8 @@ from hitl_mcp.tasks.core import DISPOSITION_KEY
 from hitl_mcp.tasks.extension import IDENTIFIER
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
+from tests.test_gateway import session as gateway_session
+from tests.test_gateway import until_listed
 from tests.test_server import ok, text
 
 BUY = {"symbol": "GOOGL", "quantity": 100, "price": 150.0}  # one approval by someone else
@@ -410,3 +412,27 @@ async def test_on_postgres_the_task_completes_with_the_result(env: dict[str, str
             result = await client.call_tool("buy_stock", BUY)
     assert ok(result)["status"] == "executed"
     assert result.meta is not None and result.meta[DISPOSITION_KEY] == "approved-executed"
+
+
+# -- an upstream's gated tool ---------------------------------------------------------------------------
+
+
+async def test_an_upstream_gated_tool_answers_a_task_that_completes_with_the_upstreams_answer(
+    gateway_settings: Settings,
+) -> None:
+    async with gateway_session(gateway_settings, "alice") as alice:
+
+        async def approve(created: CreatedTask) -> None:
+            ok(await alice.call_tool("approve", {"request_id": created.task_id}))
+
+        tasks = Tasks(on_created=approve)
+        app = build_server(gateway_settings, principal="agent")
+        async with Client(app, mode=MODERN, extensions=[tasks]) as client:
+            await until_listed(client, "notes__write_note")
+            result = await client.call_tool("notes__write_note", {"path": "t.txt", "text": "from a task"})
+
+    assert tasks.created and tasks.created[0].status == "working"
+    assert ok(result)["status"] == "executed"
+    assert result.meta is not None and result.meta[DISPOSITION_KEY] == "approved-executed"
+    # The upstream's own answer follows the statement of what ran.
+    assert len(result.content) > 1 and "ran once" in text(result)
