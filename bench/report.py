@@ -1,0 +1,110 @@
+"""`report_vs_sql_floor_100k`: the server's `/api/v1/report` answer at 100,000 requests ÷ raw sqlite3 running
+the aggregate statement that report needs.
+
+The store is filled by `bench.populate` (half pending, half executed: about 250,000 audit records). The
+answer is timed at an httpx2 client against a real `hitl serve --http` process on the store, so it holds
+the server, uvicorn, the JSON model and HTTP. The floor is the same aggregate statement
+(`hitl_mcp.store.report_sql`) run by a bare `sqlite3` connection in this process, rows fetched and
+nothing else. Beside them, for the before/after: the report's definition in Python (`report.build` over
+every audit record streamed from the store), which is how `/report` was computed before.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import time
+
+import anyio
+import httpx2
+
+from bench import populate
+from bench.common import APPROVER, HITL, Context, Figure, Stopwatch, median, setup
+from bench.serving import free_port, serve
+from hitl_mcp.report import build_stream
+from hitl_mcp.store import report_sql
+from hitl_mcp.store.sqlite import SQLiteStore
+
+TARGET = 3.0
+
+
+def run(ctx: Context) -> list[Figure]:
+    watch = Stopwatch()
+    token = secrets.token_urlsafe(24)
+    env = setup(ctx.folder("report"), tokens={APPROVER: token})
+    tpl = populate.template(setup(ctx.folder("template-report")))
+    half = ctx.population // 2
+    populate.fill(env.db_path, tpl, pending=ctx.population - half, finished=half)
+    fill_seconds = watch.elapsed
+    count = ctx.reps(20, 5)
+
+    floor: list[float] = []
+    sql = report_sql.statement("sqlite", False)
+    conn = sqlite3.connect(env.db_path)
+    try:
+        for n in range(2 + count):  # the first two warm the page cache
+            start = time.perf_counter()
+            rows = conn.execute(sql, {"since": None}).fetchall()
+            if n >= 2:
+                floor.append(time.perf_counter() - start)
+    finally:
+        conn.close()
+    expected = report_sql.rows_of(rows)
+
+    port = free_port()
+    argv = [str(HITL), "serve", "--http", "--host", "127.0.0.1", "--port", str(port)]
+    served: list[float] = []
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    with (
+        serve(argv, {**env.env, "HITL_PRINCIPAL": APPROVER}, env.folder / "http.log", port, env.folder),
+        httpx2.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+    ):
+        url = f"http://127.0.0.1:{port}/api/v1/report"
+        for n in range(2 + count):
+            start = time.perf_counter()
+            answer = http.get(url)
+            elapsed = time.perf_counter() - start
+            figures = answer.json()
+            if answer.status_code != 200 or figures["requests"] != ctx.population:
+                raise RuntimeError(f"/api/v1/report answered {answer.status_code}: {answer.text[:300]}")
+            if figures["approval"]["approved"] != expected.approved:
+                raise RuntimeError("/api/v1/report disagrees with the aggregate statement")
+            if n >= 2:
+                served.append(elapsed)
+
+    async def python_build() -> float:
+        store = SQLiteStore(env.db_path, readonly=True)
+        await store.open()
+        try:
+            start = time.perf_counter()
+            await build_stream(store.audit_records())
+            return time.perf_counter() - start
+        finally:
+            await store.close()
+
+    python_seconds = anyio.run(python_build)
+    answer_ms, floor_ms = median(served) * 1000, median(floor) * 1000
+    ratio = answer_ms / floor_ms
+    return [
+        Figure(
+            key="report_vs_sql_floor_100k",
+            value=round(ratio, 3),
+            target=f"≤ {TARGET:g}",
+            met=ratio <= TARGET and not ctx.quick,
+            measured=f"GET /api/v1/report p50 {answer_ms:.1f} ms",
+            baseline=f"raw sqlite3, the aggregate statement, p50 {floor_ms:.1f} ms",
+            notes=[
+                f"{ctx.population:,} requests ({half:,} executed, the rest pending; bulk-filled in "
+                f"{fill_seconds:.1f} s); {count} answers each after two warm-ups; the server is a real "
+                "`hitl serve --http`, timed at an httpx2 client",
+                f"before (the report built in Python over every audit record, in process, no HTTP): "
+                f"{python_seconds * 1000:.0f} ms",
+            ],
+            extra={
+                "report_http_p50_ms_100k": round(answer_ms, 1),
+                "report_sql_floor_p50_ms_100k": round(floor_ms, 1),
+                "report_python_build_ms_100k": round(python_seconds * 1000, 1),
+            },
+        )
+    ]
