@@ -329,3 +329,20 @@ def test_each_refusal_in_a_selection_says_why_and_the_rest_are_decided(served: t
         "rejected",
     ]
     assert audited(site, fine) == [("approved", "alice", None), ("rejected", "bob", "<b>not</b> today")]
+
+
+def test_history_searches_finished_requests_too(served: tuple[Site, Served]) -> None:
+    site, server = served
+    settings = load_settings(site.env)
+    kept = buy(settings, "HSTQ", 1)
+    other = buy(settings, "HSTR", 1)
+    with server.api(site.tokens["alice"]) as alice:
+        for request_id in (kept, other):
+            rejected = alice.post(f"/api/v1/requests/{request_id}/reject", json={"reason": "no"})
+            assert rejected.status_code == 200
+
+    with server.signed_in(site.tokens["bob"]) as bob:
+        found = bob.get("/history", params={"q": "hstq"}).text
+
+    assert kept in found and other not in found
+    assert 'name="q" value="hstq"' in found
