@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import anyio
 
-from hitl_mcp import decisions, policy
+from hitl_mcp import decisions, policy, tracing
 from hitl_mcp.actions import Action, Execution, find
 from hitl_mcp.actions.base import describe_target
 from hitl_mcp.config import Settings
@@ -45,6 +45,7 @@ from hitl_mcp.errors import (
 )
 from hitl_mcp.grants import Grant
 from hitl_mcp.grants_gate import GateGrants
+from hitl_mcp.metrics import PROCESS
 from hitl_mcp.models import Change, Request, RequestPage, Status
 from hitl_mcp.store import (
     ClaimFor,
@@ -241,6 +242,7 @@ class Gate:
         """`file`, saying whether the call repeats an earlier one, which is then returned instead: the same
         `idempotency_key` from the same principal, or the same tool and arguments while that request is
         pending and younger than `[gate] dedup_seconds`. An agent whose call timed out retries it."""
+        started = tracing.now_ns()
         action = self._action(tool)
         key = _checked_idempotency_key(idempotency_key)
         args = action.parse(arguments)
@@ -284,6 +286,7 @@ class Gate:
                 # Deny rules were refused above: no grant covers what the policy denies.
                 covering = await self._grants.covering(tool, principal, values, snapshot, now)
                 filed = await self._grants.file(new, covering)
+            tracing.filed(filed, started)
             if filed.request_id != request_id:
                 return Filing(self._observed(filed), repeated=True, by_key=key is not None)
             self._signal()
@@ -465,6 +468,7 @@ class Gate:
         claim_for: ClaimFor | None,
     ) -> Request:
         """One decision's transaction: `plan` judges the request as it stands inside it."""
+        started = tracing.now_ns()
         try:
             with _unless_stored("nothing was changed"):
                 request = await self.store.decide(request_id, plan, now, claim_for)
@@ -472,6 +476,9 @@ class Gate:
             await self.sweep()
             raise
         self._signal()
+        tracing.decided(request, started)
+        if request.status is not Status.PENDING:  # the final decision, not one level's
+            PROCESS.decision(request.tool, now - request.created_at.timestamp())
         return request
 
     async def _run_decided(self, request: Request) -> Request:
@@ -576,7 +583,10 @@ class Gate:
         """Run a request this process has just claimed, and record how it ended."""
         request_id = claimed.request_id
         _test_pause("after-claim", request_id)
-        outcome = await self._run(claimed)
+        with tracing.executing(claimed) as span:
+            outcome = await self._run(claimed)
+            span.set_attribute(tracing.OUTCOME, tracing.outcome_of(outcome.status))
+        PROCESS.execution(claimed.tool, tracing.outcome_of(outcome.status))
         _test_pause("after-action", request_id)
         return await self._record(claimed, outcome)
 

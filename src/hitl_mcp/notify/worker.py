@@ -48,6 +48,7 @@ from hitl_mcp.actions.send_email import MESSAGE_ID_DOMAIN, SendEmailSettings, de
 from hitl_mcp.config import PrincipalSettings, Settings
 from hitl_mcp.errors import StoreUnavailable
 from hitl_mcp.gate import Gate
+from hitl_mcp.metrics import PROCESS
 from hitl_mcp.models import Request
 from hitl_mcp.notify import approver_mail, links, ntfy, render
 from hitl_mcp.notify.outbox import ClaimedDelivery, OutboxStore
@@ -251,6 +252,7 @@ class Deliverer:
                     row.label,
                 )
             return
+        PROCESS.notification_failed(row.channel)
         dead = error.permanent or row.attempts >= self.policy.max_attempts
         retry_at = None
         if not dead:

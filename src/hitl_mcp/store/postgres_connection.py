@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from asyncpg import exceptions as pg
 from hitl_mcp.audit import AuditRecord, link
 from hitl_mcp.config import redact
 from hitl_mcp.errors import ConfigError, HitlError, StoreUnavailable
+from hitl_mcp.metrics import PROCESS
 from hitl_mcp.models import Request
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.store.postgres_rows import Conn, dumps, fetch
@@ -271,6 +273,7 @@ async def _attempt(
     pool: asyncpg.Pool, routing: Routing | None, fn: Callable[[Transaction], Awaitable[T]]
 ) -> T:
     async with pool.acquire() as conn:
+        started = time.perf_counter()
         transaction = conn.transaction()
         await transaction.start()
         try:
@@ -286,6 +289,7 @@ async def _attempt(
             await transaction.commit()
         except _CONNECTION_LOST as error:
             raise _Uncertain(error) from None
+        PROCESS.commit("postgresql", time.perf_counter() - started)
         return result
 
 

@@ -15,6 +15,7 @@ import functools
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 import anyio.to_thread
 
+from hitl_mcp.metrics import PROCESS
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.store import sqlite_schema as schema
 
@@ -173,6 +175,7 @@ class GroupCommit:
         return transition.result  # type: ignore[return-value]
 
     def _commit(self, conn: sqlite3.Connection, batch: Sequence[_Transition[Any]]) -> None:
+        started = time.perf_counter()
         try:
             # IMMEDIATE takes the write lock up front, so a conditional UPDATE never meets a concurrent
             # writer half-way and never needs a retry.
@@ -185,6 +188,7 @@ class GroupCommit:
                     self._apply(conn, transition)
             if conn.in_transaction:
                 conn.execute("COMMIT")
+                PROCESS.commit("sqlite", time.perf_counter() - started)
         except BaseException as error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
