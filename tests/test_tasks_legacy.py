@@ -35,6 +35,7 @@ from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.ledger import Ledger
 from hitl_mcp.models import Status
 from hitl_mcp.server import build_server
+from hitl_mcp.tasks import legacy
 
 BUY = {"symbol": "GOOGL", "quantity": 100, "price": 150.0}
 GATED = {"buy_stock", "send_email", "delete_database_records"}
@@ -243,3 +244,27 @@ async def test_a_refused_call_and_a_companion_create_no_task_and_say_why(setting
             await call_as_task(agent, "list_pending", {})
         assert no_task.value.error.code == METHOD_NOT_FOUND
         assert "offers no task" in no_task.value.error.message
+
+
+async def test_tasks_list_pages_newest_first_and_refuses_a_cursor_it_never_gave(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(legacy, "PAGE", 2)
+    async with older_client(settings, "agent") as agent:
+        filed = []
+        for quantity in (1, 2, 3):
+            created = await call_as_task(agent, "buy_stock", {**BUY, "quantity": quantity})
+            filed.append(created["task"]["taskId"])
+        first = await agent.session.send_request(ListTasksRequest(params=PaginatedRequestParams()), Wire)
+        page = first.model_dump(by_alias=True)
+        assert [task["taskId"] for task in page["tasks"]] == filed[:0:-1]
+        following = PaginatedRequestParams(cursor=page["nextCursor"])
+        rest = (await agent.session.send_request(ListTasksRequest(params=following), Wire)).model_dump(
+            by_alias=True
+        )
+        assert [task["taskId"] for task in rest["tasks"]] == filed[:1] and "nextCursor" not in rest
+        with pytest.raises(MCPError) as forged:
+            await agent.session.send_request(
+                ListTasksRequest(params=PaginatedRequestParams(cursor="99")), Wire
+            )
+        assert forged.value.error.code == INVALID_PARAMS and "cursor" in forged.value.error.message
