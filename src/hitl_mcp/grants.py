@@ -37,6 +37,8 @@ FINISHED: frozenset[GrantStatus] = frozenset({"expired", "revoked", "used-up"})
 ID_PATTERN = re.compile(r"^g[0-9a-f]{1,16}$")
 REASON_MAX = 500
 REQUESTER_MAX = 64
+LIFETIME = re.compile(r"([0-9]{1,7})([smhd])")
+LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 
 
 class GrantUnavailable(HitlError):
@@ -207,6 +209,17 @@ def check_expiry(seconds: float, cap: int) -> float:
             f"([grants] max_seconds = {cap}); nothing was granted"
         )
     return seconds
+
+
+def parse_lifetime(text: str, field: str = "expires") -> float:
+    """Seconds from `90m`, `2h`, `7d` (or `45s`): a grant's lifetime, which is never `never`."""
+    matched = LIFETIME.fullmatch(text.strip().lower())
+    if matched is None:
+        raise InvalidArguments(
+            f"{field}: {text[:40]!r} is not a lifetime: a number of days, hours, minutes or seconds such as "
+            "7d, 2h, 30m; a grant must expire"
+        )
+    return float(int(matched[1]) * LIFETIME_UNITS[matched[2]])
 
 
 def check_uses(uses: int | None) -> int | None:

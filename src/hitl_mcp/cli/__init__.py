@@ -3,6 +3,7 @@
 from hitl_mcp.cli import (
     audit,
     db,
+    grants,
     login,
     mcp_config,
     notify,
@@ -18,6 +19,7 @@ from hitl_mcp.cli.app import main
 __all__ = [
     "audit",
     "db",
+    "grants",
     "login",
     "main",
     "mcp_config",

@@ -20,6 +20,7 @@ from hitl_mcp.gate import Gate
 from hitl_mcp.models import AuditEvent
 from hitl_mcp.web import events, queries
 from hitl_mcp.web.face import WebFace
+from hitl_mcp.web.grants_api import grant_routes
 from hitl_mcp.web.models import ApproveBody, EditBody, RejectBody
 from hitl_mcp.web.openapi import document
 from hitl_mcp.web.problems import Refused, problem_of
@@ -169,4 +170,5 @@ def routes(face: WebFace) -> list[Route]:
         Route(f"{PREFIX}/events", change_events, methods=["GET"]),
         Route(f"{PREFIX}/report", endpoint(report, frozenset({"since"})), methods=["GET"]),
         Route(f"{PREFIX}/audit/verify", endpoint(chain), methods=["GET"]),
+        *grant_routes(face, PREFIX),
     ]

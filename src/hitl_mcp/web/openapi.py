@@ -15,6 +15,7 @@ from hitl_mcp import __version__
 from hitl_mcp.gate import MAX_PAGE
 from hitl_mcp.json_input import MAX_DEPTH
 from hitl_mcp.models import AuditEvent, Request, SummaryPage
+from hitl_mcp.web.grants_api import GRANT_ID, GrantBody, GrantList, GrantRecord
 from hitl_mcp.web.models import (
     ApproveBody,
     ChainState,
@@ -41,8 +42,10 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     Principal,
     Count,
     DenialList,
+    GrantRecord,
+    GrantList,
 )
-BODIES: tuple[type[BaseModel], ...] = (ApproveBody, RejectBody, EditBody, SettleBody)
+BODIES: tuple[type[BaseModel], ...] = (ApproveBody, RejectBody, EditBody, SettleBody, GrantBody)
 REF = "#/components/schemas/{model}"
 ERROR_TEXT = {
     400: f"Bad input: the detail names the field and the rule (a JSON body nests {MAX_DEPTH} levels at most)",
@@ -195,6 +198,52 @@ def _for_the_cli(listing: list[dict[str, Any]], tool_schema: dict[str, Any]) -> 
     }
 
 
+def _grants() -> dict[str, Any]:
+    """`/api/v1/grants`: standing approvals (docs/grants.md)."""
+    changing = _errors(400, 401, 403, 404, 409, 503)
+
+    def on_grant(summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "parameters": [GRANT_ID],
+                "responses": {"200": _json(GrantRecord, "The grant afterwards"), **changing},
+            }
+        }
+
+    return {
+        "/api/v1/grants": {
+            "get": {
+                "summary": "Grants waiting or active, oldest first; with all=true, finished ones too",
+                "parameters": [
+                    _query(
+                        "all", {"type": "string", "enum": ["true", "false"]}, "Expired, revoked, used-up too"
+                    )
+                ],
+                "responses": {"200": _json(GrantList, "The grants"), **_errors(400, 401, 503)},
+            },
+            "post": {
+                "summary": "Grant a requester's calls of one tool whose arguments meet `when` (or any, said "
+                "explicitly) until it expires; the caller must be able to approve such calls",
+                "requestBody": _body(GrantBody, required=True),
+                "responses": {
+                    "201": _json(GrantRecord, "The grant: active, or waiting on further levels"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 503),
+                },
+            },
+        },
+        "/api/v1/grants/{grant_id}": {
+            "get": {
+                "summary": "One grant",
+                "parameters": [GRANT_ID],
+                "responses": {"200": _json(GrantRecord, "The grant"), **_errors(401, 404, 503)},
+            }
+        },
+        "/api/v1/grants/{grant_id}/approve": on_grant("A further level's approval of a waiting grant"),
+        "/api/v1/grants/{grant_id}/revoke": on_grant("End a grant: from the next call on it covers nothing"),
+    }
+
+
 def document(tools: Sequence[str] = ()) -> dict[str, Any]:
     """The document; `tools` (the gated tools served now) are what the `tool` filter takes."""
     tool_schema: dict[str, Any] = {"type": "string", "enum": list(tools)} if tools else {"type": "string"}
@@ -301,6 +350,7 @@ def document(tools: Sequence[str] = ()) -> dict[str, Any]:
             }
         },
         **_for_the_cli(listing, tool_schema),
+        **_grants(),
         "/api/v1/audit/verify": {
             "get": {
                 "summary": "The audit chain's state, as `hitl audit verify` finds it",
