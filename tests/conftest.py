@@ -24,6 +24,28 @@ hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI") == "true":
     hypothesis_settings.load_profile("ci")
 
+
+# Module-scoped fixtures (a served site, a browser, a plug-in venv) cost seconds each. Under
+# `pytest -n N --dist loadgroup` (make pytest) the tests of a module that uses one run on one worker, so
+# it starts once rather than once per worker; every other test is scheduled on its own.
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(f"module:{item.nodeid.partition('::')[0]}"))
+
+
+def shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        definitions[-1].scope in ("class", "module", "package")
+        for definitions in info.name2fixturedefs.values()
+        if definitions
+    )
+
+
 USERS = [
     (1, "ann@test.com", 25, "active", "2025-06-01", None),
     (2, "bob@test.com", 41, "inactive", "2023-01-15", None),
