@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.extension import ClientExtension, NotificationBinding
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
@@ -36,6 +39,7 @@ from hitl_mcp.ledger import Ledger
 from hitl_mcp.models import Status
 from hitl_mcp.server import build_server
 from hitl_mcp.tasks import legacy
+from tests.test_auth import minted, serving
 
 BUY = {"symbol": "GOOGL", "quantity": 100, "price": 150.0}
 GATED = {"buy_stock", "send_email", "delete_database_records"}
@@ -268,3 +272,43 @@ async def test_tasks_list_pages_newest_first_and_refuses_a_cursor_it_never_gave(
                 ListTasksRequest(params=PaginatedRequestParams(cursor="99")), Wire
             )
         assert forged.value.error.code == INVALID_PARAMS and "cursor" in forged.value.error.message
+
+
+@pytest.fixture
+def tokens(env: dict[str, str], config_file: Path) -> dict[str, str]:
+    """Bearer tokens of two principals, configured as `hitl token new` says to."""
+    made = {name: minted(env, name) for name in ("agent", "reviewer-bot")}
+    with config_file.open("a", encoding="utf-8") as file:
+        for _, lines in made.values():
+            file.write(f"\n{lines}\n")
+    return {name: secret for name, (secret, _) in made.items()}
+
+
+@asynccontextmanager
+async def over_http(url: str, token: str, statuses: Statuses | None = None) -> AsyncIterator[Client]:
+    extensions = [statuses] if statuses is not None else []
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy", extensions=extensions) as client,
+    ):
+        yield client
+
+
+async def test_over_http_each_token_sees_its_own_tasks_and_hears_their_changes(
+    env: dict[str, str], tokens: dict[str, str], tmp_path: Path
+) -> None:
+    statuses = Statuses()
+    with serving(env, tmp_path / "server.log") as url:
+        async with over_http(url, tokens["agent"], statuses) as agent:
+            task_id = (await call_as_task(agent, "buy_stock", BUY))["task"]["taskId"]
+            async with over_http(url, tokens["reviewer-bot"]) as reviewer:
+                with pytest.raises(MCPError):
+                    await get(reviewer, task_id)  # the token's principal did not file it
+                assert await listed(reviewer) == []
+                approved = await reviewer.call_tool("approve", {"request_id": task_id})
+                assert approved.structured_content is not None
+                assert approved.structured_content["status"] == "executed"
+            final = await result(agent, task_id)
+            assert final["structuredContent"]["status"] == "executed"
+            assert (await statuses.until("completed")).task_id == task_id
