@@ -46,9 +46,12 @@ max_seconds = 86400
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture
-def governed(env: dict[str, str], config_file: Path) -> Settings:
+@pytest.fixture(params=["sqlite", "postgres"])
+def governed(request: pytest.FixtureRequest, env: dict[str, str], config_file: Path) -> Settings:
+    """The same rules on both stores: each test runs on an SQLite file and on a PostgreSQL database."""
     config_file.write_text(config_file.read_text() + POLICY)
+    if request.param == "postgres":
+        env = env | {"HITL_DB": request.getfixturevalue("pg_url")}
     return load_settings(env)
 
 
