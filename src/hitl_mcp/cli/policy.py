@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from hitl_mcp.actions import Action, build_actions, find
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
 from hitl_mcp.config import Settings, load_settings
-from hitl_mcp.errors import InvalidArguments
+from hitl_mcp.errors import ConfigError, InvalidArguments
 
 # How long `check` and `explain` wait for an upstream to start and list its tools.
 PROBE_SECONDS = 20.0
@@ -23,7 +25,8 @@ PROBE_SECONDS = 20.0
 
 @main.group("policy")
 def policy_group() -> None:
-    """Check the policy in a config file, and see which rule a request would meet."""
+    """Check the policy in a config file, see which rule a request would meet, and replay the filed calls
+    against another policy."""
 
 
 @policy_group.command()
@@ -182,3 +185,35 @@ def _upstream_action(settings: Settings, tool: str) -> Action:  # type: ignore[t
         why = "offers no such tool" if listed is None else "passes it at once (no policy applies)"
         raise InvalidArguments(f"tool: {name} {why}: {upstream_name}")
     return upstream_tool(name, listed.tool, target=state.target)(Offline())
+
+
+@policy_group.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--since", metavar="T", help="Only calls filed at or after T: an ISO date or time, or an age (7d)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@refusals
+def simulate(file: Path, since: str | None, as_json: bool) -> None:
+    """Replay the calls filed in the store against FILE's policy, beside what the policy in force did.
+
+    FILE is a config file like HITL_CONFIG's; only its [policy.*] tables (and the principals they name)
+    are used. Per tool: how many calls would have run at once, needed which levels, been confirmed by
+    the requester or denied, and a few examples of each change. Reads the store only; a call the policy
+    refused at filing kept no arguments and is not replayed. Exits 2 when FILE is wrong, naming the key."""
+    from hitl_mcp.cli.audit import parse_moment, reading
+    from hitl_mcp.cli.simulate_view import render
+    from hitl_mcp.simulate import simulate as replay
+
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such policy file")
+    try:
+        window = None if since is None else parse_moment(since, time.time())
+    except ValueError as error:
+        raise InvalidArguments(f"--since: {error}") from None
+    other = load_settings({**os.environ, "HITL_CONFIG": str(file)})
+    figures = reading(lambda store: replay(store, other.policies, window))
+    if as_json:
+        click.echo(json.dumps(figures.to_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render(figures, file))

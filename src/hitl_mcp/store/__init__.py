@@ -26,6 +26,8 @@ from hitl_mcp.policy import Snapshot
 
 if TYPE_CHECKING:
     from hitl_mcp.config import Settings
+    from hitl_mcp.store.replay import Filed
+    from hitl_mcp.store.report_sql import ReportRows
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,14 @@ class Store(OutboxStore, Protocol):
 
     async def audit_head(self) -> tuple[int, str]:
         """The last audit record's seq and hash: (0, GENESIS) for an empty trail."""
+
+    async def filed_page(self, after: int, since: float | None, limit: int) -> list[Filed]:
+        """Filed requests after seq `after` (0: from the first), oldest first, filed at or after `since`
+        (all when None): what `hitl policy simulate` replays. Reads only."""
+
+    async def report_rows(self, since: float | None = None) -> ReportRows:
+        """The report's aggregates (`hitl_mcp.report`) counted by the store's own SQL in one snapshot, over
+        the requests filed at or after `since` (all when None)."""
 
     async def audit_request_ids(self, prefix: str, limit: int = 2) -> list[str]:
         """Request ids in the audit trail (denied and passed calls' too) that start with `prefix`."""

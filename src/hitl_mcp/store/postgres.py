@@ -39,6 +39,7 @@ from hitl_mcp.store import (
     finish_details,
     level_details,
     postgres_grants,
+    replay,
     report_sql,
 )
 from hitl_mcp.store import postgres_schema as schema
@@ -641,6 +642,18 @@ class PostgresStore(
             raise
         except FAULTS as error:
             raise HitlError(f"cannot read the audit trail in {redact(self.url)}: {error}") from None
+
+    async def filed_page(self, after: int, since: float | None, limit: int) -> list[replay.Filed]:
+        sql = replay.sql("postgres", since is not None)
+        params = (after, limit) if since is None else (after, since, limit)
+
+        async def page(conn: Conn) -> list[replay.Filed]:
+            return [
+                replay.Filed(row[0], row[1], row[2], row[3], text_out(row[4]) or "", *row[5:])
+                for row in await conn.fetch(sql, *params)
+            ]
+
+        return await self._read(page)
 
     async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
         sql = report_sql.statement("postgres", since is not None)

@@ -37,6 +37,7 @@ from hitl_mcp.store import (
     SummaryRows,
     finish_details,
     level_details,
+    replay,
     report_sql,
     sqlite_audit,
     sqlite_grants,
@@ -768,6 +769,11 @@ class SQLiteStore(
 
     def _unreadable(self, error: sqlite3.Error) -> HitlError:
         return HitlError(f"cannot read the audit trail in {self.path}: {error}")
+
+    async def filed_page(self, after: int, since: float | None, limit: int) -> list[replay.Filed]:
+        sql = replay.sql("sqlite", since is not None)
+        params = (after, limit) if since is None else (after, since, limit)
+        return await self._run(lambda conn: [replay.Filed(*row) for row in conn.execute(sql, params)])
 
     async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
         sql = report_sql.statement("sqlite", since is not None)
