@@ -138,6 +138,13 @@ class GateSettings(BaseModel):
         description='How long a call under approval = "confirm" waits for the person at an older client to '
         "answer its question; unanswered, the request waits for one approval by anyone but the requester",
     )
+    request_state_key_file: Path | None = Field(
+        default=None,
+        description="A file of secret keys, one a line (at least 32 characters each; the first seals, every "
+        'one unseals), sealing the state a 2026-07-28 approval = "confirm" question travels with, so its '
+        "answer may reach any server holding the same file; relative to the config file's folder. Not "
+        "set: a key of this process alone, and the answer must come back to it",
+    )
 
 
 class OidcSettings(BaseModel):

@@ -39,6 +39,7 @@ from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
 from hitl_mcp.models import Decided, Request, Status, SummaryPage
 from hitl_mcp.notify.worker import deliver_forever
+from hitl_mcp.request_state import request_state_security
 from hitl_mcp.sdk_seams import (
     add_legacy_request_handler,
     announce_tools_changing,
@@ -172,6 +173,8 @@ def build_server(
         else None,
         subscriptions=bus,
         extensions=[tasks_extension],
+        # A confirm question's answer may come back to another replica when they share keys.
+        request_state_security=request_state_security(settings),
     )
     for action in actions.values():
         app.add_tool(
