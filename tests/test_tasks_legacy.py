@@ -40,6 +40,7 @@ from hitl_mcp.models import Status
 from hitl_mcp.server import build_server
 from hitl_mcp.tasks import legacy
 from tests.test_auth import minted, serving
+from tests.test_gateway import until_listed
 
 BUY = {"symbol": "GOOGL", "quantity": 100, "price": 150.0}
 GATED = {"buy_stock", "send_email", "delete_database_records"}
@@ -312,3 +313,30 @@ async def test_over_http_each_token_sees_its_own_tasks_and_hears_their_changes(
             final = await result(agent, task_id)
             assert final["structuredContent"]["status"] == "executed"
             assert (await statuses.until("completed")).task_id == task_id
+
+
+async def test_an_upstreams_gated_tool_offers_a_task_and_its_passed_tools_do_not(
+    gateway_settings: Settings,
+) -> None:
+    async with (
+        older_client(gateway_settings, "agent") as agent,
+        older_client(gateway_settings, "alice") as alice,
+    ):
+        await until_listed(agent, "notes__write_note")
+        await until_listed(alice, "notes__write_note")
+        listing = await agent.session._dispatcher.send_raw_request("tools/list", {}, {})
+        support = {tool["name"]: tool.get("execution", {}).get("taskSupport") for tool in listing["tools"]}
+        assert support["notes__write_note"] == "optional" and support["notes__read_note"] is None
+        with pytest.raises(MCPError) as passed:
+            await call_as_task(agent, "notes__read_note", {"path": "a.txt"})
+        assert passed.value.error.code == METHOD_NOT_FOUND
+
+        created = await call_as_task(agent, "notes__write_note", {"path": "a.txt", "text": "hi"})
+        task_id = created["task"]["taskId"]
+        assert (await get(agent, task_id))["status"] == "working"
+        approved = await alice.call_tool("approve", {"request_id": task_id})
+        assert approved.structured_content is not None
+        assert approved.structured_content["status"] == "executed"
+        final = await result(agent, task_id)
+    assert final["isError"] is False
+    assert [block["text"] for block in final["content"]][-1] == "wrote a.txt"  # the upstream's own answer
