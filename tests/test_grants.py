@@ -226,3 +226,34 @@ def test_the_example_config_shows_the_grants_cap() -> None:
     example = Path(__file__).parent.parent / "examples" / "hitl.toml"
     shown = tomllib.loads(example.read_text(encoding="utf-8")).get("grants", {})
     assert sorted(shown) == sorted(GrantsSettings.model_fields)
+
+
+@pytest.fixture
+def on_sqlite(env: dict[str, str], config_file: Path) -> Settings:
+    config_file.write_text(config_file.read_text() + POLICY)
+    return load_settings(env)
+
+
+async def test_hitl_db_migrate_carries_grants_with_their_uses_left(
+    env: dict[str, str], on_sqlite: Settings, pg_empty_url: str
+) -> None:
+    from hitl_mcp.store.transfer import copy_to_postgres
+
+    async with open_gate(on_sqlite) as gate:
+        kept = await gate.add_grant("send_email", "agent", None, True, HOUR, 2, None, by="alice")
+        ended = await gate.add_grant(
+            "send_email", "agent", "size_bytes < 10", False, HOUR, None, None, by="alice"
+        )
+        await gate.revoke_grant(ended.id, "alice")
+        assert (await gate.file("send_email", email(), "agent")).status is Status.EXECUTED
+
+    copied = await copy_to_postgres(on_sqlite.db_path, pg_empty_url)
+
+    assert copied.counts["grants"] == 2 and copied.source_head == copied.target_head
+    async with open_gate(load_settings(env | {"HITL_DB": pg_empty_url})) as gate:
+        assert [(g.id, g.status, g.uses_left) for g in await gate.grants(include_finished=True)] == [
+            (kept.id, "active", 1),
+            (ended.id, "revoked", None),
+        ]
+        statuses = [(await gate.file("send_email", email(), "agent")).status for _ in range(2)]
+        assert statuses == [Status.EXECUTED, Status.PENDING]

@@ -74,8 +74,8 @@ class PostgresGrants:
         raise NotImplementedError
 
     async def grant_insert(self, grant: Grant) -> Grant:
-        values = list(row_of(grant))
-        values[4] = grant.any_arguments
+        # The same row as SQLite's (any_arguments 0 or 1): `hitl db migrate` copies it as it is.
+        values = row_of(grant)
 
         async def insert(tx: Transaction) -> Grant:
             placeholders = ", ".join(f"${number}" for number in range(1, 18))

@@ -23,6 +23,7 @@ from hitl_mcp.audit import GENESIS
 from hitl_mcp.config import redact
 from hitl_mcp.errors import ConfigError, StoreUnavailable
 from hitl_mcp.store import postgres_schema, sqlite_schema
+from hitl_mcp.store.grants import COLUMNS as GRANT_COLUMNS
 from hitl_mcp.store.postgres import PostgresStore
 from hitl_mcp.store.postgres_connection import FAULTS, fault
 from hitl_mcp.store.postgres_rows import Conn, text_in
@@ -149,6 +150,13 @@ TABLES = (
         "SELECT sha256, request_id, principal, arguments_digest, created_at, expires_at, used_at "
         "FROM link_tokens ORDER BY sha256",
         ("sha256", "request_id", "principal", "arguments_digest", "created_at", "expires_at", "used_at"),
+    ),
+    # Grants: a standing approval made before the move still covers calls after it, with the uses it has
+    # left, and a revoked one stays revoked.
+    Table(
+        "grants",
+        f"SELECT {GRANT_COLUMNS} FROM grants ORDER BY created_at, id",
+        tuple(column.strip() for column in GRANT_COLUMNS.split(",")),
     ),
     # The Slack messages posted about requests: a decision after the move still updates them.
     Table(

@@ -8,7 +8,7 @@ CREATE TABLE grants (
     tool text NOT NULL,
     requester text NOT NULL,
     when_expr text,
-    any_arguments boolean NOT NULL,
+    any_arguments integer NOT NULL CHECK (any_arguments IN (0, 1)),
     created_by text NOT NULL,
     created_at double precision NOT NULL,
     expires_at double precision NOT NULL,
