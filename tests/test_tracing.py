@@ -30,9 +30,10 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    # The API's global, and the SDK's tracer it took from it at import: both go back after the test.
+    # The API's global and the tracers taken from it at import (the SDK's, hitl's): all go back afterwards.
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     monkeypatch.setattr(mcp.shared._otel, "_tracer", provider.get_tracer("mcp-python-sdk"))
+    monkeypatch.setattr(tracing, "_TRACER", provider.get_tracer(tracing.TRACER))
     yield exporter
     provider.shutdown()
 
