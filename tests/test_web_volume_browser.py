@@ -1,6 +1,6 @@
-"""Deciding several requests at once in a real browser (Debian's Chromium through Playwright, as in
+"""The inbox's queue at volume and its grants in a real browser (Debian's Chromium through Playwright, as in
 tests/test_web_browser.py): tick rows of the queue, give one reason, press one button, read what became of
-each."""
+each; approve a request and allow calls like it, editing the grant's scope and expiry first."""
 
 from __future__ import annotations
 
@@ -97,3 +97,38 @@ async def test_three_selected_one_her_own_two_are_approved_and_the_third_says_wh
     )
     assert {order[0] for order in site.orders()} >= {first, second}
     assert own not in {order[0] for order in site.orders()}
+
+
+async def test_approve_and_allow_similar_opens_a_prefilled_grant_the_approver_narrows_under_the_cap(
+    browser: Browser, quorum: tuple[Site, Served]
+) -> None:
+    site, server = quorum
+    arguments: dict[str, Any] = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}
+    async with open_gate(load_settings(site.env)) as gate:
+        request_id = (await gate.file("buy_stock", arguments, "agent")).request_id
+    page = await sign_in_with_token(browser, server, site.tokens["alice"])
+    await page.goto(f"{server.base}/requests/{request_id}")
+
+    await page.get_by_text("Allow similar calls from agent…").click()
+    await page.get_by_role("button", name="Approve and allow similar for agent…").click()
+
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Allow similar calls")
+    when = page.get_by_label("When", exact=True)
+    await expect(when).to_have_value("price = 150.0 AND quantity = 10 AND symbol = 'GOOGL'")
+    await expect(page.get_by_text("at most 7d")).to_be_visible()
+    await when.fill("symbol = 'GOOGL' AND quantity <= 10")
+    await page.get_by_label("Expires after").fill("8d")
+    await page.get_by_role("button", name="Make grant").click()
+    await expect(page.get_by_role("alert")).to_contain_text("expires: 8d is above the cap of 7d")
+    await expect(when).to_have_value("symbol = 'GOOGL' AND quantity <= 10")
+    await page.get_by_label("Expires after").fill("2h")
+    await page.get_by_role("button", name="Make grant").click()
+
+    await expect(page.get_by_role("status")).to_have_text("Grant made.")
+    row = page.locator("tr[data-grant]")
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text("buy_stock from agent when symbol = 'GOOGL' AND quantity <= 10")
+    await expect(row).to_contain_text("waiting")  # the larger orders' rule also needs a risk manager
+    await expect(row.get_by_role("button", name=re.compile("^Revoke grant"))).to_be_visible()
+    async with open_gate(load_settings(site.env)) as gate:
+        assert (await gate.get(request_id)).status.value == "executed"

@@ -26,7 +26,7 @@ from hitl_mcp import json_input
 from hitl_mcp.errors import HitlError, InvalidArguments, NotFound, NotPending
 from hitl_mcp.gate import MAX_PAGE, Gate
 from hitl_mcp.models import Request, RequestSummary, Status, SummaryPage
-from hitl_mcp.web import bulk, forms, queries, rendering
+from hitl_mcp.web import bulk, forms, grant_pages, queries, rendering
 from hitl_mcp.web.auth import CALLBACK_PATH, LOGIN_COOKIE, SESSION_COOKIE, Session
 from hitl_mcp.web.charts import bars, stacked_bars
 from hitl_mcp.web.face import WebFace
@@ -37,7 +37,10 @@ from hitl_mcp.web.problems import status_of
 FORM_MEDIA = "application/x-www-form-urlencoded"
 # A form's path, less what turns it into the page it was sent from: /requests/ID/approve → /requests/ID,
 # /tokens/ID/revoke → /tokens.
-FORM_ACTION = re.compile(r"/(?:approve|reject|edit)$|^/logout$|^/decide$|(?<=^/tokens)/[^/]+/revoke$")
+FORM_ACTION = re.compile(
+    r"/(?:approve|reject|edit)$|^/logout$|^/decide$|(?<=^/tokens)/[^/]+/revoke$"
+    r"|(?<=^/grants)/[^/]+/(?:approve|revoke)$"
+)
 HISTORY_STATUSES = ("finished", *(status.value for status in queries.FINISHED), "all")
 Page = Callable[[HttpRequest, Session, Gate], Awaitable[Response]]
 
@@ -328,6 +331,7 @@ class Pages:
         work: Awaitable[Request],
         reason: str,
         done: str,
+        then: str | None = None,
     ) -> Response:
         try:
             record = await work
@@ -335,6 +339,8 @@ class Pages:
             return await self.request_page(
                 request, session, gate, status=status_of(error), refusal=str(error), reason=reason
             )
+        if then is not None:
+            return RedirectResponse(f"{then}{record.request_id}", status_code=303)
         return RedirectResponse(f"/requests/{record.request_id}?done={done}", status_code=303)
 
     async def approve(
@@ -364,6 +370,11 @@ class Pages:
                 record.request_id, session.principal, reason.strip() or None, changes, roles=session.roles
             )
 
+        if fields.get("then") == "grant":
+            # Approve and allow similar: the request first, then the grant form built from it.
+            return await self.decided(
+                request, session, gate, approving(), reason, "approved", then="/grants/new?request="
+            )
         return await self.decided(request, session, gate, approving(), reason, "approved")
 
     async def reject(
@@ -568,6 +579,7 @@ class Pages:
             Route("/login", self.login_page, methods=["GET"]),
             Route("/login", self.sign_in, methods=["POST"]),
             Route("/logout", page(form(self.sign_out)), methods=["POST"]),
+            *grant_pages.routes(self),
         ]
 
 
