@@ -75,7 +75,7 @@ class Statuses(ClientExtension):
         self.arrived = anyio.Event()
 
     async def until(self, status: str) -> TaskStatusNotificationParams:
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             while True:
                 arrived = self.arrived
                 found = [heard for heard in self.heard if heard.status == status]
