@@ -19,6 +19,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from hitl_mcp import expr, policy
@@ -31,18 +32,32 @@ AT_ONCE, DENIED, CONFIRM = "at once", "denied", "confirmed by the requester"
 
 @dataclass(frozen=True)
 class _Compiled:
-    """One `[policy.TOOL]` with each `when` parsed: (rule, parsed when or None) in order."""
+    """One `[policy.TOOL]` with each `when` parsed once: (parsed when or None, its outcome) in order, and
+    whether any `when` reads the preview (otherwise the stored preview is never parsed)."""
 
-    rules: tuple[tuple[policy.Rule, expr.Node | None], ...]
+    rules: tuple[tuple[expr.Node | None, str], ...]
+    reads_preview: bool
+    reads_arguments: bool
 
 
 def compile_policies(policies: Mapping[str, policy.ActionPolicy]) -> dict[str, _Compiled]:
-    return {
-        tool: _Compiled(
-            tuple((rule, None if rule.when is None else expr.parse(rule.when)) for rule in configured.rules)
-        )
-        for tool, configured in policies.items()
-    }
+    from hitl_mcp.actions import registry
+
+    compiled = {}
+    for tool, configured in policies.items():
+        rules = []
+        names: set[str] = set()
+        for rule in configured.rules:
+            node = None if rule.when is None else expr.parse(rule.when)
+            if node is not None:
+                names |= expr.names(node)
+            rules.append(
+                (node, outcome_of(rule.approval, [(level.roles, level.count) for level in rule.levels]))
+            )
+        action = registry().get(tool)
+        preview_names = frozenset(action.preview_types) if action is not None else frozenset()
+        compiled[tool] = _Compiled(tuple(rules), bool(names & preview_names), bool(names))
+    return compiled
 
 
 def levels_outcome(levels: Sequence[tuple[Sequence[str], int]]) -> str:
@@ -67,18 +82,20 @@ def select(compiled: _Compiled | None, values: Mapping[str, object]) -> str:
     """`policy.select`'s choice as an outcome, over rules parsed once; a `when` that fails on these values
     refuses the call at filing, as the Gate would."""
     if compiled is not None:
-        for rule, node in compiled.rules:
+        for node, outcome in compiled.rules:
             try:
-                applies = node is None or expr.holds(node, values)
+                if node is None or expr.holds(node, values):
+                    return outcome
             except expr.ExpressionError as error:
                 return f"refused ({error})"
-            if applies:
-                return outcome_of(rule.approval, [(level.roles, level.count) for level in rule.levels])
-    return outcome_of("required", [(level.roles, level.count) for level in policy.DEFAULT_RULE.levels])
+    return DEFAULT_OUTCOME
 
 
-def recorded_outcome(snapshot: Mapping[str, Any]) -> str:
-    """What the rule a request met at filing asked of it (its stored snapshot)."""
+@lru_cache(maxsize=1024)
+def recorded_outcome(text: str) -> str:
+    """What the rule a request met at filing asked of it (its stored snapshot, as JSON text: requests
+    under one rule share the text, so each is read once)."""
+    snapshot = _object(text)
     levels = [
         (tuple(level.get("roles") or ()), int(level.get("count", 1)))
         for level in snapshot.get("levels") or ()
@@ -96,6 +113,9 @@ def policy_values(tool: str, arguments: Mapping[str, Any], preview: Mapping[str,
     values: dict[str, object] = {name: preview[name] for name in names if name in preview}
     values.update(arguments)
     return values
+
+
+DEFAULT_OUTCOME = outcome_of("required", [(level.roles, level.count) for level in policy.DEFAULT_RULE.levels])
 
 
 @dataclass
@@ -185,9 +205,12 @@ async def simulate(
 
 
 def _judge(filed: Filed, compiled: Mapping[str, _Compiled]) -> tuple[str, str]:
-    now = recorded_outcome(_object(filed.policy))
-    values = policy_values(filed.tool, _object(filed.arguments), _object(filed.preview))
-    return now, select(compiled.get(filed.tool), values)
+    rules = compiled.get(filed.tool)
+    values: dict[str, object] = {}
+    if rules is not None and rules.reads_arguments:
+        preview = _object(filed.preview) if rules.reads_preview else {}
+        values = policy_values(filed.tool, _object(filed.arguments), preview)
+    return recorded_outcome(filed.policy), select(rules, values)
 
 
 def _object(text: str) -> dict[str, Any]:
