@@ -257,3 +257,22 @@ async def test_hitl_db_migrate_carries_grants_with_their_uses_left(
         ]
         statuses = [(await gate.file("send_email", email(), "agent")).status for _ in range(2)]
         assert statuses == [Status.EXECUTED, Status.PENDING]
+
+
+async def test_the_report_counts_grants_made_used_and_revoked_and_no_grant_as_a_request(gate: Gate) -> None:
+    from hitl_mcp import report as reports
+
+    grant = await gate.add_grant("send_email", "agent", None, True, HOUR, None, None, by="alice")
+    covered = await gate.file("send_email", email(), "agent")
+    await gate.revoke_grant(grant.id, "alice")
+    waiting = await gate.file("send_email", email(), "agent")
+
+    by_sql = await reports.from_store(gate.store)
+    by_pass = await reports.build_stream(gate.store.audit_records())
+
+    for figures in (by_sql, by_pass):
+        assert figures.grants == {"made": 1, "used": 1, "revoked": 1}
+        assert figures.requests == 2  # the two calls; the grant's own records are no request
+        assert figures.outcomes == {"pending": 1, "executed": 1}
+        assert figures.to_json()["grants"] == {"made": 1, "used": 1, "revoked": 1}
+    assert {covered.status, waiting.status} == {Status.EXECUTED, Status.PENDING}

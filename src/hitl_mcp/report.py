@@ -34,6 +34,8 @@ _ISO_TIME = TypeAdapter(datetime)
 STATUS_AFTER = {
     "filed": "pending",
     "policy-auto-approved": "approved",
+    # A standing approval (a grant) covered the call: it ran without waiting on anyone.
+    "granted": "approved",
     # The requester's person said yes through their client (approval = "confirm"): consent, no decision.
     "confirmed": "approved",
     "rejected": "rejected",
@@ -63,7 +65,9 @@ OUTCOME_ORDER = (
 DECISIONS = ("approved", "rejected")
 # Events about no request (an upstream's tool that changed, a token made or revoked): counted among events,
 # never as a request.
-NOTICES = frozenset({"tool-changed", "token-made", "token-revoked"})
+NOTICES = frozenset(
+    {"tool-changed", "token-made", "token-revoked", "grant-created", "grant-approved", "grant-revoked"}
+)
 UNKNOWN_TOOL = "(unknown)"
 
 
@@ -114,6 +118,16 @@ class Report:
         return ordered(total)
 
     @property
+    def grants(self) -> dict[str, int]:
+        """Standing approvals made, calls they covered, and those revoked, in the window."""
+        events = self.events
+        return {
+            "made": events.get("grant-created", 0),
+            "used": events.get("granted", 0),
+            "revoked": events.get("grant-revoked", 0),
+        }
+
+    @property
     def decided(self) -> int:
         return self.approved + self.rejected
 
@@ -143,6 +157,7 @@ class Report:
             "approvers": self.approvers,
             "expired": self.expired,
             "escalated": self.escalated,
+            "grants": self.grants,
             "events": self.events,
         }
 

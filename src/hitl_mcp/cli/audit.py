@@ -280,6 +280,7 @@ def render(figures: reports.Report) -> str:
         ("Auto-approved", str(figures.auto_approved)),
         ("Expired", str(figures.expired)),
         ("Escalated", str(figures.escalated)),
+        ("Grants", "{made} made, {used} used, {revoked} revoked".format(**figures.grants)),
     ]
     width = max(len(label) for label, _ in summary)
     lines += [*(f"{label.ljust(width)}  {value}" for label, value in summary), ""]

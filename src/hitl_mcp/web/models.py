@@ -71,6 +71,12 @@ class DecisionTimes(BaseModel):
     p95_seconds: float | None
 
 
+class GrantFigures(BaseModel):
+    made: int = Field(description="Grants made")
+    used: int = Field(description="Calls a grant covered, which ran without waiting")
+    revoked: int = Field(description="Grants revoked")
+
+
 class ReportFigures(BaseModel):
     """How requests fared, from the audit trail alone: what `hitl report --json` prints."""
 
@@ -86,6 +92,7 @@ class ReportFigures(BaseModel):
     approvers: dict[str, dict[str, int]] = Field(description="Per principal, approve and reject decisions")
     expired: int
     escalated: int
+    grants: GrantFigures = Field(description="Standing approvals: made, used and revoked")
     events: dict[str, int]
 
 
