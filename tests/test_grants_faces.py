@@ -173,6 +173,7 @@ def test_the_cli_on_a_store_adds_lists_and_revokes(env: dict[str, str], settings
     revoked = hitl(env, "grants", "revoke", grant["id"], "--as", "carol")
     live = hitl(env, "grants", "list", "--json")
     every = hitl(env, "grants", "list", "--all", "--json")
+    trail = hitl(env, "audit", "export", "--request", grant["id"])
 
     assert grant["status"] == "active" and grant["reason"] == "the weekly digest"
     assert json.loads(shown.stdout)["status"] == "executed"
@@ -181,6 +182,11 @@ def test_the_cli_on_a_store_adds_lists_and_revokes(env: dict[str, str], settings
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     assert json.loads(live.stdout) == {"grants": []}
     assert [g["status"] for g in json.loads(every.stdout)["grants"]] == ["revoked"]
+    records = [json.loads(line) for line in trail.stdout.splitlines()]
+    assert [(r["event"], r["actor"]) for r in records] == [
+        ("grant-created", "carol"),
+        ("grant-revoked", "carol"),
+    ]
 
 
 def test_the_cli_refuses_in_one_line(env: dict[str, str]) -> None:

@@ -39,6 +39,7 @@ LEVELS: tuple[LoggingLevel, ...] = (
 EVENT_LEVELS: dict[str, LoggingLevel] = {
     "filed": "info",
     "policy-auto-approved": "info",
+    "granted": "info",
     "claimed": "debug",
     "executed": "info",
     "approved": "notice",
