@@ -199,12 +199,12 @@ def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) 
     """The upstreams' tools on this server, and the list_changed announcement older clients need."""
     from hitl_mcp.gateway import Gateway  # the SDK's client comes with it: only for servers with upstreams
 
-    async def file(name: str, arguments: dict[str, Any], ctx: Context[ServerState, Any]) -> CallToolResult:
-        # The gateway's proxy tools answer a CallToolResult only: an upstream's confirm rule asks a
-        # 2026-07-28 client nothing, and its request waits for an approval by someone else.
-        answer = await _file(ctx, name, arguments, ask_later=False)
-        assert isinstance(answer, CallToolResult)
-        return answer
+    async def file(
+        name: str, arguments: dict[str, Any], ctx: Context[ServerState, Any]
+    ) -> CallToolResult | InputRequiredResult:
+        # As for a built-in: under a confirm rule a 2026-07-28 client is asked through an input_required
+        # round, and its retry (which carries the answer) comes back through the same proxy tool.
+        return await _file(ctx, name, arguments)
 
     gateway = Gateway(
         app,

@@ -20,7 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import func_metadata
 from mcp.server.subscriptions import SubscriptionBus, ToolsListChanged
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, InputRequiredResult, TextContent
 from mcp_types import Tool as ToolInfo
 from pydantic import Field
 
@@ -32,7 +32,8 @@ from hitl_mcp.upstream.settings import PreviewCall
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult]]
+# A gated call may answer with a question for the person at the client (`approval = "confirm"`).
+Handler = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult | InputRequiredResult]]
 
 
 async def _no_function() -> None:
@@ -84,7 +85,9 @@ class UpstreamView(UpstreamCalls, Protocol):
         """Every tool of every ready upstream, as the rules expose it."""
 
 
-FileHandler = Callable[[str, dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult]]
+FileHandler = Callable[
+    [str, dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult | InputRequiredResult]
+]
 PrincipalOf = Callable[[Context[Any, Any]], str]
 
 
@@ -165,7 +168,9 @@ class GatewayTools:
         output_schema: dict[str, Any] | None
         if exposed.gated:
 
-            async def file(arguments: dict[str, Any], ctx: Context[Any, Any]) -> CallToolResult:
+            async def file(
+                arguments: dict[str, Any], ctx: Context[Any, Any]
+            ) -> CallToolResult | InputRequiredResult:
                 return await self.file(exposed.name, arguments, ctx)
 
             handler, description, output_schema = (
