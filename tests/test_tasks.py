@@ -13,11 +13,13 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 import httpx
+import httpx2
 import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.extension import ClaimContext, ClientExtension, NotificationBinding, ResultClaim
 from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
@@ -34,12 +36,14 @@ from mcp_types import (
 from mcp_types.jsonrpc import HEADER_MISMATCH, INVALID_PARAMS
 from pydantic import ConfigDict, Field
 
+from hitl_mcp.auth import PrincipalTokens
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.ledger import Ledger
 from hitl_mcp.server import build_server
 from hitl_mcp.tasks.core import DISPOSITION_KEY
 from hitl_mcp.tasks.extension import IDENTIFIER
+from hitl_mcp.tokens import new_token, token_sha256
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
 from tests.test_gateway import session as gateway_session
@@ -331,9 +335,10 @@ async def test_a_listener_hears_notifications_tasks_for_its_own_task(settings: S
 
 
 @asynccontextmanager
-async def http_app(settings: Settings) -> AsyncIterator[str]:
-    """The server's streamable HTTP app under uvicorn on a port the OS picked; yields its /mcp URL."""
-    app = build_server(settings, principal="agent")
+async def http_app(settings: Settings, tokens: PrincipalTokens | None = None) -> AsyncIterator[str]:
+    """The server's streamable HTTP app under uvicorn on a port the OS picked; yields its /mcp URL. With
+    `tokens`, every request must bear one, and acts as its principal."""
+    app = build_server(settings, principal="agent", tokens=tokens)
     config = uvicorn.Config(app.streamable_http_app(), host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as group:
@@ -436,3 +441,32 @@ async def test_an_upstream_gated_tool_answers_a_task_that_completes_with_the_ups
     assert result.meta is not None and result.meta[DISPOSITION_KEY] == "approved-executed"
     # The upstream's own answer follows the statement of what ran.
     assert len(result.content) > 1 and "ran once" in text(result)
+
+
+async def test_over_http_a_task_is_its_token_holders_alone(settings: Settings, gate: Gate) -> None:
+    secrets = {name: new_token() for name in ("agent", "mallory")}
+    tokens = PrincipalTokens({name: token_sha256(secret) for name, secret in secrets.items()})
+    tasks = Tasks(on_created=approving(gate))
+    async with http_app(settings, tokens) as url:
+
+        @asynccontextmanager
+        async def bearing(name: str, extensions: list[ClientExtension]) -> AsyncIterator[Client]:
+            headers = {"Authorization": f"Bearer {secrets[name]}"}
+            async with httpx2.AsyncClient(headers=headers) as http:
+                transport = streamable_http_client(url, http_client=http)
+                async with Client(transport, mode=MODERN, extensions=extensions) as client:
+                    yield client
+
+        async with bearing("mallory", [Tasks()]) as mallory:
+            theirs = await gate.file("buy_stock", BUY, "agent")
+            with pytest.raises(MCPError) as refused:
+                await get_task(mallory.session, theirs.request_id)
+            assert refused.value.error.code == INVALID_PARAMS
+        async with bearing("agent", [tasks]) as agent:
+            mine = await get_task(agent.session, theirs.request_id)
+            result = await agent.call_tool("buy_stock", BUY)
+
+    assert mine.status == "working"
+    assert tasks.created[0].task_id != theirs.request_id
+    assert (await gate.get(tasks.created[0].task_id)).requested_by == "agent"
+    assert ok(result)["status"] == "executed"

@@ -146,25 +146,27 @@ class TasksExtension(Extension):
         return {"resultType": "task", **wire(core.task_of(filing.request))}
 
     async def get(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> HandlerResult:
-        task = await core.view(*self._asked(ctx, params))
+        task = await core.view(*self._asked(ctx, params, "retrieve"))
         if task is None:
             raise _unknown("retrieve")
         return {"resultType": "complete", **wire(task)}
 
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> HandlerResult:
-        task = await core.cancel(*self._asked(ctx, params))
+        task = await core.cancel(*self._asked(ctx, params, "cancel"))
         if task is None:
             raise _unknown("cancel")
         # An empty acknowledgement, as the extension asks; the status (and its message) say what happened.
         return {"resultType": "complete"}
 
-    def _asked(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> tuple[Gate, str, str]:
+    def _asked(
+        self, ctx: ServerRequestContext[Any, Any], params: TaskParams, what: str
+    ) -> tuple[Gate, str, str]:
         """The gate, the caller and the task id of a tasks/* request, once the request may be served."""
         require_client_extension(ctx, IDENTIFIER)
         _check_name_header(ctx, params.task_id)
         principal = self.principal_of(ctx)
         if principal is None:
-            raise _unknown("retrieve")
+            raise _unknown(what)
         return self.gate_of(ctx), principal, params.task_id
 
     async def listen(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
