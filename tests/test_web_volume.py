@@ -225,6 +225,7 @@ def test_search_narrows_the_queue_and_shows_agent_text_escaped(served: tuple[Sit
         live = alice.get("/", params={"q": "zqxv", "partial": "rows"}).text
         nothing = alice.get("/", params={"q": "no-such-words"}).text
         too_long = alice.get("/", params={"q": "x" * 201})
+        control = alice.get("/", params={"q": "a\x00b"})
 
     assert set(picks_on(found)) == {needle, hostile} and other not in found
     assert set(picks_on(live)) == {needle, hostile}
@@ -232,6 +233,7 @@ def test_search_narrows_the_queue_and_shows_agent_text_escaped(served: tuple[Sit
     assert 'data-live="/?q=zqxv&amp;partial=rows"' in found
     assert "Nothing waits for a decision that matches these filters." in nothing
     assert too_long.status_code == 400 and "q: at most 200 characters" in too_long.text
+    assert control.status_code == 400 and "q: control characters" in control.text
 
 
 def decide(

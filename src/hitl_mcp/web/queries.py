@@ -13,7 +13,6 @@ from typing import Any
 from hitl_mcp import decisions
 from hitl_mcp import report as reports
 from hitl_mcp.actions import find
-from hitl_mcp.audit import verify_stream
 from hitl_mcp.config import check_principal, fold_principal
 from hitl_mcp.errors import ConfigError, HitlError, InvalidArguments
 from hitl_mcp.gate import CURSOR_PATTERN, MAX_PAGE, Gate
@@ -78,6 +77,9 @@ def parse_query(params: Mapping[str, str], *, now: float, default_status: str = 
     text = params.get("q", "").strip() or None
     if text is not None and len(text) > queue_reads.MAX_SEARCH:
         raise InvalidArguments(f"q: at most {queue_reads.MAX_SEARCH} characters")
+    if text is not None and any(ord(char) < 32 or ord(char) == 127 for char in text):
+        # Arguments are searched as JSON text, which holds these as escapes; PostgreSQL cannot carry a NUL.
+        raise InvalidArguments("q: control characters (newlines, tabs, escapes) are not allowed")
     return RequestQuery(
         text=text,
         statuses=statuses,
@@ -233,7 +235,10 @@ async def report_of(gate: Gate, since: float | None) -> ReportFigures:
 
 async def chain_of(gate: Gate) -> ChainState:
     """`hitl audit verify`'s verdict on the gate's store."""
-    result = await verify_stream(gate.store.audit_records())
+    from hitl_mcp.store.archive import verify_store
+
+    checked = await verify_store(gate.store)
+    result = checked.result
     broken = result.broken
     return ChainState(
         ok=result.ok,
