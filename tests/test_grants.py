@@ -276,3 +276,40 @@ async def test_the_report_counts_grants_made_used_and_revoked_and_no_grant_as_a_
         assert figures.outcomes == {"pending": 1, "executed": 1}
         assert figures.to_json()["grants"] == {"made": 1, "used": 1, "revoked": 1}
     assert {covered.status, waiting.status} == {Status.EXECUTED, Status.PENDING}
+
+
+NOTIFY = """
+[[notify]]
+on = ["grant-created", "grant-revoked", "granted"]
+webhook = "http://127.0.0.1:9/grants"
+"""
+
+
+@pytest.fixture
+def notified(governed: Settings) -> Settings:
+    assert governed.config_path is not None
+    governed.config_path.write_text(governed.config_path.read_text() + NOTIFY)
+    env = {"HITL_CONFIG": str(governed.config_path), "HITL_DB": governed.store_url or str(governed.db_path)}
+    return load_settings(env)
+
+
+async def test_notifiers_hear_of_grants_made_used_and_revoked(notified: Settings) -> None:
+    from hitl_mcp.notify import render
+
+    async with open_gate(notified) as gate:
+        grant = await gate.add_grant("send_email", "agent", None, True, HOUR, 3, "digest week", by="alice")
+        covered = await gate.file("send_email", email(), "agent")
+        await gate.revoke_grant(grant.id, "carol")
+        queued = await gate.store.outbox_claim("test", time.time() + 1, 10, 30)
+
+    assert [(row.request_id, row.event) for row in queued] == [
+        (grant.id, "grant-created"),
+        (covered.request_id, "granted"),
+        (grant.id, "grant-revoked"),
+    ]
+    made, used, revoked = (row.payload for row in queued)
+    assert made["notice"]["scope"] == "any arguments" and made["notice"]["uses"] == "3"
+    assert render.text(made).startswith(f"Grant made: send_email from agent ({grant.id})\n")
+    assert "Reason     digest week" in render.text(made)
+    assert render.headline(used).startswith(f"Ran under grant {grant.id}: send_email request")
+    assert render.subject(revoked).startswith(f"[hitl] Grant revoked: send_email from agent ({grant.id})")

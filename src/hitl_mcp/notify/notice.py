@@ -10,8 +10,10 @@ import unicodedata
 from typing import Any
 
 from hitl_mcp import display
+from hitl_mcp.notify import grant_notice
+from hitl_mcp.notify.grant_notice import GRANT_NOTICES
 
-NOTICE_EVENTS = frozenset({"tool-changed"})
+NOTICE_EVENTS = frozenset({"tool-changed", *GRANT_NOTICES})
 SLACK_SECTION_LIMIT = 3000
 SLACK_HEADER_LIMIT = 150
 SUBJECT_LIMIT = 200
@@ -25,7 +27,9 @@ def snapshot(event: str, actor: str, at: str, details: dict[str, Any], audit_seq
         "actor": actor,
         "audit_seq": audit_seq,
         "details": details,
-        "notice": {
+        "notice": grant_notice.notice_of(details)
+        if event in GRANT_NOTICES
+        else {
             "upstream": str(details.get("upstream", "")),
             "tool": str(details.get("exposed_as", "")),
             "changed": [str(part) for part in details.get("changed", ())],
@@ -37,11 +41,15 @@ def snapshot(event: str, actor: str, at: str, details: dict[str, Any], audit_seq
 
 
 def headline(payload: dict[str, Any]) -> str:
+    if payload["event"] in GRANT_NOTICES:
+        return grant_notice.headline(payload)
     notice = payload["notice"]
     return f"Tool changed: {notice['tool']} (upstream {notice['upstream']})"
 
 
 def facts(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    if payload["event"] in GRANT_NOTICES:
+        return grant_notice.facts(payload)
     notice = payload["notice"]
     now = "gated, held: the upstream cannot loosen its own gate" if notice["held"] else notice["decision"]
     return [
@@ -57,11 +65,15 @@ HOW = "hitl upstreams"
 ACCEPT = "to accept the tool as it is now, change the upstream's rules (a pass pattern) and restart"
 
 
+def _how(payload: dict[str, Any]) -> str:
+    return grant_notice.HOW if payload["event"] in GRANT_NOTICES else HOW
+
+
 def text(payload: dict[str, Any]) -> str:
     out = [display.visible(headline(payload)), ""]
     out += [f"{label:<10} {display.visible(value)}" for label, value in facts(payload)]
-    out += ["", f"Check:    {HOW}"]
-    if payload["notice"]["held"]:
+    out += ["", f"Check:    {_how(payload)}"]
+    if payload["notice"].get("held"):
         out.append(f"Accept:   {ACCEPT}")
     return "\n".join(out) + "\n"
 
@@ -90,7 +102,7 @@ def _slack_escape(value: str) -> str:
 
 def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
     lines = [f"*{label}:* {_slack_escape(display.visible(value))}" for label, value in facts(payload)]
-    lines.append(f"Check: `{HOW}`")
+    lines.append(f"Check: `{_how(payload)}`")
     title = display.visible(headline(payload))
     return {
         "text": _slack_escape(title),

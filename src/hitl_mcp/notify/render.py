@@ -74,6 +74,8 @@ def headline(payload: dict[str, Any]) -> str:
         return f"Expired without a decision: {tool} request {short}"
     if event == "cancelled":
         return f"Cancelled by {actor}: {tool} request {short}"
+    if event == "granted":
+        return f"Ran under grant {payload['details'].get('grant', '')}: {tool} request {short}"
     return f"{event}: {tool} request {short}"
 
 

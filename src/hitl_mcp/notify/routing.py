@@ -82,7 +82,8 @@ class Routing:
         """The outbox rows of an event about no request (`tool-changed`); none for any other event."""
         if event not in NOTICE_EVENTS:
             return []
-        tool = str(details.get("exposed_as", ""))
+        # An upstream's changed tool names it as exposed; a grant names the tool it covers.
+        tool = str(details.get("exposed_as") or details.get("tool") or "")
         matching = [n for n in self.notifiers if n.matches(event, tool, ())]
         payload = json.dumps(
             notice.snapshot(event, actor, utc(at).isoformat(), details, audit_seq),

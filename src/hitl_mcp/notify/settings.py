@@ -61,8 +61,21 @@ from hitl_mcp.errors import ConfigError
 
 # `tool-changed` is about no request: an upstream's tool whose definition changed while served (no `levels`
 # or `roles` filter admits it, as none admits a request without levels).
+# `granted` is a request's: a call a standing approval covered, which ran without waiting. `grant-created` and
+# `grant-revoked` are about no request, like `tool-changed`.
 Event = Literal[
-    "filed", "escalated", "approved", "rejected", "executed", "failed", "expired", "cancelled", "tool-changed"
+    "filed",
+    "escalated",
+    "approved",
+    "rejected",
+    "executed",
+    "failed",
+    "expired",
+    "cancelled",
+    "tool-changed",
+    "granted",
+    "grant-created",
+    "grant-revoked",
 ]
 EVENTS: tuple[str, ...] = get_args(Event)
 Channel = Literal["webhook", "slack", "email", "slack_bot", "email_approvers", "ntfy"]

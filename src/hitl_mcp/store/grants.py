@@ -26,6 +26,7 @@ COLUMNS = (
 def grant_details(grant: Grant) -> dict[str, Any]:
     """What a grant's audit records say of it."""
     return {
+        "grant": grant.id,
         "tool": grant.tool,
         "requester": grant.requester,
         "when": grant.when,

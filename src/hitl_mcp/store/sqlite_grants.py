@@ -17,9 +17,7 @@ from hitl_mcp.grants import (
     needs_json,
     needs_of,
 )
-from hitl_mcp.store import sqlite_audit
 from hitl_mcp.store.grants import COLUMNS, GrantPlanner, grant_details
-from hitl_mcp.store.sqlite_rows import dumps
 
 T = TypeVar("T")
 
@@ -77,6 +75,16 @@ def row_of(grant: Grant) -> tuple[Any, ...]:
     )
 
 
+def audit(
+    conn: sqlite3.Connection, grant_id: str, event: str, actor: str, at: float, details: dict[str, Any]
+) -> None:
+    """A grant's audit record, with the notifications its event queues (`grant-created`, `grant-revoked`)."""
+    # Imported here: the store's module imports this one to mix it in.
+    from hitl_mcp.store.sqlite import _audit
+
+    _audit(conn, grant_id, event, actor, at, details)
+
+
 def spend(conn: sqlite3.Connection, grant_id: str, now: float) -> dict[str, Any]:
     """Spend one use inside the caller's write transaction (a covered call's insert): what the `granted`
     record says of it, or GrantUnavailable, which rolls the insert back."""
@@ -98,9 +106,7 @@ class SQLiteGrants:
     async def grant_insert(self, grant: Grant) -> Grant:
         def insert(conn: sqlite3.Connection) -> Grant:
             conn.execute(f"INSERT INTO grants ({COLUMNS}) VALUES ({', '.join('?' * 17)})", row_of(grant))
-            sqlite_audit.append(
-                conn, grant.id, GRANT_CREATED, grant.created_by, grant.created_at, dumps(grant_details(grant))
-            )
+            audit(conn, grant.id, GRANT_CREATED, grant.created_by, grant.created_at, grant_details(grant))
             return grant
 
         return await self._write(insert)
@@ -149,7 +155,7 @@ class SQLiteGrants:
                     grant_id,
                 ),
             )
-            sqlite_audit.append(conn, grant_id, event, actor, now, dumps(grant_details(changed)))
+            audit(conn, grant_id, event, actor, now, grant_details(changed))
             return changed
 
         return await self._write(change)
