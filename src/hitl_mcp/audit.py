@@ -121,6 +121,21 @@ def read_records(
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """Where a trail in a store begins: the last record archived out of it (`hitl db archive`), whose
+    seq and hash the store keeps; the store's first record must be the next seq, linking to that hash."""
+
+    seq: int
+    hash: str
+
+    def describe(self) -> str:
+        return "the start of the trail" if self.seq == 0 else f"the archive checkpoint (seq {self.seq})"
+
+
+START = Checkpoint(0, GENESIS)
+
+
+@dataclass(frozen=True)
 class Break:
     """The first record where the chain does not hold.
 
@@ -148,14 +163,14 @@ class VerifyResult:
         return self.broken is None
 
 
-def verify(source: sqlite3.Connection | Iterable[AuditRecord]) -> VerifyResult:
+def verify(source: sqlite3.Connection | Iterable[AuditRecord], start: Checkpoint = START) -> VerifyResult:
     """Walk the trail in seq order and name the first record that was changed, removed or inserted.
 
     Pass records in seq order (a store's `audit_records` streams them: see `verify_stream`), or an open
-    SQLite store connection.
+    SQLite store connection. `start` is where the trail begins: the store's archive checkpoint, if any.
     """
     records = read_records(source) if hasattr(source, "execute") else iter(source)  # type: ignore[arg-type]
-    walk = _Walk()
+    walk = Walk(start)
     current = next(records, None)
     while current is not None:
         # One record of look-ahead: a forged record is recognised by its successor linking past it.
@@ -167,10 +182,10 @@ def verify(source: sqlite3.Connection | Iterable[AuditRecord]) -> VerifyResult:
     return walk.end()
 
 
-async def verify_stream(records: AsyncIterable[AuditRecord]) -> VerifyResult:
+async def verify_stream(records: AsyncIterable[AuditRecord], start: Checkpoint = START) -> VerifyResult:
     """`verify` over records streamed from a store, never holding more than two of them."""
     stream = aiter(records)
-    walk = _Walk()
+    walk = Walk(start)
     current = await anext(stream, None)
     while current is not None:
         following = await anext(stream, None)
@@ -181,17 +196,18 @@ async def verify_stream(records: AsyncIterable[AuditRecord]) -> VerifyResult:
     return walk.end()
 
 
-class _Walk:
+class Walk:
     """What a walk along the chain remembers: the last sound record and how many were sound."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: Checkpoint) -> None:
+        self.start = start
         self.previous: AuditRecord | None = None
         self.sound = 0
 
     def step(self, current: AuditRecord, following: AuditRecord | None) -> VerifyResult | None:
         """The verdict when `current` breaks the chain; None to walk on."""
         previous = self.previous
-        broken = _check(previous, current, following)
+        broken = _check(previous, current, following, self.start)
         if broken is None:
             self.sound += 1
             self.previous = current
@@ -200,22 +216,24 @@ class _Walk:
         # A record found to have been inserted may be the one before `current`, already counted.
         if previous is not None and broken.seq == previous.seq:
             sound -= 1
-        return VerifyResult(sound, _head_before(previous, broken), broken)
+        return VerifyResult(sound, _head_before(previous, broken, self.start), broken)
 
     def end(self) -> VerifyResult:
-        return VerifyResult(self.sound, self.previous.hash if self.previous else GENESIS)
+        return VerifyResult(self.sound, self.previous.hash if self.previous else self.start.hash)
 
 
-def _head_before(previous: AuditRecord | None, broken: Break) -> str:
+def _head_before(previous: AuditRecord | None, broken: Break, start: Checkpoint) -> str:
     if previous is None:
-        return GENESIS
+        return start.hash
     return previous.prev_hash if broken.seq == previous.seq else previous.hash
 
 
-def _check(previous: AuditRecord | None, current: AuditRecord, following: AuditRecord | None) -> Break | None:
-    expected_seq = previous.seq + 1 if previous else 1
-    expected_link = previous.hash if previous else GENESIS
-    after = f"seq {previous.seq}" if previous else "the start of the trail"
+def _check(
+    previous: AuditRecord | None, current: AuditRecord, following: AuditRecord | None, start: Checkpoint
+) -> Break | None:
+    expected_seq = previous.seq + 1 if previous else start.seq + 1
+    expected_link = previous.hash if previous else start.hash
+    after = f"seq {previous.seq}" if previous else start.describe()
 
     if not isinstance(current.seq, int) or current.seq < expected_seq:
         return Break(
@@ -244,7 +262,7 @@ def _check(previous: AuditRecord | None, current: AuditRecord, following: AuditR
     if previous is not None and not linked and current.prev_hash == previous.prev_hash:
         # `previous` looked sound because its forger computed its hashes, but the record after it still
         # links to the record before it.
-        before = f"seq {previous.seq - 1}" if previous.seq > 1 else "the start of the trail"
+        before = f"seq {previous.seq - 1}" if previous.seq - 1 > start.seq else start.describe()
         return Break(
             "inserted",
             previous.seq,
@@ -296,8 +314,8 @@ def _check(previous: AuditRecord | None, current: AuditRecord, following: AuditR
             current.seq,
             current.request_id,
             current.event,
-            f"{current.label()} does not link to the start of the trail: it was rewritten, or records "
-            "before it were removed",
+            f"{current.label()} does not link to {start.describe()}: it was rewritten, or records "
+            "before it were removed" + ("" if start.seq == 0 else ", or the checkpoint was changed"),
         )
     return Break(
         "changed",

@@ -242,6 +242,24 @@ class StoreSettings(BaseModel):
         description="A file path or sqlite:///path (SQLite), or postgresql://USER@HOST:PORT/DB (PostgreSQL); "
         "HITL_DB, when set, wins",
     )
+    archive_after_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="A server moves the requests finished more than this many days ago, with their decisions "
+        "and audit records, into archive_dir once a day (as `hitl db archive` does); not set: never",
+    )
+    archive_dir: Path | None = Field(
+        default=None,
+        description="The folder the daily archive writes its files to (hitl-archive-SEQ.jsonl, mode 0600), "
+        "relative to the config file's folder; needed with archive_after_days",
+    )
+
+    @field_validator("archive_dir")
+    @classmethod
+    def _archive_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not str(value).strip():
+            raise ValueError("must name a folder")
+        return value
 
 
 class PrincipalSettings(BaseModel):
@@ -294,6 +312,9 @@ class Settings:
     slack: SlackSettings | None = None
     """`[slack]`: the bot that posts approval messages with buttons; None: no Slack app."""
     grants: GrantsSettings = field(default_factory=GrantsSettings)
+    store_options: StoreSettings = field(default_factory=StoreSettings)
+    """`[store]` beyond where the store is: the daily archive (archive_dir resolved against the config's
+    folder)."""
     """`[grants]`: the cap on how long a standing approval may last."""
 
     @property
@@ -390,6 +411,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         cli=_cli_settings(raw.get("cli", {})),
         slack=slack,
         grants=_grants_settings(raw.get("grants", {})),
+        store_options=_store_options(raw.get("store", {}), base_dir),
         warnings=tuple(policy_warnings(policies, principals)),
     )
 
@@ -415,6 +437,17 @@ def _store_location(env_value: str | None, raw: Any, base_dir: Path) -> StoreLoc
     if table.url:
         return _location(table.url, "store.url", base_dir)
     return StoreLocation(path=_db_path(None))
+
+
+def _store_options(raw: dict[str, Any], base_dir: Path) -> StoreSettings:
+    """`[store]` as validated by `_store_location`, its archive folder made absolute; archive_after_days
+    without a folder to write to is refused."""
+    table = StoreSettings.model_validate(raw)
+    if table.archive_after_days is not None and table.archive_dir is None:
+        raise ConfigError("store.archive_dir: needed with store.archive_after_days (the folder to write to)")
+    if table.archive_dir is None:
+        return table
+    return table.model_copy(update={"archive_dir": base_dir / table.archive_dir.expanduser()})
 
 
 def _location(value: str, source: str, base_dir: Path) -> StoreLocation:

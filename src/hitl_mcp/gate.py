@@ -898,12 +898,18 @@ class Gate:
             await anyio.sleep(RUNNER_COALESCE_SECONDS)
 
     async def maintain(self) -> None:
-        """Sweep and release orphans forever; run it in a task group and cancel it to stop."""
+        """Sweep and release orphans forever, and archive daily if `[store] archive_after_days` says so;
+        run it in a task group and cancel it to stop."""
+        from hitl_mcp.store.archive import DailyArchive
+
+        options = self.settings.store_options
+        archiving = DailyArchive(self.store, options.archive_after_days, options.archive_dir)
         while True:
             try:
                 await self.sweep()
                 await self.escalate()
                 await self.release_orphans()
+                await archiving.run_if_due(self.clock())
                 self.outage.ok()
             except StoreUnavailable as fault:
                 self.outage.failed(fault)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -22,7 +23,7 @@ import click
 
 from hitl_mcp import display
 from hitl_mcp import report as reports
-from hitl_mcp.audit import AuditRecord, verify_stream
+from hitl_mcp.audit import AuditRecord, VerifyResult, verify_stream
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals, table, through_server, with_server
 from hitl_mcp.errors import AmbiguousId, ConfigError, NotFound
@@ -93,25 +94,87 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--archive",
+    "archives",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Also verify this file `hitl db archive` wrote, on its own and against the store (repeatable: "
+    "give every archive to check the whole history).",
+)
 @refusals
-def verify_command() -> None:
+def verify_command(archives: tuple[Path, ...]) -> None:
     """Check that no audit record was changed, removed or inserted.
 
     Prints "OK: N records, head HASH" and exits 0, or prints one line naming the first bad record and
-    exits 1. The chain cannot show records cut off its end: write the head hash down somewhere the
-    store's owner cannot rewrite, and check later that `hitl audit export` still shows it at that seq.
+    exits 1. A store that was archived is walked from its checkpoint (the last archived record); each
+    --archive FILE is checked on its own (its chain, its requests' arguments) and against the store (the
+    SHA-256 recorded when it was made), and archives given together must continue one another. The chain
+    cannot show records cut off its end: write the head hash down somewhere the store's owner cannot
+    rewrite, and check later that `hitl audit export` still shows it at that seq.
     """
     if through_server():
+        if archives:
+            raise ConfigError("--archive: not through a server (HITL_SERVER): unset it to read the store")
         # The records as the server's store holds them, checked here: the same walk, the same verdict.
         result = with_server(lambda server: verify_stream(server.audit_records()))
-    else:
-        result = reading(lambda store: verify_stream(store.audit_records()))
+        _report_chain(result)
+        return
+    lines, failed = reading(lambda store: _verify_all(store, archives))
+    for line in lines:
+        click.echo(line)
+    if failed:
+        sys.exit(1)
+
+
+def _report_chain(result: VerifyResult) -> None:
     if result.broken is not None:
         # The message quotes what it found in the store, which whoever changed it chose.
         message = display.visible(result.broken.message)
         click.echo(f"FAILED: {message} ({result.records} records before it are sound)")
         sys.exit(1)
     click.echo(f"OK: {result.records} records, head {result.head}")
+
+
+async def _verify_all(store: Store, paths: tuple[Path, ...]) -> tuple[list[str], bool]:
+    from hitl_mcp.store import archive
+
+    lines: list[str] = []
+    failed = False
+    checks = [await anyio.to_thread.run_sync(archive.check_file, path) for path in paths]
+    checks.sort(key=lambda check: check.header.start.seq if check.header else -1)
+    recorded = await archive.backend(store).entries()
+    later = [entry for check in checks for entry in check.archived]
+    previous = None
+    for check in checks:
+        name = display.visible(str(check.path))
+        problem = check.problem or archive.against_store(check, recorded, later)
+        head = check.header
+        if problem is None and previous is not None and head is not None and previous.through != head.start:
+            problem = f"it does not continue the archive before it (which ends at seq {previous.through.seq})"
+        if problem is not None:
+            failed = True
+            lines.append(f"FAILED: archive {name}: {display.visible(problem)}")
+        else:
+            assert head is not None
+            lines.append(
+                f"OK: archive {name}: seq {head.start.seq + 1}–{head.through.seq}, {check.requests} "
+                f"requests, {check.decisions} decisions, as recorded when it was made"
+            )
+        previous = head
+    found = await archive.verify_store(store)
+    result, checkpoint = found.result, found.checkpoint
+    after = "" if checkpoint.seq == 0 else f" after the archive checkpoint (seq {checkpoint.seq})"
+    if result.broken is not None:
+        failed = True
+        message = display.visible(result.broken.message)
+        lines.append(f"FAILED: {message} ({result.records} records before it are sound)")
+    elif found.problem is not None:
+        failed = True
+        lines.append(f"FAILED: {found.problem}")
+    else:
+        lines.append(f"OK: {result.records} records{after}, head {result.head}")
+    return lines, failed
 
 
 def _request_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

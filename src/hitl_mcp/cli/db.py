@@ -171,3 +171,130 @@ class _progress:
             click.echo(f"\r{line}\x1b[K", err=True, nl=done >= total)
         else:
             click.echo(line, err=True)
+
+
+@db_group.command("backup")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+@refusals
+def backup_command(path: Path, force: bool) -> None:
+    """Copy the SQLite store to PATH while its servers run.
+
+    The copy is consistent (the store as it stood at one moment; servers go on writing meanwhile), mode
+    0600, and its audit trail is verified before the head is printed: `HITL_DB=PATH hitl audit verify`
+    prints the same. PATH is never overwritten without --force. Progress goes to stderr.
+
+    On PostgreSQL this says how to use pg_dump instead, and what to keep beside the dump.
+    """
+    from hitl_mcp.store.backup import backup, postgres_advice
+
+    settings = load()
+    if settings.store.url is not None:
+        raise ConfigError(postgres_advice(settings.store.describe()))
+    done = anyio.run(
+        lambda: backup(settings.db_path, path.expanduser().absolute(), force=force, progress=_pages())
+    )
+    chain = done.chain
+    if chain.broken is not None:
+        click.echo(f"copied {settings.db_path} to {path}, but its audit trail FAILED: {chain.broken.message}")
+        sys.exit(1)
+    click.echo(f"copied {settings.db_path} to {path} ({done.pages:,} pages, mode 0600)")
+    click.echo(f"audit: {chain.records} records, head {chain.head}")
+
+
+class _pages:
+    """Backup progress on stderr: rewritten in place on a terminal, every 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if total < 10 * 1024 or (not self.tty and tenth == self.shown):
+            return  # a small store is copied before anyone could read a progress line
+        self.shown = tenth
+        line = f"backing up: {done:,} of {total:,} pages"
+        if self.tty:
+            click.echo(f"\r{line}\x1b[K", err=True, nl=done >= total)
+        else:
+            click.echo(line, err=True)
+
+
+@db_group.command("archive")
+@click.option(
+    "--before",
+    required=True,
+    metavar="DATE",
+    help="Move requests finished before this: an ISO date or time (UTC unless it says) or an age (30d).",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The JSONL file to write (mode 0600); an existing one is refused.",
+)
+@refusals
+def archive_command(before: str, target: Path) -> None:
+    """Move finished requests older than DATE, with their decisions and audit records, into a file.
+
+    What leaves is always the start of the audit chain, up to the first record of a request still open
+    (pending, approved, executing — settle an unknown outcome to let it go) or newer than DATE: the store
+    keeps a contiguous rest of the chain and a checkpoint (the last archived record's seq and hash) from
+    which `hitl audit verify` continues. `hitl audit verify --archive FILE` checks the file on its own and
+    against the store. The file is written and fsynced before anything is deleted; if the command is
+    interrupted, run it again with the same --to.
+    """
+    import time
+
+    from hitl_mcp.cli.audit import parse_moment
+    from hitl_mcp.store import open_store
+    from hitl_mcp.store.archive import archive
+
+    try:
+        moment = parse_moment(before, time.time())
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--before'") from None
+    settings = load()
+    path = target.expanduser().absolute()
+
+    async def run() -> None:
+        store = await open_store(settings)
+        try:
+            done = await archive(store, moment, path, time.time(), progress=_records())
+        finally:
+            await store.close()
+        chosen, entry = done.plan, done.entry
+        if entry is None:
+            click.echo(
+                f"nothing to archive before {before}" + (f": {chosen.stopped}" if chosen.stopped else "")
+            )
+            return
+        click.echo(
+            f"archived {entry.requests} requests, {done.decisions} decisions and {entry.records} audit "
+            f"records (seq {entry.from_seq + 1}–{entry.through_seq}) to {path}"
+        )
+        click.echo(
+            f"checkpoint seq {entry.through_seq}, hash {entry.through_hash}; file sha256 {entry.sha256}"
+        )
+        if chosen.stopped:
+            click.echo(f"stopped at {chosen.stopped}")
+
+    anyio.run(run)
+
+
+class _records:
+    """Archive progress on stderr, for an archive big enough to take a while."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < 20_000:
+            return
+        line = f"archiving: {done:,} of {total:,} audit records"
+        if self.tty:
+            click.echo(f"\r{line}\x1b[K", err=True, nl=done >= total)
+        else:
+            click.echo(line, err=True)

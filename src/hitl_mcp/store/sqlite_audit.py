@@ -20,8 +20,8 @@ def append(
     """
     if not conn.in_transaction:
         raise RuntimeError("an audit record must be appended inside the transition's transaction")
-    head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    record = link(head[0] if head else 0, head[1] if head else None, request_id, event, actor, at, details)
+    seq, hash_ = head(conn)
+    record = link(seq, hash_, request_id, event, actor, at, details)
     conn.execute(f"INSERT INTO audit ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", record.row())
 
 
@@ -38,6 +38,21 @@ def read_records(
 
 
 def head(conn: sqlite3.Connection) -> tuple[int, str | None]:
-    """The last record's seq and hash; (0, None) for an empty trail."""
+    """The last record's seq and hash; (0, None) for an empty trail. A trail archived to its last record
+    goes on from the archive checkpoint, never from the start again."""
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        row = checkpoint_row(conn)
     return (0, None) if row is None else (int(row[0]), str(row[1]))
+
+
+def checkpoint_row(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """The last archived record's seq and hash, or None when nothing was archived (or the store predates
+    archives)."""
+    try:
+        row = conn.execute(
+            "SELECT through_seq, through_hash FROM archives ORDER BY through_seq DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.OperationalError:  # a store read as found (`hitl audit`), older than schema 6
+        return None
+    return None if row is None else (int(row[0]), str(row[1]))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hitl_mcp.errors import ConfigError, StoreUnavailable
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # "hitl" in ASCII: marks a file as a hitl store, so a command never writes its tables into another
 # program's database.
 APPLICATION_ID = 0x6869746C
@@ -157,6 +157,21 @@ CREATE TABLE IF NOT EXISTS slack_messages (
     PRIMARY KEY (channel, ts)
 );
 CREATE INDEX IF NOT EXISTS slack_messages_request ON slack_messages (request_id);
+-- One row per `hitl db archive`: the audit records after from_seq up to through_seq, with the requests and
+-- decisions they were about, left the store for the file whose SHA-256 is `sha256`. The row of the largest
+-- through_seq is the checkpoint the remaining trail continues from (hitl_mcp.store.archive).
+CREATE TABLE IF NOT EXISTS archives (
+    through_seq INTEGER PRIMARY KEY,
+    through_hash TEXT NOT NULL,
+    from_seq INTEGER NOT NULL,
+    from_hash TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    file TEXT NOT NULL,
+    before REAL NOT NULL,
+    created_at REAL NOT NULL,
+    requests INTEGER NOT NULL,
+    records INTEGER NOT NULL
+);
 -- Standing approvals (hitl_mcp.grants). `uses_left` is spent by the insert of each call a grant covers,
 -- in that call's transaction. `approvers` and `needs` are JSON: who approved it, with their roles, and the
 -- levels of every rule its scope can reach.
@@ -198,6 +213,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: (),
     # Grants: a new table only, which SCHEMA creates.
     5: (),
+    # Archives and the audit checkpoint: a new table only, which SCHEMA creates.
+    6: (),
 }
 
 

@@ -164,6 +164,24 @@ TABLES = (
         "SELECT channel, ts, request_id, posted_at FROM slack_messages ORDER BY posted_at, channel, ts",
         ("channel", "ts", "request_id", "posted_at"),
     ),
+    # The archive checkpoints: the copied trail goes on from the last one, as the original did.
+    Table(
+        "archives",
+        "SELECT through_seq, through_hash, from_seq, from_hash, sha256, file, before, created_at, requests, "
+        "records FROM archives ORDER BY through_seq",
+        (
+            "through_seq",
+            "through_hash",
+            "from_seq",
+            "from_hash",
+            "sha256",
+            "file",
+            "before",
+            "created_at",
+            "requests",
+            "records",
+        ),
+    ),
 )
 
 
