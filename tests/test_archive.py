@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,12 @@ def test_archive_after_days_needs_a_folder(config_file: Path, env: dict[str, str
 
     assert refused.returncode == 2
     assert "store.archive_dir: needed with store.archive_after_days" in refused.stderr
+
+
+def test_the_example_shows_every_store_setting() -> None:
+    from hitl_mcp.config import StoreSettings
+    from tests.test_examples import EXAMPLE, missing, uncommented
+
+    restored = tomllib.loads(uncommented(EXAMPLE.read_text(encoding="utf-8")))
+
+    assert missing(StoreSettings, [restored.get("store", {})], "store") == []
