@@ -183,8 +183,10 @@ async def test_gated_call_answers_a_working_task_then_completes_with_the_actions
 ) -> None:
     tasks = Tasks(on_created=approving(gate))
     async with agent(settings, tasks) as client:
+        advertised = (await client.session.send_discover(MODERN))["capabilities"]["extensions"]
         result = await client.call_tool("buy_stock", BUY)
 
+    assert IDENTIFIER in advertised
     created = tasks.created[0]
     assert created.status == "working"
     assert "Waiting" in (created.status_message or "") and "anyone but the requester" in (
