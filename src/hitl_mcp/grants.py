@@ -263,41 +263,24 @@ def describe_seconds(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def needs(policy: ActionPolicy | None) -> tuple[tuple[Need, ...], bool]:
-    """The approvals of every rule a call of the tool can reach (the rules up to the first without a `when`,
-    else the default too), and whether a deny rule is among them (deny beats every grant).
+def needs(policy: ActionPolicy | None) -> tuple[Need, ...]:
+    """The approvals of every rule a call of the tool can reach that needs one: the rules up to the first
+    without a `when`, and the default when every rule has one. Rules that need none or deny are skipped
+    (deny beats every grant at each call).
 
     Every reachable rule counts, not only those the grant's `when` can meet: whether two expressions can
     both hold is not decided here, so the grant is held to the strictest reading."""
-    rules: list[tuple[str, Snapshot]] = []
-    if policy is not None:
-        for index, rule in enumerate(policy.rules):
+    rules = policy.rules if policy is not None else ()
+    found: list[Need] = []
+    for index, rule in enumerate(rules):
+        if rule.approval in ("required", "confirm"):
+            # A confirm rule's call waits, unconfirmed, on the default level (`policy.select`).
             levels = DEFAULT_RULE.levels if rule.approval == "confirm" else rule.levels
-            rules.append(
-                (
-                    f"rule {index + 1}",
-                    Snapshot(rule_index=index, when=rule.when, approval=rule.approval, levels=levels),
-                )
-            )
-            if rule.when is None:
-                break
-        else:
-            rules.append(
-                (
-                    "the default policy",
-                    Snapshot(rule_index=None, approval="required", levels=DEFAULT_RULE.levels),
-                )
-            )
-    else:
-        rules.append(
-            ("the default policy", Snapshot(rule_index=None, approval="required", levels=DEFAULT_RULE.levels))
-        )
-    found = tuple(
-        Need(f"{label}" + (f" (when {snapshot.when})" if snapshot.when else ""), snapshot.levels)
-        for label, snapshot in rules
-        if snapshot.needs_decision
-    )
-    return found, any(snapshot.approval == "deny" for _, snapshot in rules)
+            condition = f" (when {rule.when})" if rule.when else ""
+            found.append(Need(f"rule {index + 1}{condition}", levels))
+        if rule.when is None:
+            return tuple(found)
+    return (*found, Need("the default policy", DEFAULT_RULE.levels))
 
 
 def plan_creation(

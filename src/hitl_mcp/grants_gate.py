@@ -63,7 +63,7 @@ class GateGrants:
         lifetime = grants.check_expiry(expires_in.total_seconds(), self.settings.grants.max_seconds)
         uses = grants.check_uses(uses)
         reason = grants.check_reason(reason)
-        needs, _ = grants.needs(self.settings.policies.get(tool))
+        needs = grants.needs(self.settings.policies.get(tool))
         held = self.roles_of(by, roles)
         approvers, state = grants.plan_creation(needs_found=needs, by=by, roles=held, tool=tool)
         now = self.clock()
