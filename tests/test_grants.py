@@ -313,3 +313,19 @@ async def test_notifiers_hear_of_grants_made_used_and_revoked(notified: Settings
     assert "Reason     digest week" in render.text(made)
     assert render.headline(used).startswith(f"Ran under grant {grant.id}: send_email request")
     assert render.subject(revoked).startswith(f"[hitl] Grant revoked: send_email from agent ({grant.id})")
+
+
+async def test_a_policy_made_stricter_after_the_grant_is_not_bypassed_by_it(governed: Settings) -> None:
+    from dataclasses import replace
+
+    from hitl_mcp.policy import ActionPolicy, Level, Rule
+
+    stricter = ActionPolicy(
+        rules=(Rule(levels=(Level(roles=("trader", "engineer")), Level(roles=("risk_manager",)))),)
+    )
+    async with open_gate(governed) as gate:
+        await gate.add_grant("send_email", "agent", None, True, HOUR, None, None, by="alice")
+        assert (await gate.file("send_email", email(), "agent")).status is Status.EXECUTED
+        # The same store after a restart with a policy that also wants a risk manager for every email.
+        later = Gate(gate.store, gate.actions, replace(governed, policies={"send_email": stricter}))
+        assert (await later.file("send_email", email(), "agent")).status is Status.PENDING
