@@ -40,7 +40,7 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path, config_file: Path)
     return env
 
 
-def history(settings: Settings, *, today: bool = True) -> dict[str, str]:
+def history(settings: Settings, *, today: bool = True, rejecter: str = "bob") -> dict[str, str]:
     """Requests filed 40 days ago, interleaved in the chain: old-rejected, old-cancelled (finished at once),
     old-open (still pending: it holds back the archive), late-rejected (finished at once, but filed after
     old-open); and with `today`, one filed and rejected today."""
@@ -51,7 +51,7 @@ def history(settings: Settings, *, today: bool = True) -> dict[str, str]:
             gate.clock = clock
             ids = {}
             rejected = await gate.file("buy_stock", {**BUY, "quantity": 1}, "agent")
-            await gate.reject(rejected.request_id, "bob", "too risky")
+            await gate.reject(rejected.request_id, rejecter, "too risky")
             ids["old-rejected"] = rejected.request_id
             cancelled = await gate.file("buy_stock", {**BUY, "quantity": 2}, "agent")
             await gate.cancel(cancelled.request_id, "agent")
@@ -61,7 +61,7 @@ def history(settings: Settings, *, today: bool = True) -> dict[str, str]:
             ids["old-open"] = still_open.request_id
             clock.now += 60
             late = await gate.file("buy_stock", {**BUY, "quantity": 3}, "agent")
-            await gate.reject(late.request_id, "bob", "no")
+            await gate.reject(late.request_id, rejecter, "no")
             ids["late-rejected"] = late.request_id
         if today:
             ids["today"] = await filed_today(settings)
@@ -335,3 +335,21 @@ def test_the_example_shows_every_store_setting() -> None:
     restored = tomllib.loads(uncommented(EXAMPLE.read_text(encoding="utf-8")))
 
     assert missing(StoreSettings, [restored.get("store", {})], "store") == []
+
+
+def test_verify_through_a_server_walks_from_the_stores_checkpoint(tmp_path: Path) -> None:
+    from tests.inbox import make_site, serve
+
+    site = make_site(tmp_path / "site", tokens=True)
+    history(load_settings(site.env), today=False, rejecter="alice")  # a trader, as the site's policy asks
+    assert archive(site.env, tmp_path / "archive.jsonl").returncode == 0
+
+    with serve(site) as served:
+        token = next(iter(site.tokens.values()))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HITL_SERVER": served.base}
+        remote = hitl({**env, "HITL_TOKEN": token}, "audit", "verify")
+        local = hitl(site.env, "audit", "verify")
+
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    head = local.stdout.split("head ")[-1]
+    assert remote.stdout.strip().endswith(f"head {head.strip()}")

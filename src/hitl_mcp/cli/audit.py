@@ -117,14 +117,26 @@ def verify_command(archives: tuple[Path, ...]) -> None:
         if archives:
             raise ConfigError("--archive: not through a server (HITL_SERVER): unset it to read the store")
         # The records as the server's store holds them, checked here: the same walk, the same verdict.
-        result = with_server(lambda server: verify_stream(server.audit_records()))
-        _report_chain(result)
+        _report_chain(with_server(_verify_remote))
         return
     lines, failed = reading(lambda store: _verify_all(store, archives))
     for line in lines:
         click.echo(line)
     if failed:
         sys.exit(1)
+
+
+async def _verify_remote(server: RemoteGate) -> VerifyResult:
+    records = server.audit_records()
+    first = await anext(records, None)  # the response's headers name the checkpoint to walk from
+
+    async def walked() -> AsyncIterator[AuditRecord]:
+        if first is not None:
+            yield first
+            async for record in records:
+                yield record
+
+    return await verify_stream(walked(), server.audit_checkpoint)
 
 
 def _report_chain(result: VerifyResult) -> None:

@@ -27,11 +27,12 @@ import anyio.abc
 import httpx2
 
 from hitl_mcp import errors
-from hitl_mcp.audit import AuditRecord
+from hitl_mcp.audit import START, AuditRecord, Checkpoint
 from hitl_mcp.cli import credentials
 from hitl_mcp.errors import HitlError, NotAllowed, StoreUnavailable
 from hitl_mcp.models import Request, RequestPage, RequestSummary, Status, SummaryPage
 from hitl_mcp.store import Denial, DenialPage, SummaryRows
+from hitl_mcp.store.archive import CHECKPOINT_HEADER
 
 PREFIX = "/api/v1"
 SERVER_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
@@ -120,6 +121,8 @@ class RemoteGate:
         self.http = http
         self.server = server
         self.principal = principal
+        self.audit_checkpoint = START
+        """Where the server's trail begins, as the last `audit_records` call was told (an archive's end)."""
         # No request is ever claimed by this process: whatever runs, runs on the server.
         self.worker = ""
 
@@ -265,6 +268,7 @@ class RemoteGate:
                 if response.status_code >= 400:
                     await response.aread()
                     raise problem_error(response, self.server)
+                self.audit_checkpoint = _checkpoint(response.headers.get(CHECKPOINT_HEADER))
                 async for line in response.aiter_lines():
                     if line.strip():
                         yield AuditRecord(**json.loads(line))
@@ -398,3 +402,11 @@ def from_environment() -> tuple[str, str] | None:
     if server is None:
         return None
     return server, token_for(server, os.environ)
+
+
+def _checkpoint(header: str | None) -> Checkpoint:
+    """The checkpoint a server names ("SEQ HASH"); the start of the trail from a server that names none."""
+    seq, _, hash_ = (header or "").partition(" ")
+    if not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_):
+        return START
+    return Checkpoint(int(seq), hash_)

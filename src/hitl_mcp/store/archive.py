@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
+# The response header of `/api/v1/audit/records` naming the store's checkpoint ("SEQ HASH"), so that
+# `hitl audit verify` through a server walks from where the store's trail begins.
+CHECKPOINT_HEADER = "Hitl-Audit-Checkpoint"
 EVENT = "archived"
 TRAIL = "archive"
 FINAL = frozenset({"executed", "rejected", "expired", "cancelled", "failed"})

@@ -23,6 +23,8 @@ from hitl_mcp.errors import AmbiguousId, HitlError, InvalidArguments, NotFound
 from hitl_mcp.gate import Gate
 from hitl_mcp.models import utc
 from hitl_mcp.store import Store
+from hitl_mcp.store.archive import CHECKPOINT_HEADER
+from hitl_mcp.store.archive import backend as archive_backend
 from hitl_mcp.web import queries
 from hitl_mcp.web.face import WebFace
 from hitl_mcp.web.models import REASON_MAX
@@ -149,6 +151,8 @@ def remote_routes(face: WebFace, prefix: str, endpoint: Endpoint) -> list[Route]
             since, until = timestamp(params, "since", now), timestamp(params, "until", now)
             prefix = params.get("request")
             request_id = None if prefix is None else await request_id_of(store, prefix)
+            # Where the trail in the store begins (`hitl db archive`): `hitl audit verify` walks from it.
+            checkpoint = await archive_backend(store).checkpoint()
         except HitlError as error:
             return problem_of(error)
 
@@ -156,7 +160,8 @@ def remote_routes(face: WebFace, prefix: str, endpoint: Endpoint) -> list[Route]
             async for record in store.audit_records(since=since, until=until, request_id=request_id):
                 yield json.dumps(vars(record), ensure_ascii=False) + "\n"
 
-        return StreamingResponse(lines(), media_type=NDJSON, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store", CHECKPOINT_HEADER: f"{checkpoint.seq} {checkpoint.hash}"}
+        return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
 
     listing = frozenset({"status", "tool", "cursor"})
     return [
