@@ -226,9 +226,12 @@ def test_search_narrows_the_queue_and_shows_agent_text_escaped(served: tuple[Sit
         nothing = alice.get("/", params={"q": "no-such-words"}).text
         too_long = alice.get("/", params={"q": "x" * 201})
         control = alice.get("/", params={"q": "a\x00b"})
+    with server.api(site.tokens["alice"]) as api:
+        listed = api.get("/api/v1/requests", params={"q": "zqxv"}).json()
 
     assert set(picks_on(found)) == {needle, hostile} and other not in found
     assert set(picks_on(live)) == {needle, hostile}
+    assert {line["request_id"] for line in listed["requests"]} == {needle, hostile}  # the page's JSON twin
     assert "&lt;img src=x onerror=alert(1)&gt;\\u202e" in found and "<img src=x" not in found
     assert 'data-live="/?q=zqxv&amp;partial=rows"' in found
     assert "Nothing waits for a decision that matches these filters." in nothing

@@ -32,7 +32,7 @@ Work = Callable[[HttpRequest, Gate, str], Awaitable[Result]]
 PREFIX = "/api/v1"
 AUDIT_EVENTS = TypeAdapter(list[AuditEvent])
 LISTING_PARAMETERS = frozenset(
-    {"status", "tool", "waiting_on", "requested_by", "since", "until", "limit", "cursor"}
+    {"status", "tool", "waiting_on", "requested_by", "since", "until", "limit", "cursor", "q"}
 )
 
 

@@ -260,6 +260,11 @@ def document(tools: Sequence[str] = ()) -> dict[str, Any]:
             "`me`: only requests whose current level admits the caller, who neither filed nor decided them",
         ),
         _query("requested_by", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this requester's"),
+        _query(
+            "q",
+            {"type": "string", "maxLength": 200, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+            "Only requests whose summary or arguments hold this text (case-blind; `%` and `_` are literal)",
+        ),
         _query("since", {"type": "string", "minLength": 1}, f"Filed at or after: {TIME_PARAMETER}"),
         _query("until", {"type": "string", "minLength": 1}, f"Filed before: {TIME_PARAMETER}"),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}, "Per page"),
