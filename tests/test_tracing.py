@@ -5,6 +5,7 @@ however much later and from whichever call it is approved."""
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import mcp.shared._otel
@@ -16,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from hitl_mcp import tracing
-from hitl_mcp.config import Settings
+from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.policy import load_policies
 from tests.test_server import BUY, ok, session
 
@@ -89,3 +90,29 @@ async def test_a_call_the_policy_approves_at_once_runs_in_its_callers_trace(
     [executed] = named(spans, "hitl.request.executed")
     assert filed.context is not None and executed.context is not None
     assert executed.context.trace_id == filed.context.trace_id == AGENT_TRACE
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_settings(request: pytest.FixtureRequest, env: dict[str, str], settings: Settings) -> Settings:
+    if request.param == "sqlite":
+        return settings
+    return load_settings({**env, "HITL_DB": request.getfixturevalue("pg_url")})
+
+
+async def test_a_server_that_did_not_file_the_request_finds_the_callers_trace_in_the_store(
+    either_settings: Settings, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with session(either_settings, "agent") as agent:
+        with trace.use_span(caller(AGENT_TRACE)):
+            request_id = ok(await agent.call_tool("buy_stock", BUY))["request_id"]
+    # As on another server of the store: nothing of the filing is in this process's memory.
+    monkeypatch.setattr(tracing, "_carried", OrderedDict())
+    async with session(either_settings, "alice") as alice:
+        with trace.use_span(caller(APPROVER_TRACE)):
+            assert ok(await alice.call_tool("approve", {"request_id": request_id}))["status"] == "executed"
+
+    [call] = named(spans, "tools/call buy_stock")
+    [executed] = named(spans, "hitl.request.executed")
+    assert call.context is not None and call.context.trace_id == AGENT_TRACE
+    assert executed.context is not None and executed.context.trace_id == AGENT_TRACE
+    assert executed.parent is not None and executed.parent.span_id == call.context.span_id

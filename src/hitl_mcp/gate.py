@@ -46,6 +46,7 @@ from hitl_mcp.errors import (
 from hitl_mcp.grants import Grant
 from hitl_mcp.grants_gate import GateGrants
 from hitl_mcp.metrics import PROCESS
+from hitl_mcp.metrics import PROCESS
 from hitl_mcp.models import Change, Request, RequestPage, Status
 from hitl_mcp.store import (
     ClaimFor,
@@ -276,6 +277,7 @@ class Gate:
             target=self._stored_targets[tool],
             idempotency_key=key,
             dedup_since=now - window if window > 0 else None,
+            traceparent=tracing.traceparent(),
         )
         # A call the policy approves at once is run by this call, not by this gate's runner, which the
         # insert wakes: otherwise the runner may claim it first and the agent hear "executing" instead of
@@ -286,6 +288,7 @@ class Gate:
                 # Deny rules were refused above: no grant covers what the policy denies.
                 covering = await self._grants.covering(tool, principal, values, snapshot, now)
                 filed = await self._grants.file(new, covering)
+            tracing.filed(filed, started)
             tracing.filed(filed, started)
             if filed.request_id != request_id:
                 return Filing(self._observed(filed), repeated=True, by_key=key is not None)
@@ -583,12 +586,22 @@ class Gate:
         """Run a request this process has just claimed, and record how it ended."""
         request_id = claimed.request_id
         _test_pause("after-claim", request_id)
-        with tracing.executing(claimed) as span:
+        carrier = tracing.carried(request_id) or await self._stored_trace(request_id)
+        with tracing.executing(claimed, carrier) as span:
             outcome = await self._run(claimed)
             span.set_attribute(tracing.OUTCOME, tracing.outcome_of(outcome.status))
         PROCESS.execution(claimed.tool, tracing.outcome_of(outcome.status))
         _test_pause("after-action", request_id)
         return await self._record(claimed, outcome)
+
+    async def _stored_trace(self, request_id: str) -> dict[str, str] | None:
+        """The filing's trace context from its audit record: read only while spans are recorded."""
+        if not tracing.active():
+            return None
+        try:
+            return tracing.from_trail(await self.store.audit_trail(request_id))
+        except HitlError:
+            return None
 
     async def _record(self, claimed: Request, outcome: Outcome) -> Request:
         """Record how a run ended. A store that will not take it now does not lose it: the outcome is held

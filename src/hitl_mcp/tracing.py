@@ -3,23 +3,24 @@ API only. Exporting them is the operator's choice: with no tracer provider insta
 API's no-op, a few microseconds.
 
 The action usually runs long after the call that filed it, often in another call (an approval) or task (the
-runner). Its span still belongs to the trace of the agent's call: the filing's context (under the caller's
-`_meta.traceparent`, which the SDK's server span already continues) is kept by request id, in W3C form,
-and the execution span is started under it, linked to whatever span was current when it ran (the
-approver's call). Only this process keeps it: a request run by another server starts a trace of its own.
+runner), maybe on another server. Its span still belongs to the trace of the agent's call: the filing's
+context (under the caller's `_meta.traceparent`, which the SDK's server span already continues) is kept
+in this process by request id, and in W3C form in the request's `filed` audit record for any other server
+(read from the store only while a tracer provider is installed). The execution span is started under it,
+linked to whatever span was current when it ran (the approver's call).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
-from hitl_mcp.models import Request, Status
+from hitl_mcp.models import AuditEvent, Request, Status
 
 TRACER = "hitl_mcp"
 REQUEST_ID = "hitl.request.id"
@@ -79,11 +80,41 @@ def outcome_of(status: Status | None) -> str:
     return "unknown" if status is None else status.value
 
 
+def traceparent() -> str | None:
+    """The W3C `traceparent` of the span current now (the MCP call filing a request, which continues the
+    caller's `_meta.traceparent`), for the request's `filed` audit record; None outside any trace."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def active() -> bool:
+    """Whether a tracer provider is installed: only then is a trace context worth a read of the store."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def carried(request_id: str) -> dict[str, str] | None:
+    """The context of a filing made in this process, taken (an action runs once)."""
+    return _carried.pop(request_id, None)
+
+
+def from_trail(trail: Sequence[AuditEvent]) -> dict[str, str] | None:
+    """The filing call's trace context as its `filed` audit record keeps it, when it does."""
+    for event in trail:
+        if event.event == "filed":
+            kept = event.details.get("traceparent")
+            return {"traceparent": kept} if isinstance(kept, str) else None
+    return None
+
+
 @contextmanager
-def executing(request: Request) -> Iterator[Span]:
-    """The span the action runs in: a child of its filing's, in the caller's trace, when this process
-    filed it; linked to the span current now (the call or task that runs it)."""
-    carrier = _carried.pop(request.request_id, None)
+def executing(request: Request, carrier: Mapping[str, str] | None) -> Iterator[Span]:
+    """The span the action runs in: in the filing call's trace when `carrier` holds its context (as
+    `carried` or `from_trail` found it), linked to the span current now (the call or task that runs it)."""
     parent = None
     links: list[Link] = []
     if carrier is not None:
