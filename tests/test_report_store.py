@@ -122,3 +122,58 @@ def test_the_varied_trail_reaches_every_figure() -> None:
     assert report.expired and report.decisions_timed > 50 and len(report.approvers) >= 3
     assert "(unknown)" in report.tools and {"pending", "executing", "failed"} <= set(report.outcomes)
     assert {"tool-changed", "passed", "denied", "confirmed"} <= set(report.events)
+
+
+async def _sqlite_store_with(path: Path, records: list[AuditRecord]) -> None:
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(records))
+    conn.close()
+
+
+async def _agrees(path: Path, records: list[AuditRecord]) -> None:
+    store = SQLiteStore(path, readonly=True)
+    await store.open()
+    try:
+        for since in windows(records):
+            assert (await from_store(store, since)).to_json() == build(records, since).to_json(), since
+    finally:
+        await store.close()
+
+
+async def test_a_store_from_before_the_running_totals_gets_them_filled_at_its_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "hitl.db"
+    records = varied_trail(22, mangled=True)
+    await _sqlite_store_with(path, records)
+    # As a schema 6 store was: no triggers, no totals.
+    conn = sqlite3.connect(path)
+    with conn:
+        for name in ("report_fold", "report_unfold"):
+            conn.execute(f"DROP TRIGGER {name}")
+        for table in ("report_requests", "report_events", "report_votes"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("PRAGMA user_version = 6")
+    conn.close()
+
+    store = SQLiteStore(path)  # opening for writing upgrades it
+    await store.open()
+    await store.close()
+
+    await _agrees(path, records)
+
+
+async def test_requests_archived_away_leave_the_report_with_their_records(tmp_path: Path) -> None:
+    path = tmp_path / "hitl.db"
+    records = varied_trail(23, mangled=True)
+    await _sqlite_store_with(path, records)
+    # `hitl db archive` deletes whole requests' records, oldest first.
+    gone = {f"r{number}" for number in range(150)}
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany("DELETE FROM audit WHERE request_id = ?", [(request_id,) for request_id in gone])
+    conn.close()
+
+    await _agrees(path, [record for record in records if record.request_id not in gone])

@@ -1,11 +1,12 @@
-"""The report's aggregates as one SQL statement, for SQLite and PostgreSQL alike.
+"""The report's aggregates as one SQL statement per backend.
 
-`hitl_mcp.report` defines the figures as one pass over the audit trail in seq order. This statement
-computes the same figures inside the store: one GROUP BY over the trail finds, per request, its first
-record (tool, filing time, whether it falls in the window), its last status-moving record (its status
-now), its first decision (time to decision) and its flags; the figures are then counted over that small
-per-request table, which both backends materialise once. Only aggregates leave the database, so a report
-at 100,000 requests costs the store's scan, not a Python loop over every record.
+`hitl_mcp.report` defines the figures as one pass over the audit trail in seq order. `per_request` computes
+that fold inside the store: one GROUP BY over the trail finds, per request, its first record (tool, filing
+time, whether it falls in the window), its last status-moving record (its status now), its first decision
+(time to decision) and its flags. The figures are then counted over that per-request table. PostgreSQL
+runs it at read time; SQLite keeps the same per-request table up to date with triggers as records are
+written (sqlite_report.py), because it cannot scan a long trail that fast, and fills it with `per_request`
+once when a store is upgraded. Only aggregates leave the database either way.
 
 The rows come back tagged by their first column:
   o tool, status, count           requests per tool and status
@@ -105,24 +106,34 @@ def _rank(dialect: Dialect, p: int) -> str:
     return f"greatest(1, ceil({product})::bigint)"
 
 
-@cache
-def statement(dialect: Dialect, windowed: bool) -> str:
-    """The report's statement; when `windowed`, it takes the window's start as its one parameter."""
+def json_text(dialect: Dialect, column: str, key: str) -> str:
+    return _Json(dialect).text(column, key)
+
+
+def json_truthy(dialect: Dialect, column: str, key: str) -> str:
+    return _Json(dialect).truthy(column, key)
+
+
+def quote(value: str) -> str:
+    return _quote(value)
+
+
+def quoted_list(values: Iterable[str]) -> str:
+    return _in(values)
+
+
+def per_request(dialect: Dialect, windowed: bool) -> str:
+    """`WITH per AS (…), r AS (…)`: the fold of `report.build` per request, computed from the whole trail
+    (`r`: request_id, tool, first_at, filed_at, status, verdict, decided, wait, expired, escalated), for
+    the requests whose first record is at or after the window's start when `windowed`."""
     json_ = _Json(dialect)
     since = ":since" if dialect == "sqlite" else "$1"
     moving = sorted({*STATUS_AFTER, *DECISIONS})
     mapped = " ".join(f"WHEN {_quote(event)} THEN {_quote(status)}" for event, status in STATUS_AFTER.items())
     approved_status = f"COALESCE({json_.text('details', 'status')}, 'approved')"
     flag = "CASE WHEN event = {} THEN 1 ELSE 0 END"
-    materialized = "MATERIALIZED "
-    # Without a window every request counts: the in-window test on the trail's records is dropped rather
-    # than run against every row.
-    in_window = "request_id IN (SELECT request_id FROM r)" if windowed else "1 = 1"
-    notices_in_window = f"at >= {since}" if windowed else "1 = 1"
-    confirmed = json_.truthy("details", "confirmation")
-    ranks = ", ".join(_rank(dialect, p) for p in PERCENTILES)
     return f"""
-WITH per AS {materialized}(
+WITH per AS MATERIALIZED (
     SELECT request_id,
         min(seq) AS first_seq,
         max(CASE WHEN event IN {_in(moving)} THEN seq END) AS move_seq,
@@ -134,21 +145,30 @@ WITH per AS {materialized}(
     FROM audit WHERE event NOT IN {_in(sorted(NOTICES))}
     GROUP BY request_id
 ),
-r AS {materialized}(
+r AS MATERIALIZED (
     SELECT per.request_id,
         COALESCE({json_.text("f.details", "tool")}, {_quote(UNKNOWN_TOOL)}) AS tool,
+        f.at AS first_at,
+        CASE WHEN f.event = 'filed' THEN f.at END AS filed_at,
         CASE WHEN m.seq IS NULL THEN 'pending'
             WHEN m.event = 'approved' THEN {approved_status.replace("details", "m.details")}
             ELSE CASE m.event {mapped} END END AS status,
         CASE WHEN per.rejected = 1 THEN 'rejected' WHEN per.approved = 1 THEN 'approved' END AS verdict,
-        per.expired, per.escalated,
-        CASE WHEN f.event = 'filed' THEN d.at - f.at END AS wait
+        CASE WHEN per.decision_seq IS NULL THEN 0 ELSE 1 END AS decided,
+        CASE WHEN f.event = 'filed' THEN d.at - f.at END AS wait,
+        per.expired, per.escalated
     FROM per
     JOIN audit f ON f.seq = per.first_seq
     LEFT JOIN audit m ON m.seq = per.move_seq
     LEFT JOIN audit d ON d.seq = per.decision_seq
     {f"WHERE f.at >= {since}" if windowed else ""}
-)
+)"""
+
+
+def _figures(dialect: Dialect) -> str:
+    """The tagged rows counted over a per-request table `r` (tool, status, verdict, wait, flags)."""
+    ranks = ", ".join(_rank(dialect, p) for p in PERCENTILES)
+    return f"""
 SELECT 'o', tool, status, count(*), CAST(NULL AS double precision) FROM r GROUP BY tool, status
 UNION ALL
 SELECT 'v', verdict, NULL, count(*), NULL FROM r WHERE verdict IS NOT NULL GROUP BY verdict
@@ -163,14 +183,41 @@ SELECT 'p', NULL, NULL, rn, wait FROM (
     SELECT wait, n, row_number() OVER (ORDER BY wait) AS rn FROM (
         SELECT wait, count(*) OVER () AS n FROM r WHERE wait IS NOT NULL
     ) AS timed
-) AS ranked WHERE rn IN ({ranks})
+) AS ranked WHERE rn IN ({ranks})"""
+
+
+@cache
+def statement(dialect: Dialect, windowed: bool) -> str:
+    """The report's statement; when `windowed`, it takes the window's start as its one parameter (SQLite:
+    `:since`, PostgreSQL: `$1`). SQLite reads the running totals its triggers keep (sqlite_report.py);
+    PostgreSQL folds the trail at read time, with hash aggregates."""
+    since = ":since" if dialect == "sqlite" else "$1"
+    notices = _in(sorted(NOTICES))
+    notices_in_window = f" AND at >= {since}" if windowed else ""
+    # Without a window every request counts: the in-window test is dropped rather than run on every row.
+    in_window = "request_id IN (SELECT request_id FROM r)" if windowed else "1 = 1"
+    if dialect == "sqlite":
+        window = f" WHERE first_at >= {since}" if windowed else ""
+        return f"""
+WITH r AS {"MATERIALIZED " if windowed else ""}(SELECT * FROM report_requests{window})
+{_figures(dialect)}
+UNION ALL
+SELECT 'a', actor, event, sum(n), NULL FROM report_votes WHERE {in_window} GROUP BY actor, event
+UNION ALL
+SELECT 'e', event, NULL, sum(n), NULL FROM report_events WHERE {in_window} GROUP BY event
+UNION ALL
+SELECT 'e', event, NULL, count(*), NULL FROM audit WHERE event IN {notices}{notices_in_window} GROUP BY event
+"""
+    confirmed = _Json(dialect).truthy("details", "confirmation")
+    return f"""{per_request(dialect, windowed)}
+{_figures(dialect)}
 UNION ALL
 SELECT 'a', actor, event, count(*), NULL FROM audit
     WHERE event IN {_in(DECISIONS)} AND {confirmed} = 0 AND {in_window}
     GROUP BY actor, event
 UNION ALL
 SELECT 'e', event, NULL, count(*), NULL FROM audit
-    WHERE CASE WHEN event IN {_in(sorted(NOTICES))} THEN {notices_in_window} ELSE {in_window} END
+    WHERE CASE WHEN event IN {notices} THEN {"at >= " + since if windowed else "1 = 1"} ELSE {in_window} END
     GROUP BY event
 """
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hitl_mcp.errors import ConfigError, StoreUnavailable
+from hitl_mcp.store import sqlite_report
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # "hitl" in ASCII: marks a file as a hitl store, so a command never writes its tables into another
 # program's database.
 APPLICATION_ID = 0x6869746C
@@ -172,6 +173,35 @@ CREATE TABLE IF NOT EXISTS archives (
     requests INTEGER NOT NULL,
     records INTEGER NOT NULL
 );
+-- The report's running totals, kept by the triggers of hitl_mcp.store.sqlite_report as audit records are
+-- written: per request, its fold (report_requests), its records per event, its approvers' decisions.
+CREATE TABLE IF NOT EXISTS report_requests (
+    request_id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    filed_at REAL,
+    status TEXT NOT NULL,
+    verdict TEXT,
+    decided INTEGER NOT NULL DEFAULT 0,
+    wait REAL,
+    expired INTEGER NOT NULL DEFAULT 0,
+    escalated INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS report_events (
+    request_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (request_id, event)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS report_votes (
+    request_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    event TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (request_id, actor, event)
+) WITHOUT ROWID;
+-- Notices (about no request) are counted from the trail itself, by event.
+CREATE INDEX IF NOT EXISTS audit_event ON audit (event, at);
 -- Standing approvals (hitl_mcp.grants). `uses_left` is spent by the insert of each call a grant covers,
 -- in that call's transaction. `approvers` and `needs` are JSON: who approved it, with their roles, and the
 -- levels of every rule its scope can reach.
@@ -215,6 +245,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (),
     # Archives and the audit checkpoint: a new table only, which SCHEMA creates.
     6: (),
+    # The report's running totals: new tables and triggers, filled once from the trail (sqlite_report).
+    7: (),
 }
 
 
@@ -293,6 +325,7 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            sqlite_report.install(conn, backfill=not found.empty and found.version < sqlite_report.SINCE)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
