@@ -132,7 +132,13 @@ def add(
     as_name: str | None,
     as_json: bool,
 ) -> None:
-    """Grant REQUESTER's calls of TOOL that meet --when (or --any-arguments) until it expires."""
+    """Grant REQUESTER's calls of TOOL that meet --when (or --any-arguments) until it expires.
+
+    A covered call runs at once, audited `granted` with the grant's id; others wait as before. You must
+    be able to approve the first level of every rule TOOL's calls can reach; where a rule needs more
+    levels the grant waits for them (`hitl grants approve ID`) and covers nothing until then. For a rule
+    that should hold for every requester and for good, change the policy instead (`hitl grants --help`).
+    """
     lifetime = grants.parse_lifetime(expires, "--expires")
     body = {
         "tool": tool,
