@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
+    cli_list,
     cold_start,
     engine,
     gateway,
@@ -47,6 +48,7 @@ BENCHMARKS: list[tuple[tuple[str, ...], Callable[[Context], list[Figure]]]] = [
     (("bytes_per_request",), storage.run),
     (("wake_p99_ms",), wake.run),
     (("cold_start_ratio",), cold_start.run),
+    (("cli_list_vs_floor",), cli_list.run),
     (("rss_mb_100k",), rss.run),
     (("gateway_pass_ratio", "gateway_cycle_ratio"), gateway.run),
     (("pg_cycles_3proc_vs_sqlite_1proc", "pg_wake_p99_ms"), postgres.run),

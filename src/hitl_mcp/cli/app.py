@@ -1,11 +1,64 @@
-"""The `hitl` command group."""
+"""The `hitl` command group, loading each command's module only when that command is used."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import click
 
+# The module that registers each command (on import, with `@main.command`/`@main.group`). `hitl list`
+# then loads what listing needs and not the MCP SDK or the web face that `hitl serve` loads: start-up is
+# most of a short command's time. A command missing here still works (every module is loaded to find
+# it) but starts slowly; tests/test_cli_imports.py names any that is missing.
+COMMANDS: dict[str, str] = {
+    "approve": "requests",
+    "audit": "audit",
+    "cancel": "requests",
+    "db": "db",
+    "grants": "grants",
+    "list": "requests",
+    "login": "login",
+    "logout": "login",
+    "mcp-config": "mcp_config",
+    "notify": "notify",
+    "policy": "policy",
+    "reject": "requests",
+    "report": "audit",
+    "retry": "requests",
+    "serve": "serve",
+    "settle": "requests",
+    "show": "requests",
+    "token": "token",
+    "upstreams": "upstreams",
+    "watch": "watch",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+def load_all() -> None:
+    """Import every module of this package, so every command is registered (help, unknown names)."""
+    for module in pkgutil.iter_modules(importlib.import_module("hitl_mcp.cli").__path__):
+        importlib.import_module(f"hitl_mcp.cli.{module.name}")
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_all()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = COMMANDS.get(cmd_name)
+            if module is not None:
+                importlib.import_module(f"hitl_mcp.cli.{module}")
+            if cmd_name not in self.commands:
+                load_all()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="hitl-mcp-gateway")
 def main() -> None:
     """hitl — a human between an AI agent and the actions it must not take alone.
