@@ -149,13 +149,14 @@ def _report_chain(result: VerifyResult) -> None:
 
 
 async def _verify_all(store: Store, paths: tuple[Path, ...]) -> tuple[list[str], bool]:
-    from hitl_mcp.store import archive
+    from hitl_mcp.store import archive_check as archive
+    from hitl_mcp.store.archive import backend
 
     lines: list[str] = []
     failed = False
     checks = [await anyio.to_thread.run_sync(archive.check_file, path) for path in paths]
     checks.sort(key=lambda check: check.header.start.seq if check.header else -1)
-    recorded = await archive.backend(store).entries()
+    recorded = await backend(store).entries()
     later = [entry for check in checks for entry in check.archived]
     previous = None
     for check in checks:

@@ -235,7 +235,7 @@ async def report_of(gate: Gate, since: float | None) -> ReportFigures:
 
 async def chain_of(gate: Gate) -> ChainState:
     """`hitl audit verify`'s verdict on the gate's store."""
-    from hitl_mcp.store.archive import verify_store
+    from hitl_mcp.store.archive_check import verify_store
 
     checked = await verify_store(gate.store)
     result = checked.result
