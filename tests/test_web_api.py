@@ -26,7 +26,8 @@ LARGE_BUY = {"symbol": "MSFT", "quantity": 100, "price": 150.0}  # $15,000: a tr
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     # A short busy timeout, so that a write to a locked store gives up within the test.
-    made = make_site(tmp_path_factory.mktemp("api"), tokens=True)
+    # The access log says when the event stream is open (read_events_after_now waits for it).
+    made = make_site(tmp_path_factory.mktemp("api"), tokens=True, extra="\n[logging]\naccess_log = true\n")
     config = Path(made.env["HITL_CONFIG"])
     config.write_text(config.read_text().replace("[gate]\n", "[gate]\nbusy_timeout_seconds = 0.3\n", 1))
     return made

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hitl_mcp.actions import ActionSettings, registry
 from hitl_mcp.actions.base import describe_validation_error
 from hitl_mcp.errors import ConfigError
+from hitl_mcp.logs import LoggingSettings
 from hitl_mcp.notify.settings import Notifier, check_link_notifiers, email_address, load_notifiers
 from hitl_mcp.notify.slack_settings import (
     SLACK_USER_PATTERN,
@@ -51,6 +52,7 @@ TOP_LEVEL_TABLES = frozenset(
         "cli",
         "slack",
         "grants",
+        "logging",
     }
 )
 # `scheme://…`: HITL_DB naming a database server rather than a file. One letter and a colon (C:) is a drive.
@@ -316,6 +318,8 @@ class Settings:
     """`[store]` beyond where the store is: the daily archive (archive_dir resolved against the config's
     folder)."""
     """`[grants]`: the cap on how long a standing approval may last."""
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    """`[logging]`: how `hitl serve` writes its log (its flags win)."""
 
     @property
     def store(self) -> StoreLocation:
@@ -411,6 +415,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, principal: str | None
         cli=_cli_settings(raw.get("cli", {})),
         slack=slack,
         grants=_grants_settings(raw.get("grants", {})),
+        logging=_logging_settings(raw.get("logging", {})),
         store_options=_store_options(raw.get("store", {}), base_dir),
         warnings=tuple(policy_warnings(policies, principals)),
     )
@@ -554,6 +559,15 @@ def _grants_settings(raw: Any) -> GrantsSettings:
         return GrantsSettings.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, prefix="grants.")) from None
+
+
+def _logging_settings(raw: Any) -> LoggingSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("logging: must be a table")
+    try:
+        return LoggingSettings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix="logging.")) from None
 
 
 def _web_settings(raw: Any, env: Mapping[str, str]) -> WebSettings:

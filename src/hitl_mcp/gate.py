@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import anyio
 
-from hitl_mcp import decisions, policy, tracing
+from hitl_mcp import decisions, logs, policy, tracing
 from hitl_mcp.actions import Action, Execution, find
 from hitl_mcp.actions.base import describe_target
 from hitl_mcp.config import Settings
@@ -45,7 +45,6 @@ from hitl_mcp.errors import (
 )
 from hitl_mcp.grants import Grant
 from hitl_mcp.grants_gate import GateGrants
-from hitl_mcp.metrics import PROCESS
 from hitl_mcp.metrics import PROCESS
 from hitl_mcp.models import Change, Request, RequestPage, Status
 from hitl_mcp.store import (
@@ -277,7 +276,6 @@ class Gate:
             target=self._stored_targets[tool],
             idempotency_key=key,
             dedup_since=now - window if window > 0 else None,
-            traceparent=tracing.traceparent(),
         )
         # A call the policy approves at once is run by this call, not by this gate's runner, which the
         # insert wakes: otherwise the runner may claim it first and the agent hear "executing" instead of
@@ -289,10 +287,10 @@ class Gate:
                 covering = await self._grants.covering(tool, principal, values, snapshot, now)
                 filed = await self._grants.file(new, covering)
             tracing.filed(filed, started)
-            tracing.filed(filed, started)
             if filed.request_id != request_id:
                 return Filing(self._observed(filed), repeated=True, by_key=key is not None)
             self._signal()
+            logs.request_event(logger, filed, "filed", principal)
             if filed.status is Status.APPROVED:
                 return Filing(await self.execute(request_id))
             return Filing(filed)
@@ -480,6 +478,7 @@ class Gate:
             raise
         self._signal()
         tracing.decided(request, started)
+        logs.request_event(logger, request, "decided", logs.last_decider(request))
         if request.status is not Status.PENDING:  # the final decision, not one level's
             PROCESS.decision(request.tool, now - request.created_at.timestamp())
         return request
@@ -586,22 +585,14 @@ class Gate:
         """Run a request this process has just claimed, and record how it ended."""
         request_id = claimed.request_id
         _test_pause("after-claim", request_id)
-        carrier = tracing.carried(request_id) or await self._stored_trace(request_id)
-        with tracing.executing(claimed, carrier) as span:
+        with logs.about(claimed), tracing.executing(claimed) as span:
             outcome = await self._run(claimed)
             span.set_attribute(tracing.OUTCOME, tracing.outcome_of(outcome.status))
         PROCESS.execution(claimed.tool, tracing.outcome_of(outcome.status))
         _test_pause("after-action", request_id)
-        return await self._record(claimed, outcome)
-
-    async def _stored_trace(self, request_id: str) -> dict[str, str] | None:
-        """The filing's trace context from its audit record: read only while spans are recorded."""
-        if not tracing.active():
-            return None
-        try:
-            return tracing.from_trail(await self.store.audit_trail(request_id))
-        except HitlError:
-            return None
+        finished = await self._record(claimed, outcome)
+        logs.request_event(logger, finished, "ran", None)
+        return finished
 
     async def _record(self, claimed: Request, outcome: Outcome) -> Request:
         """Record how a run ended. A store that will not take it now does not lose it: the outcome is held

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -265,17 +264,18 @@ def serve_http(
     port: int,
     sign_in: SignIn | InboxOff | None = None,
     tokens: PrincipalTokens | None = None,
+    access_log: bool = False,
 ) -> None:
-    """Serve `app` at http://HOST:PORT/mcp until interrupted, every log line on stderr; with `sign_in`, the
-    inbox and /api/v1 beside it (`hitl_mcp.web`), on the same gate; with `InboxOff`, a page saying why not.
+    """Serve `app` at http://HOST:PORT/mcp until interrupted; with `sign_in`, the inbox and /api/v1 beside
+    it (`hitl_mcp.web`), on the same gate; with `InboxOff`, a page saying why not; with `access_log`, a line
+    for every HTTP request.
 
-    Not `app.run(transport="streamable-http")`: that keeps uvicorn's default of access lines on stdout."""
+    Not `app.run(transport="streamable-http")`: that installs uvicorn's own log handlers, with access lines
+    on stdout; here uvicorn's records go where `hitl_mcp.logs.setup` sends every record (stderr)."""
     import uvicorn  # only the HTTP face pays for importing it
 
     from hitl_mcp.web.auth import InboxOff
 
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     mcp_http = app.streamable_http_app(host=host, transport_security=rebinding_protection(host))
     served: Callable[..., Awaitable[None]] = mcp_http
     server: uvicorn.Server | None = None
@@ -306,7 +306,8 @@ def serve_http(
         served,
         host=host,
         port=port,
-        log_config=log_config,
+        log_config=None,
+        access_log=access_log,
         # An event stream a client holds open (MCP's GET stream) would otherwise hold the shutdown up forever.
         timeout_graceful_shutdown=3,
         # The C parser and event loop uvicorn's own "standard" install brings: with many sessions the HTTP

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import anyio
 import click
 
+from hitl_mcp import logs
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.common import load, refusals
 from hitl_mcp.config import Settings, with_upstreams
@@ -16,6 +19,8 @@ from hitl_mcp.upstream.desktop import load_mcp_servers
 if TYPE_CHECKING:
     from hitl_mcp.auth import PrincipalTokens
     from hitl_mcp.web import InboxOff, SignIn
+
+logger = logging.getLogger("hitl_mcp.serve")
 
 
 @main.command()
@@ -31,8 +36,26 @@ if TYPE_CHECKING:
     help="Also the MCP servers of a desktop client's configuration (its mcpServers JSON, such as "
     "claude_desktop_config.json) as upstreams; their tools' annotations decide what is gated.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(get_args(logs.LogFormat)),
+    help="How the log on stderr is written: text for a person, json for one JSON object a line "
+    "(default: [logging] format, else text).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(get_args(logs.LogLevel), case_sensitive=False),
+    help="The least severe record written on stderr (default: [logging] level, else info).",
+)
 @refusals
-def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> None:
+def serve(
+    use_http: bool,
+    host: str,
+    port: int,
+    upstreams_file: Path | None,
+    log_format: logs.LogFormat | None,
+    log_level: str | None,
+) -> None:
     """Run the MCP server: stdio by default, or HTTP at http://HOST:PORT/mcp.
 
     Over stdio the server acts as the principal named by HITL_PRINCIPAL (default: agent): requests it
@@ -46,13 +69,17 @@ def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> 
     from hitl_mcp.server import build_server, serve_http
 
     settings = load()
+    chosen = {"format": log_format, "level": log_level.lower() if log_level else None}
+    logging_settings = settings.logging.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+    settings = replace(settings, logging=logging_settings)
+    logs.setup(logging_settings)
     if upstreams_file is not None:
         settings = with_upstreams(settings, load_mcp_servers(upstreams_file))
     # A store that cannot be used is refused in one line before anything is served.
     stored = anyio.run(check_store, settings)
     # On stderr, which stdio leaves free: a rule that fails on every call should be heard of before one does.
     for warning in settings.warnings:
-        click.echo(f"hitl-mcp: warning: {warning}", err=True)
+        logger.warning("%s", warning)
     if not use_http:
         build_server(settings).run()
         return
@@ -64,18 +91,24 @@ def serve(use_http: bool, host: str, port: int, upstreams_file: Path | None) -> 
     app = build_server(settings, tokens=tokens)
     if tokens.open_principal is not None:
         who = f"as {settings.principal!r}"
-        click.echo(
-            "hitl-mcp: warning: no principal has a token_sha256 and the store holds no token, so every "
-            f"client that can connect acts as {settings.principal!r} until one is made; see "
-            "`hitl token new --help` before serving anyone else",
-            err=True,
+        logger.warning(
+            "no principal has a token_sha256 and the store holds no token, so every client that can connect "
+            "acts as %r until one is made; see `hitl token new --help` before serving anyone else",
+            settings.principal,
         )
     else:
         named = ", ".join(tokens.principals)
         who = f"for the principals {named} and the store's tokens" if named else "for the store's tokens"
     store = settings.store.describe()
-    click.echo(f"hitl-mcp: serving MCP at http://{host}:{port}/mcp {who}, store {store}", err=True)
-    serve_http(app, host=host, port=port, sign_in=inbox_sign_in(settings, tokens, host, port), tokens=tokens)
+    logger.info("serving MCP at http://%s:%s/mcp %s, store %s", host, port, who, store)
+    serve_http(
+        app,
+        host=host,
+        port=port,
+        sign_in=inbox_sign_in(settings, tokens, host, port),
+        tokens=tokens,
+        access_log=settings.logging.access_log,
+    )
 
 
 def inbox_sign_in(
@@ -89,24 +122,27 @@ def inbox_sign_in(
     try:
         sign_in = SignIn.for_server(settings, tokens, base)
     except InboxOff as off:
-        click.echo(f"hitl-mcp: the inbox and /api/v1 are off: {off}", err=True)
+        logger.info("the inbox and /api/v1 are off: %s", off)
         return off
     if sign_in.sso is not None:
-        click.echo(
-            f"hitl-mcp: inbox at {base}/ (sign in with SSO at {sign_in.sso.settings.issuer}; the provider "
-            f"must allow the redirect URI {sign_in.sso.redirect_uri}), API at {base}/api/v1",
-            err=True,
+        logger.info(
+            "inbox at %s/ (sign in with SSO at %s; the provider must allow the redirect URI %s), "
+            "API at %s/api/v1",
+            base,
+            sign_in.sso.settings.issuer,
+            sign_in.sso.redirect_uri,
+            base,
         )
     elif sign_in.link_token is None:
-        click.echo(
-            f"hitl-mcp: inbox at {base}/ (sign in with a principal's token), API at {base}/api/v1", err=True
-        )
+        logger.info("inbox at %s/ (sign in with a principal's token), API at %s/api/v1", base, base)
     else:
         # One line, for a person to open and a script to read: the link lasts as long as this server.
-        click.echo(
-            f"hitl-mcp: inbox at {base}/ — sign in as {sign_in.link_principal} (until this server stops): "
-            f"{base}/login?token={sign_in.link_token}",
-            err=True,
+        logger.info(
+            "inbox at %s/ — sign in as %s (until this server stops): %s/login?token=%s",
+            base,
+            sign_in.link_principal,
+            base,
+            sign_in.link_token,
         )
     return sign_in
 

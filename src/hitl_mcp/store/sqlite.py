@@ -35,7 +35,6 @@ from hitl_mcp.store import (
     Page,
     Planner,
     SummaryRows,
-    filed_details,
     finish_details,
     level_details,
     replay,
@@ -415,7 +414,7 @@ class SQLiteStore(
                 "filed",
                 request.requested_by,
                 request.created_at,
-                filed_details(request),
+                {"tool": request.tool, "arguments_digest": request.arguments_digest},
             )
             if spent is not None:
                 details = {**spent, "tool": request.tool, "policy": request.policy.describe()}

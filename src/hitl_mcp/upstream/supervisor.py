@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ import anyio
 import anyio.abc
 from mcp_types import CallToolResult, Tool
 
+from hitl_mcp import logs
 from hitl_mcp.upstream.baseline import Baseline, ToolChange
 from hitl_mcp.upstream.delivery import LostAfterSend, NotSent
 from hitl_mcp.upstream.reasons import describe
@@ -51,8 +51,9 @@ Log = Callable[[str], None]
 
 
 def log_to_stderr(line: str) -> None:
-    # Looked up at each line, not bound at start, so a test's captured stderr (or a redirect) gets it.
-    print(line, file=sys.stderr, flush=True)
+    # Looked up at each line, not bound at start, so a test's captured stderr (or a redirect) gets it; in
+    # `hitl serve`'s log once it is set up, where a JSON line carries the upstream's name as a field.
+    logs.upstream_line(line)
 
 
 class Upstreams:
