@@ -276,6 +276,7 @@ class Gate:
             target=self._stored_targets[tool],
             idempotency_key=key,
             dedup_since=now - window if window > 0 else None,
+            traceparent=tracing.traceparent(),
         )
         # A call the policy approves at once is run by this call, not by this gate's runner, which the
         # insert wakes: otherwise the runner may claim it first and the agent hear "executing" instead of
@@ -585,7 +586,8 @@ class Gate:
         """Run a request this process has just claimed, and record how it ended."""
         request_id = claimed.request_id
         _test_pause("after-claim", request_id)
-        with logs.about(claimed), tracing.executing(claimed) as span:
+        carrier = tracing.carried(request_id) or await self._stored_trace(request_id)
+        with logs.about(claimed), tracing.executing(claimed, carrier) as span:
             outcome = await self._run(claimed)
             span.set_attribute(tracing.OUTCOME, tracing.outcome_of(outcome.status))
         PROCESS.execution(claimed.tool, tracing.outcome_of(outcome.status))
@@ -593,6 +595,15 @@ class Gate:
         finished = await self._record(claimed, outcome)
         logs.request_event(logger, finished, "ran", None)
         return finished
+
+    async def _stored_trace(self, request_id: str) -> dict[str, str] | None:
+        """The filing's trace context from its audit record: read only while spans are recorded."""
+        if not tracing.active():
+            return None
+        try:
+            return tracing.from_trail(await self.store.audit_trail(request_id))
+        except HitlError:
+            return None
 
     async def _record(self, claimed: Request, outcome: Outcome) -> Request:
         """Record how a run ended. A store that will not take it now does not lose it: the outcome is held
