@@ -129,6 +129,10 @@ class PrincipalTokens:
             expires_at=None if stored.expires_at is None else int(stored.expires_at),
         )
 
+    async def admits_open(self) -> bool:
+        """Whether a request without a token is admitted now (as `open_principal`)."""
+        return await self._open_access() is not None
+
     async def _open_access(self) -> AccessToken | None:
         principal = self.open_principal
         if principal is None or self._hashes or self._closed:

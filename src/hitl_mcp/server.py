@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from hitl_mcp.gateway import Gateway
+    from hitl_mcp.upstream.state import UpstreamState
+    from hitl_mcp.upstream.supervisor import Upstreams
+    from hitl_mcp.web.health import Operations
 
 T = TypeVar("T")
 
@@ -78,6 +81,7 @@ class ServerState:
     # Who a call acts as when it carries no bearer token: stdio, in-process, tokenless loopback HTTP.
     # None when the server admits tokens only, so a call that lost its token fails instead of borrowing one.
     principal: str | None
+    upstreams: Upstreams | None = None
 
 
 class FiledRequest(BaseModel):
@@ -142,7 +146,7 @@ def build_server(
             tasks.start_soon(legacy_tasks.run, opened)
             if tokens is not None:
                 tokens.attach(opened.store)  # tokens made on any server on this store count from now on
-            state = ServerState(opened, acting_as)
+            state = ServerState(opened, acting_as, gateway.upstreams if gateway is not None else None)
             running.append(state)
             try:
                 yield state
@@ -278,11 +282,12 @@ def serve_http(
 
     mcp_http = app.streamable_http_app(host=host, transport_security=rebinding_protection(host))
     served: Callable[..., Awaitable[None]] = mcp_http
+    operations = _operations(app, tokens, host)
     server: uvicorn.Server | None = None
     if isinstance(sign_in, InboxOff):
         from hitl_mcp.web import inbox_off_app
 
-        served = inbox_off_app(mcp_http, off=sign_in, host=host)
+        served = inbox_off_app(mcp_http, off=sign_in, host=host, operations=operations)
     elif sign_in is not None:
         from hitl_mcp.web import inbox_app
 
@@ -297,6 +302,7 @@ def serve_http(
             sign_in=sign_in,
             host=host,
             stopping=lambda: server is not None and server.should_exit,
+            operations=operations,
         )
     if tokens is not None:
         from hitl_mcp.web.store_down import answer_store_outage
@@ -316,6 +322,25 @@ def serve_http(
     )
     server = uvicorn.Server(config)
     anyio.run(server.serve, backend_options=_event_loop())
+
+
+def _operations(app: MCPServer[ServerState], tokens: PrincipalTokens | None, host: str) -> Operations:
+    """What /healthz, /readyz and /metrics read of the running server."""
+    from hitl_mcp.web.health import Operations
+
+    def running() -> ServerState | None:
+        state = lifespan_state(app)
+        return state if isinstance(state, ServerState) else None
+
+    def gate() -> Gate | None:
+        state = running()
+        return state.gate if state is not None else None
+
+    def upstreams() -> tuple[UpstreamState, ...]:
+        state = running()
+        return state.upstreams.states() if state is not None and state.upstreams is not None else ()
+
+    return Operations(gate, upstreams, tokens, host)
 
 
 def _event_loop() -> dict[str, Any]:

@@ -48,10 +48,13 @@ class NewRequest:
     idempotency_key: str | None = None
     dedup_since: float | None = None
     """Return a pending request of the same principal and digest filed since then instead; None: never."""
-
+    traceparent: str | None = None
+    """The filing call's W3C trace context, kept in the `filed` audit record: the action's span joins that
+    trace whichever server runs it (`hitl_mcp.tracing`)."""
     grant: str | None = None
     """The grant covering this call (`policy.grant` names it too): the insert spends one of its uses in its
     own transaction, or raises `GrantUnavailable` and files nothing."""
+
     @property
     def auto_approved(self) -> bool:
         return self.policy.approval == "none"
@@ -258,6 +261,12 @@ class Store(OutboxStore, Protocol):
     async def changed_since(self, audit_seq: int | None) -> tuple[list[str], int]:
         """Requests with an audit record after `audit_seq` (every change writes one), and the newest seq;
         with None, no requests and the newest seq, to start from."""
+
+
+def filed_details(request: NewRequest) -> dict[str, Any]:
+    """What a `filed` audit record holds beside its event."""
+    trace = {"traceparent": request.traceparent} if request.traceparent else {}
+    return {"tool": request.tool, "arguments_digest": request.arguments_digest, **trace}
 
 
 def level_details(index: int | None) -> dict[str, int | None]:

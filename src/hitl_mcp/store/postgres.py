@@ -36,6 +36,7 @@ from hitl_mcp.store import (
     Page,
     Planner,
     SummaryRows,
+    filed_details,
     finish_details,
     level_details,
     postgres_grants,
@@ -60,6 +61,7 @@ from hitl_mcp.store.postgres_rows import (
     text_out,
 )
 from hitl_mcp.store.postgres_slack import PostgresSlackMessages
+from hitl_mcp.store.postgres_tally import PostgresTally
 from hitl_mcp.store.sqlite_rows import filed_of
 
 T = TypeVar("T")
@@ -140,7 +142,11 @@ def _like_prefix(prefix: str) -> str:
 
 
 class PostgresStore(
-    PostgresCredentials, PostgresLinks, PostgresSlackMessages, postgres_grants.PostgresGrants
+    PostgresCredentials,
+    PostgresLinks,
+    PostgresSlackMessages,
+    postgres_grants.PostgresGrants,
+    PostgresTally,
 ):
     """`readonly` never writes (and its sessions refuse to); `any_schema` with it skips the schema check,
     for `hitl audit`. `lock_timeout` bounds how long a transition waits for a row another server holds."""
@@ -276,7 +282,7 @@ class PostgresStore(
                 "filed",
                 request.requested_by,
                 request.created_at,
-                {"tool": request.tool, "arguments_digest": request.arguments_digest},
+                filed_details(request),
             )
             if spent is not None:
                 details = {**spent, "tool": request.tool, "policy": request.policy.describe()}

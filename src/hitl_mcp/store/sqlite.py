@@ -35,6 +35,7 @@ from hitl_mcp.store import (
     Page,
     Planner,
     SummaryRows,
+    filed_details,
     finish_details,
     level_details,
     replay,
@@ -414,7 +415,7 @@ class SQLiteStore(
                 "filed",
                 request.requested_by,
                 request.created_at,
-                {"tool": request.tool, "arguments_digest": request.arguments_digest},
+                filed_details(request),
             )
             if spent is not None:
                 details = {**spent, "tool": request.tool, "policy": request.policy.describe()}
