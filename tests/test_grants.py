@@ -329,3 +329,13 @@ async def test_a_policy_made_stricter_after_the_grant_is_not_bypassed_by_it(gove
         # The same store after a restart with a policy that also wants a risk manager for every email.
         later = Gate(gate.store, gate.actions, replace(governed, policies={"send_email": stricter}))
         assert (await later.file("send_email", email(), "agent")).status is Status.PENDING
+
+
+async def test_a_retried_call_spends_no_second_use(gate: Gate) -> None:
+    grant = await gate.add_grant("send_email", "agent", None, True, HOUR, 2, None, by="alice")
+    first = await gate.file_call("send_email", email(), "agent", idempotency_key="digest-1")
+    again = await gate.file_call("send_email", email(), "agent", idempotency_key="digest-1")
+
+    assert (first.request.status, again.repeated) == (Status.EXECUTED, True)
+    assert again.request.request_id == first.request.request_id
+    assert (await gate.grant(grant.id)).uses_left == 1
