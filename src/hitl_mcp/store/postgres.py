@@ -662,7 +662,7 @@ class PostgresStore(
         return await self._read(page)
 
     async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
-        sql = report_sql.statement("postgres", since is not None)
+        sql = report_sql.statement(since is not None)
         try:
             async with (
                 self._open_pool().acquire() as conn,

@@ -187,27 +187,14 @@ SELECT 'p', NULL, NULL, rn, wait FROM (
 
 
 @cache
-def statement(dialect: Dialect, windowed: bool) -> str:
-    """The report's statement; when `windowed`, it takes the window's start as its one parameter (SQLite:
-    `:since`, PostgreSQL: `$1`). SQLite reads the running totals its triggers keep (sqlite_report.py);
-    PostgreSQL folds the trail at read time, with hash aggregates."""
-    since = ":since" if dialect == "sqlite" else "$1"
+def statement(windowed: bool) -> str:
+    """PostgreSQL's report statement: the trail folded per request at read time, with hash aggregates;
+    when `windowed`, it takes the window's start as `$1`. (SQLite reads its running totals instead:
+    sqlite_report.read.)"""
+    dialect: Dialect = "postgres"
     notices = _in(sorted(NOTICES))
-    notices_in_window = f" AND at >= {since}" if windowed else ""
     # Without a window every request counts: the in-window test is dropped rather than run on every row.
     in_window = "request_id IN (SELECT request_id FROM r)" if windowed else "1 = 1"
-    if dialect == "sqlite":
-        window = f" WHERE first_at >= {since}" if windowed else ""
-        return f"""
-WITH r AS {"MATERIALIZED " if windowed else ""}(SELECT * FROM report_requests{window})
-{_figures(dialect)}
-UNION ALL
-SELECT 'a', actor, event, sum(n), NULL FROM report_votes WHERE {in_window} GROUP BY actor, event
-UNION ALL
-SELECT 'e', event, NULL, sum(n), NULL FROM report_events WHERE {in_window} GROUP BY event
-UNION ALL
-SELECT 'e', event, NULL, count(*), NULL FROM audit WHERE event IN {notices}{notices_in_window} GROUP BY event
-"""
     confirmed = _Json(dialect).truthy("details", "confirmation")
     return f"""{per_request(dialect, windowed)}
 {_figures(dialect)}
@@ -217,7 +204,7 @@ SELECT 'a', actor, event, count(*), NULL FROM audit
     GROUP BY actor, event
 UNION ALL
 SELECT 'e', event, NULL, count(*), NULL FROM audit
-    WHERE CASE WHEN event IN {notices} THEN {"at >= " + since if windowed else "1 = 1"} ELSE {in_window} END
+    WHERE CASE WHEN event IN {notices} THEN {"at >= $1" if windowed else "1 = 1"} ELSE {in_window} END
     GROUP BY event
 """
 

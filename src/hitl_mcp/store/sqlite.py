@@ -42,6 +42,7 @@ from hitl_mcp.store import (
     report_sql,
     sqlite_audit,
     sqlite_grants,
+    sqlite_report,
 )
 from hitl_mcp.store import sqlite_schema as schema
 from hitl_mcp.store.sqlite_connection import CommitCounts, Connection, GroupCommit, RoutedConnection
@@ -777,14 +778,12 @@ class SQLiteStore(
         return await self._run(lambda conn: [replay.Filed(*row) for row in conn.execute(sql, params)])
 
     async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
-        sql = report_sql.statement("sqlite", since is not None)
-
-        # A connection of its own, like `audit_records`: the scan does not hold up the store's other reads.
+        # A connection of its own, like `audit_records`: the report does not hold up the store's other reads.
         def run() -> report_sql.ReportRows:
             conn = self._connect_reader()
             try:
                 conn.execute("BEGIN")
-                return report_sql.rows_of(conn.execute(sql, {"since": since}).fetchall())
+                return sqlite_report.read(conn, since)
             finally:
                 conn.close()
 

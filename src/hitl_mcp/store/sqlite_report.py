@@ -9,19 +9,27 @@ request instead of every record: SQLite scans a quarter of a million audit recor
 report may take, and the fold is cheap at write time. Records leave the trail only by `hitl db archive`,
 which takes whole requests: the delete trigger takes their rows away with them.
 
-A store made before these tables existed gets them filled once, at its upgrade, from the whole trail by the
-aggregate statement PostgreSQL runs at read time (report_sql.py), which computes the same fold.
+At every upgrade of a store (schema 7 brought these tables) they are filled afresh from the whole trail by
+the aggregate statement PostgreSQL runs at read time (report_sql.py), which computes the same fold.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from hitl_mcp.report import DECISIONS, NOTICES, STATUS_AFTER, UNKNOWN_TOOL
-from hitl_mcp.store.report_sql import json_text, json_truthy, per_request, quote, quoted_list
-
-# The schema version that brought these tables: a store upgraded from before it is filled once.
-SINCE = 7
+from hitl_mcp.store.report_sql import (
+    PERCENTILES,
+    ReportRows,
+    json_text,
+    json_truthy,
+    nearest_rank,
+    per_request,
+    quote,
+    quoted_list,
+    rows_of,
+)
 
 _NEW_STATUS = (
     f"CASE WHEN NEW.event = 'approved' THEN COALESCE({json_text('sqlite', 'NEW.details', 'status')}, "
@@ -102,10 +110,67 @@ GROUP BY request_id, actor, event
 
 
 def install(conn: sqlite3.Connection, *, backfill: bool) -> None:
-    """Create the triggers (the tables are in SCHEMA); with `backfill`, fill the tables from the trail
-    already there. Runs in the transaction that creates or upgrades the store."""
+    """(Re)create the triggers (the tables are in SCHEMA); with `backfill`, fill the tables from the trail
+    already there. Runs in the transaction that creates or upgrades the store: every upgrade writes the
+    triggers of this version's fold (`report.STATUS_AFTER`, `NOTICES`, `DECISIONS`) and refolds the trail,
+    so a change to the fold ships with a schema version."""
+    for name in ("report_fold", "report_unfold"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
     for statement in TRIGGERS:
         conn.execute(statement)
     if backfill:
         for statement in _BACKFILL:
             conn.execute(statement)
+
+
+def read(conn: sqlite3.Connection, since: float | None) -> ReportRows:
+    """The report's figures from the running totals, in the read transaction `conn` is in. Each query is
+    an index walk or a scan of one narrow row per request: no sort of the whole trail."""
+    params = {"since": since}
+    window = "" if since is None else " WHERE first_at >= :since"
+    rows: list[tuple[Any, ...]] = [
+        ("o", tool, status, count, None)
+        for tool, status, count in conn.execute(
+            f"SELECT tool, status, count(*) FROM report_requests{window} GROUP BY tool, status", params
+        )
+    ]
+    approved, rejected, expired, escalated, timed = conn.execute(
+        "SELECT count(CASE WHEN verdict = 'approved' THEN 1 END), count(CASE WHEN verdict = 'rejected' "
+        "THEN 1 END), COALESCE(sum(expired), 0), COALESCE(sum(escalated), 0), count(wait) "
+        f"FROM report_requests{window}",
+        params,
+    ).fetchone()
+    rows += [("v", "approved", None, approved, None), ("v", "rejected", None, rejected, None)]
+    rows += [("x", None, None, expired, None), ("y", None, None, escalated, None)]
+    rows.append(("z", None, None, timed, None))
+    in_window = "" if since is None else " AND first_at >= :since"
+    for p in PERCENTILES if timed else ():
+        rank = nearest_rank(p, timed)
+        # The partial index on wait walks to the rank: the waits are never sorted here.
+        (wait,) = conn.execute(
+            f"SELECT wait FROM report_requests WHERE wait IS NOT NULL{in_window} ORDER BY wait "
+            "LIMIT 1 OFFSET :offset",
+            {**params, "offset": rank - 1},
+        ).fetchone()
+        rows.append(("p", None, None, rank, wait))
+    requests = ""
+    if since is not None:
+        requests = " WHERE request_id IN (SELECT request_id FROM report_requests WHERE first_at >= :since)"
+    rows += [
+        ("a", actor, event, count, None)
+        for actor, event, count in conn.execute(
+            f"SELECT actor, event, sum(n) FROM report_votes{requests} GROUP BY actor, event", params
+        )
+    ]
+    if since is None:
+        # Every record counts: the trail's own index on event counts them without reading a row.
+        events = conn.execute("SELECT event, count(*) FROM audit GROUP BY event").fetchall()
+    else:
+        events = conn.execute(
+            f"SELECT event, sum(n) FROM report_events{requests} GROUP BY event "
+            f"UNION ALL SELECT event, count(*) FROM audit WHERE event IN {_NOTICES} AND at >= :since "
+            "GROUP BY event",
+            params,
+        ).fetchall()
+    rows += [("e", event, None, count, None) for event, count in events]
+    return rows_of(rows)
