@@ -22,7 +22,7 @@ from hitl_mcp.config import load_settings
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.logs import JsonFormatter, LoggingSettings
 from tests.environment import process_env, write_config
-from tests.inbox import until
+from tests.inbox import make_site, serve, until
 from tests.test_auth import connect, serving
 from tests.test_cli import BUY
 from tests.test_examples import EXAMPLE, uncommented
@@ -55,9 +55,9 @@ def records(log: Path) -> list[dict[str, Any]]:
     return parsed
 
 
-async def file_buy(url: str) -> str:
-    async with connect(url, None) as client:
-        filed = ok(await client.call_tool("buy_stock", BUY))
+async def file_buy(url: str, token: str | None = None, arguments: dict[str, Any] = BUY) -> str:
+    async with connect(url, token) as client:
+        filed = ok(await client.call_tool("buy_stock", arguments))
     return str(filed["request_id"])
 
 
@@ -90,6 +90,28 @@ def test_every_json_line_parses_with_its_fields_and_a_request_carries_its_id(
     assert any(record["event"].startswith("Uvicorn running on ") for record in logged)
     # Access lines are off unless a setting turns them on.
     assert not [record for record in logged if record["logger"] == "uvicorn.access"]
+
+
+def test_a_requests_lifecycle_lines_carry_its_id_and_who_acted(tmp_path: Path) -> None:
+    site = make_site(tmp_path, tokens=True, extra='\n[logging]\nformat = "json"\n')
+    small = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}  # one trader's approval
+    with serve(site) as served:
+        request_id = anyio.run(file_buy, served.mcp, site.tokens["agent"], small)
+        with served.api(site.tokens["alice"]) as api:
+            approved = api.post(f"/api/v1/requests/{request_id}/approve", json={})
+        assert approved.status_code == 200 and approved.json()["status"] == "executed", approved.text
+        until(lambda: "executed" in served.log.read_text(encoding="utf-8"), timeout=10)
+
+    steps = [
+        (record["event"].split()[2].rstrip(":"), record.get("principal"), record["status"])
+        for record in records(served.log)
+        if record.get("request_id") == request_id
+    ]
+    assert steps == [
+        ("filed", "agent", "pending"),
+        ("decided", "alice", "executing"),
+        ("ran", None, "executed"),
+    ]
 
 
 def test_an_upstream_cannot_forge_a_json_line(upstream_says_hostile_things: tuple[str, Path]) -> None:
