@@ -11,9 +11,15 @@ from hitl_mcp.store.postgres_rows import Conn
 
 T = TypeVar("T")
 
-OPEN_SQL = (
+# As on SQLite (`sqlite_tally`): the pending queue from its partial index (tool, seq), whose oldest per tool
+# is one lookup by seq; the other open queues are small.
+PENDING_SQL = (
+    "SELECT p.tool, p.n, r.created_at FROM (SELECT tool, count(*) AS n, min(seq) AS first FROM requests "
+    "WHERE status = 'pending' GROUP BY tool) p JOIN requests r ON r.seq = p.first"
+)
+OTHER_OPEN_SQL = (
     "SELECT tool, status, count(*), min(created_at) FROM requests "
-    "WHERE status IN ('pending', 'approved', 'executing') GROUP BY tool, status"
+    "WHERE status IN ('approved', 'executing') GROUP BY tool, status"
 )
 FINISHED_SQL = (
     "SELECT tool, status, count(*), min(created_at) FROM requests "
@@ -26,7 +32,12 @@ class PostgresTally:
         raise NotImplementedError
 
     async def tally_open(self) -> list[Tally]:
-        return await self._tally(OPEN_SQL)
+        async def tally(conn: Conn) -> list[Tally]:
+            pending = [Tally(row[0], "pending", row[1], row[2]) for row in await conn.fetch(PENDING_SQL)]
+            others = [Tally(row[0], row[1], row[2], row[3]) for row in await conn.fetch(OTHER_OPEN_SQL)]
+            return pending + others
+
+        return await self._read(tally)
 
     async def tally_finished(self) -> list[Tally]:
         return await self._tally(FINISHED_SQL)
