@@ -1,6 +1,6 @@
-"""`hitl list` starts fast: it loads the modules listing needs, not the MCP SDK or the web face that
-`hitl serve` loads (most of a short command's time is its imports). And every command stays reachable
-however its module is loaded."""
+"""`hitl list` starts fast: it loads the modules listing needs, not the MCP SDK, the web face or the
+mail client that `hitl serve` loads (most of a short command's time is its imports). And every command
+stays reachable however its module is loaded."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_hitl_list_lists_without_loading_the_mcp_sdk_or_the_web_face(
     heavy = [
         name
         for name in loaded["modules"]
-        if name.split(".")[0] in {"mcp", "mcp_types", "starlette", "uvicorn", "jinja2"}
+        if name.split(".")[0] in {"mcp", "mcp_types", "starlette", "uvicorn", "jinja2", "aiosmtplib"}
         or name.startswith("hitl_mcp.web")
     ]
     assert heavy == []

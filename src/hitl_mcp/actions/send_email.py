@@ -10,8 +10,6 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 from typing import Any, ClassVar, Self
 
-import aiosmtplib
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from hitl_mcp.actions.base import Action, ActionSettings, Execution
@@ -48,6 +46,10 @@ def normalize_address(value: str) -> str:
     SMTPUTF8 (non-ASCII local parts) is refused: not every relay supports it, and an ASCII address can go in
     a header without encoding. Raises ValueError with email-validator's explanation.
     """
+    # Imported here: compiling its grammar is a noticeable share of every `hitl` command's start-up,
+    # and most never check an address.
+    from email_validator import EmailNotValidError, validate_email
+
     _refuse_header_breaks(value)
     try:
         result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
@@ -116,18 +118,22 @@ class SendEmailSettings(ActionSettings):
         return self
 
 
-# Refusals that certainly left nothing with the server: no connection, or the server said no before it
-# accepted the message (a reply to the end of DATA other than 250 refuses it too).
-NOT_SENT = (
-    aiosmtplib.SMTPConnectError,
-    aiosmtplib.SMTPHeloError,
-    aiosmtplib.SMTPAuthenticationError,
-    aiosmtplib.SMTPNotSupported,
-    aiosmtplib.SMTPSenderRefused,
-    aiosmtplib.SMTPRecipientRefused,
-    aiosmtplib.SMTPRecipientsRefused,
-    aiosmtplib.SMTPDataError,
-)
+def not_sent() -> tuple[type[Exception], ...]:
+    """Refusals that certainly left nothing with the server: no connection, or the server said no before
+    it accepted the message (a reply to the end of DATA other than 250 refuses it too)."""
+    # aiosmtplib is imported where mail is sent: every `hitl` command loads this module, few send mail.
+    import aiosmtplib
+
+    return (
+        aiosmtplib.SMTPConnectError,
+        aiosmtplib.SMTPHeloError,
+        aiosmtplib.SMTPAuthenticationError,
+        aiosmtplib.SMTPNotSupported,
+        aiosmtplib.SMTPSenderRefused,
+        aiosmtplib.SMTPRecipientRefused,
+        aiosmtplib.SMTPRecipientsRefused,
+        aiosmtplib.SMTPDataError,
+    )
 
 
 def message_id_for(request_id: str) -> str:
@@ -141,6 +147,8 @@ async def deliver(
     message: EmailMessage, settings: SendEmailSettings, *, timeout: float | None = None
 ) -> tuple[dict[str, Any], str]:
     """Send `message` through the configured SMTP server; aiosmtplib's errors propagate."""
+    import aiosmtplib
+
     return await aiosmtplib.send(
         message,
         hostname=settings.smtp_host,
@@ -201,9 +209,11 @@ class SendEmail(Action[EmailArguments, SendEmailSettings]):
         message_id = message_id_for(execution.request_id)
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = message_id
+        import aiosmtplib
+
         try:
             errors, response = await deliver(message, self.settings)
-        except NOT_SENT as error:
+        except not_sent() as error:
             raise ActionFailed(f"SMTP delivery failed: {error}; nothing was sent", effect="none") from error
         except (aiosmtplib.SMTPException, OSError) as error:
             # Cut off or timed out once the message may have been handed over: whether it went is unknown.
