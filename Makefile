@@ -63,8 +63,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite in worker processes (pytest-xdist). Most tests wait on subprocesses, sockets and databases rather
+# than compute, so more workers than cores pays: measured in docs/performance.md ("The test suite").
+# `make pytest TEST_WORKERS=0` runs it in this one process. loadgroup keeps the tests that share a
+# module-scoped server or browser on one worker (tests/conftest.py groups them), so each starts once.
+TEST_WORKERS ?= 4
+
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 
@@ -53,7 +53,7 @@ async def call(url: str, params: dict[str, Any]) -> dict[str, Any]:
         "Mcp-Method": "tools/call",
         "Mcp-Name": params["name"],
     }
-    async with httpx.AsyncClient() as raw:
+    async with httpx2.AsyncClient() as raw:
         return _rpc_body(await raw.post(url, headers=headers, content=json.dumps(body)))
 
 

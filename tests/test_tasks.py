@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
-import httpx
 import httpx2
 import pytest
 import uvicorn
@@ -365,7 +364,7 @@ async def test_over_http_the_task_completes_and_mcp_name_must_carry_the_task_id(
         assert ok(result)["status"] == "executed"
         task_id = tasks.created[0].task_id
 
-        async with httpx.AsyncClient() as raw:
+        async with httpx2.AsyncClient() as raw:
 
             async def get(name: str | None) -> dict[str, Any]:
                 headers = {
@@ -396,7 +395,7 @@ async def test_over_http_the_task_completes_and_mcp_name_must_carry_the_task_id(
                 assert "Mcp-Name" in refused["error"]["message"] or "mcp-name" in refused["error"]["message"]
 
 
-def _rpc_body(answer: httpx.Response) -> dict[str, Any]:
+def _rpc_body(answer: httpx2.Response) -> dict[str, Any]:
     """The JSON-RPC message of a response, whether sent as JSON or as one event of a stream."""
     if answer.headers.get("content-type", "").startswith("text/event-stream"):
         for line in answer.text.splitlines():

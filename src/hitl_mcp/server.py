@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl, BaseModel, Field
 from pydantic_core import to_json
 
-from hitl_mcp import __version__, confirm
+from hitl_mcp import __version__, confirm, logs
 from hitl_mcp.actions import Action, build_actions
 from hitl_mcp.auth import PrincipalTokens, authenticated_principal, authenticated_roles, is_loopback
 from hitl_mcp.client_log import LogListeners, level_of, send
@@ -163,6 +164,7 @@ def build_server(
         async with open_gate(settings, actions) as opened, serving(opened, housekeeping=True) as state:
             yield state
 
+    _one_line_logs_by_default()
     app: MCPServer[ServerState] = MCPServer(
         "hitl-mcp",
         version=__version__,
@@ -196,6 +198,19 @@ def build_server(
     app.middleware.append(_strict_arguments(app, gateway))
     app.middleware.append(tasks_extension.listen)
     return app
+
+
+def _one_line_logs_by_default() -> None:
+    """In a process that configured no logging (a server embedded in a program or a script), hitl's
+    one-line text records on stderr from info up, as `hitl serve` writes them by default.
+
+    Otherwise the SDK's constructor installs its own default there: a rich console handler that renders each
+    record as a table over several lines. A request's lifecycle is three records (filed, decided, ran), and
+    rendering them that way cost more CPU than the rest of a file + approve cycle (`python -m
+    bench.profile_cycle`). Like the SDK's, this does nothing once the process has a handler of its own."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logs.TextFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def _gateway(app: MCPServer[ServerState], settings: Settings, bus: ListenedBus) -> Gateway:

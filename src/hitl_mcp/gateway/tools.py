@@ -222,9 +222,15 @@ class GatewayTools:
         assert self.gate is not None
         try:
             await self.gate.record_pass(exposed.name, arguments, principal, outcome)
-        except HitlError:
-            # The call has happened and its answer is the caller's; the missing record is logged loudly.
-            logger.exception("the passed call %s by %s could not be audited", exposed.name, principal)
+        except HitlError as error:
+            # No answer without its record: a read nobody can account for is what the audit rules out. The
+            # call was passed (read-only or trusted), so withholding its answer undoes nothing the caller
+            # needs; the call can simply be made again once the store takes writes.
+            logger.error("the passed call %s by %s could not be audited: %s", exposed.name, principal, error)
+            raise ToolError(
+                f"{exposed.name} was answered but its audit record could not be written ({error}); "
+                "the answer is withheld. Call it again once the store takes writes."
+            ) from error
         return result
 
 

@@ -186,7 +186,7 @@ CREATE TABLE IF NOT EXISTS report_requests (
     wait REAL,
     expired INTEGER NOT NULL DEFAULT 0,
     escalated INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 -- What the report reads: outcomes per tool walk one index, the percentiles walk the waits in order.
 CREATE INDEX IF NOT EXISTS report_requests_outcome ON report_requests (tool, status);
 CREATE INDEX IF NOT EXISTS report_requests_wait ON report_requests (wait) WHERE wait IS NOT NULL;
@@ -203,8 +203,6 @@ CREATE TABLE IF NOT EXISTS report_votes (
     n INTEGER NOT NULL,
     PRIMARY KEY (request_id, actor, event)
 ) WITHOUT ROWID;
--- Notices (about no request) are counted from the trail itself, by event.
-CREATE INDEX IF NOT EXISTS audit_event ON audit (event, at);
 -- Standing approvals (hitl_mcp.grants). `uses_left` is spent by the insert of each call a grant covers,
 -- in that call's transaction. `approvers` and `needs` are JSON: who approved it, with their roles, and the
 -- levels of every rule its scope can reach.
