@@ -208,3 +208,25 @@ def test_the_cli_refuses_in_one_line(env: dict[str, str]) -> None:
     for result in (too_long, no_scope, itself, unknown, never):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert json.loads(hitl(env, "grants", "list", "--all", "--json").stdout) == {"grants": []}
+
+
+def test_a_grant_just_made_shows_the_time_it_has_left_not_a_rounded_down_hour(env: dict[str, str]) -> None:
+    made = hitl(
+        env,
+        "grants",
+        "add",
+        "send_email",
+        "--requester",
+        "agent",
+        "--any-arguments",
+        "--expires",
+        "2h",
+        "--as",
+        "carol",
+    )
+    listed = hitl(env, "grants", "list")
+
+    assert made.returncode == 0, made.stderr
+    # Made a moment ago for 2h: 1h 59m left, where a count of whole hours would already say 1h.
+    assert "(in 1h 59m)" in made.stdout, made.stdout
+    assert "1h 59m" in listed.stdout.splitlines()[1], listed.stdout

@@ -7,6 +7,7 @@ and previews, and a control or bidi character printed raw could make the approve
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import os
 import sys
@@ -257,11 +258,25 @@ def duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def time_left(seconds: float) -> str:
+    """Time left, with a second unit while the first is small: a grant made for 2h reads `1h 59m`, not
+    `1h`, and a request about to expire is not shown with half its time gone."""
+    seconds = max(0, int(seconds))
+    units = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
+    for (unit, size), (finer, finer_size) in itertools.pairwise(units):
+        if seconds >= size:
+            count, rest = divmod(seconds, size)
+            if count < 10 and rest >= finer_size:
+                return f"{count}{unit} {rest // finer_size}{finer}"
+            return f"{count}{unit}"
+    return f"{seconds}s"
+
+
 def expires_in(request: Request | RequestSummary, now: float) -> str:
     if request.status.is_final:
         return "-"
     left = request.expires_at.timestamp() - now
-    return duration(left) if left > 0 else "overdue"
+    return time_left(left) if left > 0 else "overdue"
 
 
 def truncate(text: str, width: int) -> str:

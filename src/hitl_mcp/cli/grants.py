@@ -17,7 +17,7 @@ import click
 
 from hitl_mcp import grants
 from hitl_mcp.cli.app import main
-from hitl_mcp.cli.common import acting_as, deciding_refusal, duration, load, refusals, table, through_server
+from hitl_mcp.cli.common import acting_as, deciding_refusal, load, refusals, table, through_server, time_left
 from hitl_mcp.errors import NotAllowed
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def _uses(record: Record) -> str:
 
 def _left(record: Record, now: float) -> str:
     left = datetime.fromisoformat(record["expires_at"]).timestamp() - now
-    return duration(left) if left > 0 else "expired"
+    return time_left(left) if left > 0 else "expired"
 
 
 def _show(record: Record, as_json: bool) -> None:

@@ -17,7 +17,7 @@ import click
 
 from hitl_mcp import display
 from hitl_mcp.cli.calls import Calls
-from hitl_mcp.cli.common import duration
+from hitl_mcp.cli.common import duration, time_left
 from hitl_mcp.gate import MAX_PAGE
 from hitl_mcp.models import Request, Status, utc
 from hitl_mcp.store import Denial
@@ -160,7 +160,7 @@ def row(item: dict[str, Any] | Denial, now: float) -> tuple[str, ...]:
     else:
         label = f"{status.value} (escalated)" if item["escalated"] else status.value
     left = datetime.fromisoformat(item["expires_at"]).timestamp() - now
-    expires = "-" if status.is_final else (duration(left) if left > 0 else "overdue")
+    expires = "-" if status.is_final else (time_left(left) if left > 0 else "overdue")
     return (
         item["request_id"][:10],
         duration(now - datetime.fromisoformat(item["created_at"]).timestamp()),
