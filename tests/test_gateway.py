@@ -17,6 +17,7 @@ import anyio
 from mcp import Client
 
 from hitl_mcp.config import Settings, load_settings
+from hitl_mcp.gate import arguments_digest
 from hitl_mcp.server import build_server
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
@@ -27,7 +28,7 @@ from tests.upstream_server import effects
 UPSTREAM = Path(__file__).with_name("upstream_server.py")
 
 
-def upstream_table(counter: Path, *extra_args: str, name: str = "notes") -> str:
+def upstream_table(counter: Path, *extra_args: str, name: str = "notes", settings: str = "") -> str:
     args = json.dumps([str(UPSTREAM), "--counter", str(counter), *extra_args])
     return f"""
 [upstreams.{name}]
@@ -35,6 +36,7 @@ command = {json.dumps(sys.executable)}
 args = {args}
 gate = ["write_*", "delete_*"]
 pass = ["read_*", "stats", "add_*", "redefine"]
+{settings}
 
 [upstreams.{name}.preview.write_note]
 tool = "read_note"
@@ -157,14 +159,24 @@ async def test_a_passed_call_is_forwarded_at_once_and_audited(
     assert not stats.is_error and stats.structured_content == {"count": 0, "deletes": 0}
     assert missing.is_error and "no note at none.txt" in text(missing)
     with closing(sqlite3.connect(gateway_settings.db_path)) as conn:
-        passed = conn.execute(
-            "SELECT actor, details FROM audit WHERE event = 'passed' ORDER BY seq"
-        ).fetchall()
-    assert [(actor, json.loads(details)["tool"]) for actor, details in passed] == [
-        ("agent", "notes__stats"),
-        ("agent", "notes__read_note"),
+        records = conn.execute("SELECT request_id, event, actor, details FROM audit ORDER BY seq").fetchall()
+    # Each pass is recorded as it is forwarded; an error answer adds its outcome on the same id.
+    stats_digest = arguments_digest("notes__stats", {})
+    read_digest = arguments_digest("notes__read_note", {"path": "none.txt"})
+    assert [(event, actor, json.loads(details)) for _, event, actor, details in records] == [
+        (
+            "passed",
+            "agent",
+            {"tool": "notes__stats", "arguments_digest": stats_digest, "outcome": "forwarded"},
+        ),
+        (
+            "passed",
+            "agent",
+            {"tool": "notes__read_note", "arguments_digest": read_digest, "outcome": "forwarded"},
+        ),
+        ("pass-outcome", "agent", {"tool": "notes__read_note", "outcome": "answered with an error"}),
     ]
-    assert json.loads(passed[1][1])["outcome"] == "answered with an error"
+    assert records[0][0] != records[1][0] == records[2][0]
 
 
 async def test_an_upstream_error_fails_the_request_with_the_upstreams_own_text(

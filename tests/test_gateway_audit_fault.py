@@ -1,5 +1,6 @@
 """A passed call answers only once its audit record is durable: when the store cannot take the record,
-the agent gets a clear refusal instead of the upstream's answer."""
+the agent gets a clear refusal instead of the upstream's answer, whether the upstream answers before the
+record fails or after."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ async def test_a_passed_call_whose_record_cannot_be_written_withholds_the_answer
     )
     assert not answered.is_error and answered.structured_content == {"count": 0, "deletes": 0}
     assert passed_tools(quick) == ["notes__stats"]
+
+
+async def test_a_slow_answer_is_withheld_too_when_the_record_failed_while_it_was_coming(
+    gateway_settings: Settings,
+) -> None:
+    # The record is written while the call is on its way: it fails (0.2 s) long before the answer comes.
+    quick = dataclasses.replace(
+        gateway_settings, gate=gateway_settings.gate.model_copy(update={"busy_timeout_seconds": 0.2})
+    )
+    async with session(quick, "agent") as agent:
+        with locked(quick.db_path):
+            withheld = await agent.call_tool("notes__sleep", {"seconds": 1})
+
+    assert withheld.is_error and withheld.structured_content is None
+    assert "notes__sleep was answered but its audit record could not be written" in text(withheld)
+    assert passed_tools(quick) == []

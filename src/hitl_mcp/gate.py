@@ -298,12 +298,21 @@ class Gate:
         finally:
             self._running_here.discard(request_id)
 
-    async def record_pass(
-        self, tool: str, arguments: Mapping[str, Any], principal: str, outcome: str
-    ) -> None:
-        """Audit a call forwarded at once to an upstream (no request): who, what, and how it ended."""
-        details = {"tool": tool, "arguments_digest": arguments_digest(tool, arguments), "outcome": outcome}
-        await self.store.record_event(new_request_id(), "passed", principal, details, self.clock())
+    async def record_pass(self, tool: str, arguments: Mapping[str, Any], principal: str) -> str:
+        """Audit a call forwarded at once to an upstream (no request): who and what. Written while the
+        call is on its way, so it cannot say how it went (`record_pass_outcome` adds a bad outcome).
+        Returns the record's id."""
+        pass_id = new_request_id()
+        digest = arguments_digest(tool, arguments)
+        details = {"tool": tool, "arguments_digest": digest, "outcome": "forwarded"}
+        await self.store.record_event(pass_id, "passed", principal, details, self.clock())
+        return pass_id
+
+    async def record_pass_outcome(self, pass_id: str, tool: str, principal: str, outcome: str) -> None:
+        """Audit how a passed call went wrong (an error answer, or none), on its `passed` record's id: only
+        the error paths pay this second commit; a pass without it was answered."""
+        details = {"tool": tool, "outcome": outcome}
+        await self.store.record_event(pass_id, "pass-outcome", principal, details, self.clock())
 
     # -- grants: standing approvals (hitl_mcp.grants) -------------------------------------------------
 

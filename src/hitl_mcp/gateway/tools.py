@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
@@ -208,30 +209,50 @@ class GatewayTools:
                 f"{exposed.name} is gated now (its upstream changed it); call it again to file a request. "
                 "Nothing was sent."
             )
-        outcome = "answered"
-        try:
-            result = await self.view.call(exposed.upstream, exposed.tool.name, arguments)
-            if result.is_error:
-                outcome = "answered with an error"
-        except Exception as error:
-            outcome = f"failed: {type(error).__name__}: {error}"
-            result = CallToolResult(
-                is_error=True,
-                content=[TextContent(type="text", text=f"{exposed.upstream} did not answer: {error}")],
-            )
-        assert self.gate is not None
-        try:
-            await self.gate.record_pass(exposed.name, arguments, principal, outcome)
-        except HitlError as error:
+        gate = self.gate
+        assert gate is not None
+        pass_id: str | None = None
+        unrecorded: HitlError | None = None
+
+        async def record() -> None:
+            nonlocal pass_id, unrecorded
+            try:
+                pass_id = await gate.record_pass(exposed.name, arguments, principal)
+            except HitlError as error:
+                unrecorded = error
+
+        # The record and the call at once: the answer waits for the longer of the two, not their sum.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(record)
+            result, failure = await self._call(exposed, arguments)
+        if pass_id is not None and failure is not None:
+            try:
+                await gate.record_pass_outcome(pass_id, exposed.name, principal, failure)
+            except HitlError as error:
+                unrecorded = error
+        if unrecorded is not None:
             # No answer without its record: a read nobody can account for is what the audit rules out. The
             # call was passed (read-only or trusted), so withholding its answer undoes nothing the caller
             # needs; the call can simply be made again once the store takes writes.
-            logger.error("the passed call %s by %s could not be audited: %s", exposed.name, principal, error)
+            logger.error(
+                "the passed call %s by %s could not be audited: %s", exposed.name, principal, unrecorded
+            )
             raise ToolError(
-                f"{exposed.name} was answered but its audit record could not be written ({error}); "
+                f"{exposed.name} was answered but its audit record could not be written ({unrecorded}); "
                 "the answer is withheld. Call it again once the store takes writes."
-            ) from error
+            ) from unrecorded
         return result
+
+    async def _call(self, exposed: Exposed, arguments: dict[str, Any]) -> tuple[CallToolResult, str | None]:
+        """The upstream's answer as it is, and what went wrong when it is an error or never came."""
+        try:
+            result = await self.view.call(exposed.upstream, exposed.tool.name, arguments)
+        except Exception as error:
+            return CallToolResult(
+                is_error=True,
+                content=[TextContent(type="text", text=f"{exposed.upstream} did not answer: {error}")],
+            ), f"failed: {type(error).__name__}: {error}"
+        return result, "answered with an error" if result.is_error else None
 
 
 def _signature(exposed: Exposed) -> str:

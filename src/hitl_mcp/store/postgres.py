@@ -699,8 +699,8 @@ class PostgresStore(
             if audit_seq is None:
                 return [], int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM audit"))
             rows = await conn.fetch(
-                "SELECT request_id, MAX(seq), bool_or(event NOT IN ('denied', 'passed')) FROM audit "
-                "WHERE seq > $1 GROUP BY request_id",
+                "SELECT request_id, MAX(seq), bool_or(event NOT IN ('denied', 'passed', 'pass-outcome')) "
+                "FROM audit WHERE seq > $1 GROUP BY request_id",
                 audit_seq,
             )
             newest = max((int(row[1]) for row in rows), default=audit_seq)

@@ -725,8 +725,8 @@ class SQLiteStore(
             if audit_seq is None:
                 return [], conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0]
             rows = conn.execute(
-                "SELECT request_id, MAX(seq), MAX(event NOT IN ('denied', 'passed')) FROM audit "
-                "WHERE seq > ? GROUP BY request_id",
+                "SELECT request_id, MAX(seq), MAX(event NOT IN ('denied', 'passed', 'pass-outcome')) "
+                "FROM audit WHERE seq > ? GROUP BY request_id",
                 (audit_seq,),
             ).fetchall()
             newest = max((row[1] for row in rows), default=audit_seq)
