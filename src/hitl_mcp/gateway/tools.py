@@ -2,9 +2,10 @@
 
 A gated tool keeps the upstream's input schema and annotations and files a request like a built-in
 action. A passed tool is forwarded at once and answered with the upstream's result as it is, keeping its
-output schema; each pass is one audit record (tool, principal, arguments digest, outcome). Both are
-registered on the MCP server as tools whose schema is the upstream's own, not one derived from a Python
-signature.
+output schema; each pass is one audit record (tool, principal, arguments digest) committed while the call
+is on its way, and one more (`pass-outcome`) when the upstream answers with an error or not at all. Both
+are registered on the MCP server as tools whose schema is the upstream's own, not one derived from a
+Python signature.
 """
 
 from __future__ import annotations
