@@ -82,3 +82,22 @@ async def test_a_current_client_hears_of_its_own_call_only_when_it_opts_in(setti
         ("info", {"request_id": filed["request_id"], "tool": "buy_stock", "status": "pending"})
     ]
     assert silent == []
+
+
+async def test_a_current_client_hears_only_from_the_level_it_asked_for(settings: Settings) -> None:
+    notices: Heard = []
+    app = build_server(settings, principal="alice")
+    async with (
+        Client(build_server(settings, principal="agent")) as agent,
+        Client(app, logging_callback=collector(notices), log_level="notice") as alice,  # type: ignore[arg-type]
+    ):
+        first = ok(await agent.call_tool("buy_stock", BUY))
+        second = ok(await agent.call_tool("buy_stock", {**BUY, "quantity": 3}))
+        # A wait that ends with the request still pending reports it at info: below what alice asked for.
+        waited = {"request_id": first["request_id"], "timeout_seconds": 0}
+        assert ok(await alice.call_tool("wait_for_decision", waited))["status"] == "pending"
+        ok(await alice.call_tool("reject", {"request_id": second["request_id"], "reason": "no"}))
+
+    assert [(m.level, m.data) for m in notices] == [
+        ("notice", {"request_id": second["request_id"], "tool": "buy_stock", "status": "rejected"})
+    ]

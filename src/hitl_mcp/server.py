@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,8 +17,10 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
+    LOG_LEVEL_META_KEY,
     CallToolResult,
     InputRequiredResult,
+    LoggingLevel,
     SetLevelRequestParams,
     SubscribeRequestParams,
     TextContent,
@@ -32,9 +34,10 @@ from pydantic_core import to_json
 from hitl_mcp import __version__, confirm, logs
 from hitl_mcp.actions import Action, build_actions
 from hitl_mcp.auth import PrincipalTokens, authenticated_principal, authenticated_roles, is_loopback
-from hitl_mcp.client_log import LogListeners, level_of, send
+from hitl_mcp.client_log import LEVELS, LogListeners, level_of, send
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
+from hitl_mcp.flat_schema import flattened
 from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
 from hitl_mcp.models import Decided, Request, Status, SummaryPage
@@ -438,12 +441,24 @@ def _strict_arguments(app: MCPServer[ServerState], gateway: Gateway | None) -> S
             gateway.tools.connections.add(connection_of(ctx.session))
         result = await call_next(ctx)
         if ctx.method == "tools/list" and isinstance(result, dict):
-            # The listing arrives serialised; each of hitl's own tools says it takes nothing else.
+            # The listing arrives serialised; each of hitl's own tools says it takes nothing else, and
+            # shows its answer's schema flat, as a client checks it cheaply.
             for listed in result.get("tools", ()):
                 schema = listed.get("inputSchema") if isinstance(listed, dict) else None
                 if isinstance(schema, dict) and own(listed.get("name")) is not None:
                     schema["additionalProperties"] = False
+                    output = listed.get("outputSchema")
+                    if isinstance(output, dict):
+                        listed["outputSchema"] = flat_output(listed["name"], output)
         return result
+
+    # hitl's own tools are fixed once built: each flat schema is computed once, at the first listing.
+    flat: dict[str, dict[str, Any]] = {}
+
+    def flat_output(name: str, output: dict[str, Any]) -> dict[str, Any]:
+        if name not in flat:
+            flat[name] = flattened(output)
+        return flat[name]
 
     return middleware
 
@@ -453,13 +468,25 @@ STATUS_EVENTS = {Status.PENDING: "filed", Status.EXECUTING: "claimed"}
 
 
 async def _tell(ctx: Context[ServerState, Any], request: Request) -> Request:
-    """Where the call left the request, as a log message for a 2026-07-28 request that opted in (the SDK
-    drops it otherwise). Older clients hear every change through `logging/setLevel` instead."""
-    if ctx.request_context.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        event = STATUS_EVENTS.get(request.status, request.status.value)
+    """Where the call left the request, as a log message for a 2026-07-28 request that opted in. Older
+    clients hear every change through `logging/setLevel` instead."""
+    asked = ctx.request_context
+    if asked.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        level = level_of(STATUS_EVENTS.get(request.status, request.status.value))
+        # The SDK would drop the message of a request that did not opt in, but only after the deprecated
+        # call's warning machinery ran: a tenth of a filing's server CPU, for nothing, on every call.
+        if not _opted_in(asked.meta, level):
+            return request
         data = {"request_id": request.request_id, "tool": request.tool, "status": request.status.value}
-        await send(ctx.request_context.session, level_of(event), data, related=ctx.request_id)
+        await send(asked.session, level, data, related=ctx.request_id)
     return request
+
+
+def _opted_in(meta: Mapping[str, Any] | None, level: LoggingLevel) -> bool:
+    """Whether a 2026-07-28 request asked for log messages at `level` (its `_meta` names the least severe
+    level it wants; without it, none)."""
+    wanted = (meta or {}).get(LOG_LEVEL_META_KEY)
+    return wanted in LEVELS and LEVELS.index(level) >= LEVELS.index(wanted)
 
 
 async def _call(work: Awaitable[T]) -> T:
