@@ -15,6 +15,8 @@ loop's thread, and, over HTTP, on the client process too, and puts each function
 its module: the server's own parts (gate, store, policy, actions, models, MCP face), pydantic, json, the
 SDK (server, client, shared dispatch, types), the client's jsonschema check, anyio, uvicorn, httpx2…
 Deterministic profiling inflates code made of many small calls: read its shares, not its milliseconds.
+On a loaded machine both passes swing by a third from run to run; `python -m bench.instructions` counts a
+cycle's instructions instead, which repeat within tenths of a percent, to decide a small change by.
 """
 
 from __future__ import annotations
