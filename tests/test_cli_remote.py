@@ -71,6 +71,9 @@ def outputs(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return done.returncode, same(done.stdout), same(done.stderr)
 
 
+# A bound for a stuck run, not a speed figure: its 31 `hitl` processes take ~11 s alone and took 122 s
+# beside a full parallel suite and a CI run on 2 cores.
+@pytest.mark.timeout(360)
 def test_reading_commands_print_through_a_server_what_they_print_on_the_store(
     server: Served, site: Site, settings: Settings, remote: dict[str, dict[str, str]]
 ) -> None:
