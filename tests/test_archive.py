@@ -111,7 +111,7 @@ def test_finished_requests_leave_and_the_first_open_one_holds_back_the_rest(
     done = archive(store_env, first)
 
     assert done.returncode == 0, done.stderr
-    assert "archived 2 requests, 1 decisions and 4 audit records (seq 1–4)" in done.stdout
+    assert "archived 2 requests, 1 decision and 4 audit records (seq 1–4)" in done.stdout
     assert f"stopped at seq 5: request {ids['old-open']} is pending" in done.stdout
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
     assert archived_ids(first) == {ids["old-rejected"], ids["old-cancelled"]}

@@ -25,7 +25,7 @@ from hitl_mcp import display
 from hitl_mcp import report as reports
 from hitl_mcp.audit import AuditRecord, VerifyResult, verify_stream
 from hitl_mcp.cli.app import main
-from hitl_mcp.cli.common import load, refusals, table, through_server, with_server
+from hitl_mcp.cli.common import counted, load, refusals, table, through_server, with_server
 from hitl_mcp.errors import AmbiguousId, ConfigError, NotFound
 from hitl_mcp.models import utc
 from hitl_mcp.store import Store, open_store
@@ -171,8 +171,9 @@ async def _verify_all(store: Store, paths: tuple[Path, ...]) -> tuple[list[str],
         else:
             assert head is not None
             lines.append(
-                f"OK: archive {name}: seq {head.start.seq + 1}–{head.through.seq}, {check.requests} "
-                f"requests, {check.decisions} decisions, as recorded when it was made"
+                f"OK: archive {name}: seq {head.start.seq + 1}–{head.through.seq}, "
+                f"{counted(check.requests, 'requests')}, {counted(check.decisions, 'decisions')}, "
+                "as recorded when it was made"
             )
         previous = head
     found = await archive.verify_store(store)

@@ -258,6 +258,11 @@ def duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 request`, `2 requests`, `31,245 audit records`: `noun` is the plural, ending in s."""
+    return f"{n:,} {noun[:-1] if n == 1 else noun}"
+
+
 def time_left(seconds: float) -> str:
     """Time left, with a second unit while the first is small: a grant made for 2h reads `1h 59m`, not
     `1h`, and a request about to expire is not shown with half its time gone."""

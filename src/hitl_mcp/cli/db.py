@@ -11,7 +11,7 @@ import anyio
 import click
 
 from hitl_mcp.cli.app import main
-from hitl_mcp.cli.common import load, refusals
+from hitl_mcp.cli.common import counted, load, refusals
 from hitl_mcp.config import StoreLocation, load_settings, redact
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.store import admin, require_postgres_driver
@@ -133,8 +133,9 @@ def migrate(target: str, source: Path | None) -> None:
     copied = anyio.run(copy_to_postgres, source.expanduser().resolve(), target, _progress())
     counts = copied.counts
     click.echo(
-        f"copied {counts['requests']} requests, {counts['decisions']} decisions, {counts['audit']} audit "
-        f"records and {counts['outbox']} notifications from {source} to {location.describe()}"
+        f"copied {counted(counts['requests'], 'requests')}, {counted(counts['decisions'], 'decisions')}, "
+        f"{counted(counts['audit'], 'audit records')} and {counted(counts['outbox'], 'notifications')} "
+        f"from {source} to {location.describe()}"
     )
     same = (
         "the same as the source's" if copied.target_head == copied.source_head else "DIFFERS from the source"
@@ -272,8 +273,9 @@ def archive_command(before: str, target: Path) -> None:
             )
             return
         click.echo(
-            f"archived {entry.requests} requests, {done.decisions} decisions and {entry.records} audit "
-            f"records (seq {entry.from_seq + 1}–{entry.through_seq}) to {path}"
+            f"archived {counted(entry.requests, 'requests')}, {counted(done.decisions, 'decisions')} and "
+            f"{counted(entry.records, 'audit records')} (seq {entry.from_seq + 1}–{entry.through_seq}) "
+            f"to {path}"
         )
         click.echo(
             f"checkpoint seq {entry.through_seq}, hash {entry.through_hash}; file sha256 {entry.sha256}"
