@@ -76,6 +76,9 @@ IDEMPOTENCY_KEY_MAX = 200
 RUNNER_IDLE_SECONDS = 5.0
 RUNNER_COALESCE_SECONDS = 0.02
 RUNNER_BATCH = 100
+# A call approved at filing (a grant, `approval = "none"`) that another server's runner claimed first: the
+# call waits this long for that run's outcome before it answers with the request as it stands.
+AT_ONCE_WAIT_SECONDS = 30.0
 # An outcome the store would not take is tried again after this, doubling up to the cap; each wait is
 # jittered so that servers sharing a store that comes back do not all write in the same instant.
 RECORD_RETRY_FIRST_SECONDS = 0.1
@@ -293,7 +296,13 @@ class Gate:
             self._signal()
             logs.request_event(logger, filed, "filed", principal)
             if filed.status is Status.APPROVED:
-                return Filing(await self.execute(request_id))
+                ran = await self.execute(request_id)
+                if ran.status is Status.EXECUTING and request_id not in self._held:
+                    # Another server's runner, woken by the insert, won the claim (an outcome this gate
+                    # ran and holds is the other case): the agent still hears the outcome, not
+                    # "executing", unless that run outlasts the wait.
+                    ran = await self.wait(request_id, AT_ONCE_WAIT_SECONDS)
+                return Filing(ran)
             return Filing(filed)
         finally:
             self._running_here.discard(request_id)
