@@ -99,7 +99,7 @@ def test_migrate_refuses_a_store_another_process_is_writing_and_copies_it_once_t
     assert still_writing and filed_meanwhile >= 1
     assert moved.returncode == 0, moved.stderr
     # Everything: the request filed before, and every one the writer filed, the last ones included.
-    assert f"copied {1 + filed_meanwhile} requests" in moved.stdout
+    assert f"copied {1 + filed_meanwhile:,} requests" in moved.stdout
     assert requests_in(pg_empty_url) == 1 + filed_meanwhile
 
 
