@@ -143,3 +143,26 @@ async def test_a_pass_outcome_is_no_request_of_its_own_on_postgres(pg_url: str) 
     changed, report = await a_pass_with_its_outcome(PostgresStore(pg_url))
     assert changed == []
     assert report["tools"] == EXPECTED and report["events"] == {"pass-outcome": 1, "passed": 1}
+
+
+async def a_lone_pass_outcome(store: Store) -> dict[str, Any]:
+    """The report after an archive cut fell between a pass and its outcome: the outcome stayed alone."""
+    await store.open()
+    try:
+        await store.record_event(
+            "p2", "pass-outcome", "agent", {"tool": "notes__read_note", "outcome": "failed: x"}, 1001.0
+        )
+        report = await from_store(store)
+    finally:
+        await store.close()
+    return report.to_json()
+
+
+async def test_a_pass_outcome_left_alone_by_an_archive_is_no_request_on_sqlite(tmp_path: Path) -> None:
+    report = await a_lone_pass_outcome(SQLiteStore(tmp_path / "hitl.db"))
+    assert report["tools"] == {} and report["events"] == {"pass-outcome": 1}
+
+
+async def test_a_pass_outcome_left_alone_by_an_archive_is_no_request_on_postgres(pg_url: str) -> None:
+    report = await a_lone_pass_outcome(PostgresStore(pg_url))
+    assert report["tools"] == {} and report["events"] == {"pass-outcome": 1}
