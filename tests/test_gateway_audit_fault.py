@@ -9,6 +9,8 @@ import json
 import sqlite3
 from contextlib import closing
 
+import pytest
+
 from hitl_mcp.config import Settings
 from tests.test_gateway import session
 from tests.test_server import text
@@ -21,12 +23,15 @@ def passed_tools(settings: Settings) -> list[str]:
     return [json.loads(details)["tool"] for (details,) in rows]
 
 
-async def test_a_passed_call_whose_record_cannot_be_written_withholds_the_answer(
-    gateway_settings: Settings,
-) -> None:
-    quick = dataclasses.replace(
+@pytest.fixture
+def quick(gateway_settings: Settings) -> Settings:
+    """A store that gives up on a lock after 0.2 s: the record fails while the call is still on its way."""
+    return dataclasses.replace(
         gateway_settings, gate=gateway_settings.gate.model_copy(update={"busy_timeout_seconds": 0.2})
     )
+
+
+async def test_a_passed_call_whose_record_cannot_be_written_withholds_the_answer(quick: Settings) -> None:
     async with session(quick, "agent") as agent:
         with locked(quick.db_path):
             withheld = await agent.call_tool("notes__stats", {})
@@ -44,12 +49,9 @@ async def test_a_passed_call_whose_record_cannot_be_written_withholds_the_answer
 
 
 async def test_a_slow_answer_is_withheld_too_when_the_record_failed_while_it_was_coming(
-    gateway_settings: Settings,
+    quick: Settings,
 ) -> None:
     # The record is written while the call is on its way: it fails (0.2 s) long before the answer comes.
-    quick = dataclasses.replace(
-        gateway_settings, gate=gateway_settings.gate.model_copy(update={"busy_timeout_seconds": 0.2})
-    )
     async with session(quick, "agent") as agent:
         with locked(quick.db_path):
             withheld = await agent.call_tool("notes__sleep", {"seconds": 1})

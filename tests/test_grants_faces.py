@@ -18,6 +18,7 @@ from tests.test_server import ok, text
 
 GOOGL = {"symbol": "GOOGL", "quantity": 5, "price": 150.0}
 SCOPE = "symbol = 'GOOGL' AND quantity <= 10"
+ANY_EMAIL = ("grants", "add", "send_email", "--requester", "agent", "--any-arguments")
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +148,7 @@ def test_the_cli_through_the_server_acts_as_the_token(server: Served, site: Site
 def test_the_cli_on_a_store_adds_lists_and_revokes(env: dict[str, str], settings: Settings) -> None:
     made = hitl(
         env,
-        "grants",
-        "add",
-        "send_email",
-        "--requester",
-        "agent",
-        "--any-arguments",
+        *ANY_EMAIL,
         "--expires",
         "1h",
         "--uses",
@@ -211,19 +207,7 @@ def test_the_cli_refuses_in_one_line(env: dict[str, str]) -> None:
 
 
 def test_a_grant_just_made_shows_the_time_it_has_left_not_a_rounded_down_hour(env: dict[str, str]) -> None:
-    made = hitl(
-        env,
-        "grants",
-        "add",
-        "send_email",
-        "--requester",
-        "agent",
-        "--any-arguments",
-        "--expires",
-        "2h",
-        "--as",
-        "carol",
-    )
+    made = hitl(env, *ANY_EMAIL, "--expires", "2h", "--as", "carol")
     listed = hitl(env, "grants", "list")
 
     assert made.returncode == 0, made.stderr

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import EmptyResult, LoggingLevel, SetLevelRequestParams
+from mcp_types import LOG_LEVEL_META_KEY, EmptyResult, LoggingLevel, SetLevelRequestParams
 
 from hitl_mcp.models import AuditEvent
 from hitl_mcp.sdk_seams import connection_of
@@ -86,6 +86,14 @@ async def send(session: ServerSession, level: LoggingLevel, data: Any, *, relate
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         await session.send_log_message(level=level, data=data, logger=LOGGER_NAME, related_request_id=related)
+
+
+def opted_in(meta: Mapping[str, Any] | None, level: LoggingLevel) -> bool:
+    """Whether a 2026-07-28 request asked for log messages at `level` (its `_meta` names the least severe
+    level it wants; without it, none). Asked before a message is built: the SDK would drop it too, but only
+    after the deprecated call's warning machinery ran."""
+    wanted = (meta or {}).get(LOG_LEVEL_META_KEY)
+    return wanted in LEVELS and LEVELS.index(level) >= LEVELS.index(wanted)
 
 
 class LogListeners:

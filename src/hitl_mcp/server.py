@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,10 +17,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import (
-    LOG_LEVEL_META_KEY,
     CallToolResult,
     InputRequiredResult,
-    LoggingLevel,
     SetLevelRequestParams,
     SubscribeRequestParams,
     TextContent,
@@ -34,7 +32,7 @@ from pydantic_core import to_json
 from hitl_mcp import __version__, confirm, logs
 from hitl_mcp.actions import Action, build_actions
 from hitl_mcp.auth import PrincipalTokens, authenticated_principal, authenticated_roles, is_loopback
-from hitl_mcp.client_log import LEVELS, LogListeners, level_of, send
+from hitl_mcp.client_log import LogListeners, level_of, opted_in, send
 from hitl_mcp.config import Settings
 from hitl_mcp.errors import HitlError
 from hitl_mcp.flat_schema import flattened
@@ -475,18 +473,11 @@ async def _tell(ctx: Context[ServerState, Any], request: Request) -> Request:
         level = level_of(STATUS_EVENTS.get(request.status, request.status.value))
         # The SDK would drop the message of a request that did not opt in, but only after the deprecated
         # call's warning machinery ran: a tenth of a filing's server CPU, for nothing, on every call.
-        if not _opted_in(asked.meta, level):
+        if not opted_in(asked.meta, level):
             return request
         data = {"request_id": request.request_id, "tool": request.tool, "status": request.status.value}
         await send(asked.session, level, data, related=ctx.request_id)
     return request
-
-
-def _opted_in(meta: Mapping[str, Any] | None, level: LoggingLevel) -> bool:
-    """Whether a 2026-07-28 request asked for log messages at `level` (its `_meta` names the least severe
-    level it wants; without it, none)."""
-    wanted = (meta or {}).get(LOG_LEVEL_META_KEY)
-    return wanted in LEVELS and LEVELS.index(level) >= LEVELS.index(wanted)
 
 
 async def _call(work: Awaitable[T]) -> T:

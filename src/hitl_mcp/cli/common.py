@@ -250,12 +250,14 @@ def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     return display.table(header, rows)
 
 
+_UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
+
+
 def duration(seconds: float) -> str:
+    """The largest whole unit: an age (`3m`, `2d`)."""
     seconds = max(0, int(seconds))
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    unit, size = next(((unit, size) for unit, size in _UNITS if seconds >= size), _UNITS[-1])
+    return f"{seconds // size}{unit}"
 
 
 def counted(n: int, noun: str) -> str:
@@ -267,8 +269,7 @@ def time_left(seconds: float) -> str:
     """Time left, with a second unit while the first is small: a grant made for 2h reads `1h 59m`, not
     `1h`, and a request about to expire is not shown with half its time gone."""
     seconds = max(0, int(seconds))
-    units = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
-    for (unit, size), (finer, finer_size) in itertools.pairwise(units):
+    for (unit, size), (finer, finer_size) in itertools.pairwise(_UNITS):
         if seconds >= size:
             count, rest = divmod(seconds, size)
             if count < 10 and rest >= finer_size:

@@ -287,6 +287,11 @@ def finish_details(
     }
 
 
+# Audit events that leave no request behind to read (a denial keeps no arguments; a passed call and its
+# outcome are no request): `changed_since` tells subscribers nothing about them, on either backend.
+NO_REQUEST_EVENTS = ("denied", "passed", "pass-outcome")
+
+
 # How often the change counter is asked while waiting: it bounds how late another process's commit is
 # seen, and an ask costs microseconds.
 CHANGE_POLL_SECONDS = 0.02

@@ -29,6 +29,7 @@ from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, Outbo
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.store import (
+    NO_REQUEST_EVENTS,
     ClaimFor,
     Denial,
     DenialPage,
@@ -139,6 +140,10 @@ def _denied_where(tool: str | None, cursor: str | None) -> tuple[str, list[Any]]
 
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# changed_since's SQL list of them, written once.
+_NO_REQUEST = report_sql.quoted_list(NO_REQUEST_EVENTS)
 
 
 class PostgresStore(
@@ -699,7 +704,7 @@ class PostgresStore(
             if audit_seq is None:
                 return [], int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM audit"))
             rows = await conn.fetch(
-                "SELECT request_id, MAX(seq), bool_or(event NOT IN ('denied', 'passed', 'pass-outcome')) "
+                f"SELECT request_id, MAX(seq), bool_or(event NOT IN {_NO_REQUEST}) "
                 "FROM audit WHERE seq > $1 GROUP BY request_id",
                 audit_seq,
             )

@@ -28,6 +28,7 @@ from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.private_files import create_private
 from hitl_mcp.store import (
+    NO_REQUEST_EVENTS,
     ClaimFor,
     Denial,
     DenialPage,
@@ -226,6 +227,10 @@ def open_reader(
 
 # Audit records read per trip to the worker thread while streaming the trail.
 AUDIT_BATCH = 2000
+
+
+# changed_since's SQL list of them, written once.
+_NO_REQUEST = report_sql.quoted_list(NO_REQUEST_EVENTS)
 
 
 class SQLiteStore(
@@ -725,7 +730,7 @@ class SQLiteStore(
             if audit_seq is None:
                 return [], conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0]
             rows = conn.execute(
-                "SELECT request_id, MAX(seq), MAX(event NOT IN ('denied', 'passed', 'pass-outcome')) "
+                f"SELECT request_id, MAX(seq), MAX(event NOT IN {_NO_REQUEST}) "
                 "FROM audit WHERE seq > ? GROUP BY request_id",
                 (audit_seq,),
             ).fetchall()
