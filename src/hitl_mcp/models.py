@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -10,25 +9,10 @@ from pydantic import BaseModel, Field, computed_field, model_validator
 
 from hitl_mcp.policy import Snapshot
 
-
-class Status(enum.StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    EXECUTING = "executing"
-    EXECUTED = "executed"
-    FAILED = "failed"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
-
-
-FINAL_STATUSES = frozenset(
-    {Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}
-)
+# Re-exported: every part of hitl imports them from here; `status` holds them so that short commands can
+# name statuses without pydantic.
+from hitl_mcp.status import FINAL_STATUSES as FINAL_STATUSES
+from hitl_mcp.status import Status as Status
 
 
 def utc(timestamp: float) -> datetime:

@@ -7,14 +7,19 @@ never changes what an open request needs. Approvals are counted against that sna
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 from hitl_mcp import expr
+from hitl_mcp import levels as level_rules
 from hitl_mcp.errors import ConfigError, NotAllowed
+
+# Re-exported: the gate and the models take them from here; `levels` holds them without pydantic.
+from hitl_mcp.levels import Approver as Approver
+from hitl_mcp.levels import Progress as Progress
+from hitl_mcp.levels import progress as progress
 
 if TYPE_CHECKING:
     from hitl_mcp.actions.base import Action
@@ -32,11 +37,10 @@ class Level(BaseModel):
     escalate_after_seconds: float | None = Field(default=None, gt=0)
 
     def admits(self, roles: Iterable[str]) -> bool:
-        return not self.roles or any(role in self.roles for role in roles)
+        return level_rules.admits(self, roles)
 
     def describe(self) -> str:
-        who = " or ".join(self.roles) if self.roles else "anyone but the requester"
-        return f"{self.count} × {who}"
+        return level_rules.describe(self)
 
 
 class Rule(BaseModel):
@@ -114,7 +118,7 @@ class Snapshot(BaseModel):
     @property
     def needs_decision(self) -> bool:
         """Whether the request waits on levels (a confirm rule's does, until its requester confirms)."""
-        return self.approval in ("required", "confirm")
+        return self.approval in level_rules.NEEDS_DECISION
 
     def describe(self) -> str:
         source = "the default policy" if self.rule is None else f"rule {self.rule}"
@@ -291,39 +295,6 @@ def select(policy: ActionPolicy | None, values: Mapping[str, object]) -> Snapsho
                 levels = DEFAULT_RULE.levels if rule.approval == "confirm" else rule.levels
                 return Snapshot(rule_index=index, when=rule.when, approval=rule.approval, levels=levels)
     return Snapshot(rule_index=None, approval=DEFAULT_RULE.approval, levels=DEFAULT_RULE.levels)
-
-
-@dataclass(frozen=True)
-class Approver:
-    principal: str
-    roles: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a request's approvals go: who counted at each level, and the level it waits on."""
-
-    counted: tuple[tuple[str, ...], ...]
-    waiting_on: int | None
-
-    @property
-    def complete(self) -> bool:
-        return self.waiting_on is None
-
-
-def progress(levels: Sequence[Level], approvers: Sequence[Approver]) -> Progress:
-    """Assign approvers to levels in order; each principal counts once, at the first level it fits."""
-    unused = list(approvers)
-    counted: list[tuple[str, ...]] = []
-    for index, level in enumerate(levels):
-        fits = [approver for approver in unused if level.admits(approver.roles)][: level.count]
-        counted.append(tuple(approver.principal for approver in fits))
-        for approver in fits:
-            unused.remove(approver)
-        if len(fits) < level.count:
-            counted.extend(() for _ in levels[index + 1 :])
-            return Progress(tuple(counted), index)
-    return Progress(tuple(counted), None)
 
 
 def check_eligible(

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
+from hitl_mcp import queue_rows
 from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
@@ -27,6 +28,9 @@ from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, Outbo
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
 from hitl_mcp.private_files import create_private
+
+# open_reader is re-exported: the backup, transfer and admin tools open stores with it.
+from hitl_mcp.queue_rows import open_reader as open_reader
 from hitl_mcp.store import (
     NO_REQUEST_EVENTS,
     ClaimFor,
@@ -51,13 +55,11 @@ from hitl_mcp.store.sqlite_credentials import SQLiteCredentials
 from hitl_mcp.store.sqlite_links import SQLiteLinks
 from hitl_mcp.store.sqlite_rows import (
     REQUEST_COLUMNS,
-    SUMMARY_COLUMNS,
     decisions_of,
     dumps,
     fetch,
     filed_of,
     request_of,
-    summary_of,
 )
 from hitl_mcp.store.sqlite_slack import SQLiteSlackMessages
 from hitl_mcp.store.sqlite_tally import SQLiteTally
@@ -133,27 +135,8 @@ def _page_rows(
 ) -> tuple[list[Any], dict[str, list[Decision]], str | None]:
     """A page's rows of `columns` (seq and id first), oldest first after `cursor`, their decisions, and
     the next page's cursor."""
-    where, params = _page_where(statuses, tool, cursor)
-    rows = conn.execute(
-        f"SELECT {columns} FROM requests WHERE {where} ORDER BY seq LIMIT ?", [*params, limit + 1]
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, decisions_of(conn, [row[1] for row in rows]), str(rows[-1][0]) if more else None
-
-
-def _page_where(
-    statuses: Sequence[Status] | None, tool: str | None, cursor: str | None
-) -> tuple[str, list[Any]]:
-    clauses = ["seq > ?"]
-    params: list[Any] = [int(cursor) if cursor else 0]
-    if statuses is not None:
-        clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
-        params.extend(status.value for status in statuses)
-    if tool is not None:
-        clauses.append("tool = ?")
-        params.append(tool)
-    return " AND ".join(clauses), params
+    rows, next_cursor = queue_rows.page_rows(conn, columns, statuses, tool, limit, cursor)
+    return rows, decisions_of(conn, [row[1] for row in rows]), next_cursor
 
 
 def _denied_where(tool: str | None, cursor: str | None) -> tuple[str, list[Any]]:
@@ -194,35 +177,6 @@ def _repeated(conn: sqlite3.Connection, request: NewRequest) -> Request | None:
     else:
         return None
     return None if row is None else fetch(conn, row[0])
-
-
-def open_reader(
-    path: Path, *, timeout: float = 5.0, factory: type[sqlite3.Connection] = sqlite3.Connection
-) -> sqlite3.Connection:
-    """A connection to an existing store that only reads. On a read-only folder SQLite cannot make the
-    WAL index (-shm) a reader needs; a store closed cleanly (no -wal left) is then read as the file
-    holds it."""
-
-    def connect(mode: str) -> sqlite3.Connection:
-        uri = f"{path.as_uri()}?mode={mode}"
-        conn = sqlite3.connect(
-            uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False, factory=factory
-        )
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    try:
-        return connect("ro")
-    except sqlite3.OperationalError as error:
-        wal = path.with_name(path.name + "-wal")
-        unsaved = wal.exists() and wal.stat().st_size > 0
-        if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_CANTOPEN or unsaved:
-            raise
-        return connect("ro&immutable=1")
 
 
 # Audit records read per trip to the worker thread while streaming the trail.
@@ -661,18 +615,12 @@ class SQLiteStore(
         self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
     ) -> SummaryRows:
         def summaries(conn: sqlite3.Connection) -> SummaryRows:
-            rows, decisions, next_cursor = _page_rows(conn, SUMMARY_COLUMNS, statuses, tool, limit, cursor)
-            return SummaryRows([summary_of(row, decisions.get(row[1], [])) for row in rows], next_cursor)
+            return SummaryRows(*queue_rows.summary_page(conn, statuses, tool, limit, cursor))
 
         return await self._run(summaries)
 
     async def count(self, statuses: Sequence[Status] | None, tool: str | None, cursor: str | None) -> int:
-        where, params = _page_where(statuses, tool, cursor)
-        return await self._run(
-            lambda conn: int(
-                conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()[0]
-            )
-        )
+        return await self._run(lambda conn: queue_rows.count_after(conn, statuses, tool, cursor))
 
     async def denials(self, tool: str | None, limit: int, cursor: str | None) -> DenialPage:
         where, params = _denied_where(tool, cursor)

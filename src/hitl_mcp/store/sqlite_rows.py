@@ -8,7 +8,11 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from hitl_mcp.models import ApprovalState, Decision, Request, Status, approval_state, utc
-from hitl_mcp.policy import Snapshot
+from hitl_mcp.policy import Approver, Snapshot
+
+# SUMMARY_COLUMNS is re-exported: the PostgreSQL store reads the same columns.
+from hitl_mcp.queue_rows import SUMMARY_COLUMNS as SUMMARY_COLUMNS
+from hitl_mcp.queue_rows import summary_line
 
 if TYPE_CHECKING:
     from hitl_mcp.store import NewRequest
@@ -17,13 +21,6 @@ REQUEST_COLUMNS = (
     "seq, id, tool, arguments, arguments_digest, summary, preview, status, requested_by, "
     "created_at, expires_at, updated_at, result, error, policy, level, escalated_level, original_arguments, "
     "claimed_by, target, effect"
-)
-
-
-# What a queue line needs of a row, in `summary_of`'s order: `summary` is the fifth.
-SUMMARY_COLUMNS = (
-    "seq, id, tool, arguments, summary, status, requested_by, created_at, expires_at, policy, level, "
-    "escalated_level"
 )
 
 
@@ -90,42 +87,11 @@ def approval_of(
     return state if decisions else state.model_copy()  # a copy: callers may keep and change it
 
 
-def iso(timestamp: float) -> str:
-    """A timestamp as the JSON text a record's datetime serialises to (pydantic's form, `Z` for UTC)."""
-    text = utc(timestamp).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
 def summary_of(row: sqlite3.Row | tuple[Any, ...], decisions: list[Decision]) -> dict[str, Any]:
-    """A row of SUMMARY_COLUMNS as the JSON form of its `RequestSummary`, with no model in between: a
-    page of 50 lines is answered several times faster than from whole records."""
-    (
-        _seq,
-        request_id,
-        tool,
-        arguments,
-        summary,
-        status,
-        requested_by,
-        created_at,
-        expires_at,
-        policy,
-        level,
-        escalated_level,
-    ) = row
-    state = shared_approval(policy, decisions, level, escalated_level)
-    return {
-        "request_id": request_id,
-        "tool": tool,
-        "status": status,
-        "summary": summary,
-        "arguments": json.loads(arguments),
-        "requested_by": requested_by,
-        "created_at": iso(created_at),
-        "expires_at": iso(expires_at),
-        "waits_on": state.may_decide,
-        "escalated": state.escalated,
-    }
+    """A row of SUMMARY_COLUMNS as the JSON form of its `RequestSummary` (`queue_rows.summary_line`)."""
+    return summary_line(
+        row, [Approver(d.principal, tuple(d.roles)) for d in decisions if d.verdict == "approve"]
+    )
 
 
 def filed_of(request: NewRequest, status: Status, policy: str) -> Request:
