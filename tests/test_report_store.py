@@ -153,7 +153,7 @@ async def test_a_store_from_before_the_running_totals_gets_them_filled_at_its_up
     with conn:
         for name in ("report_fold", "report_unfold"):
             conn.execute(f"DROP TRIGGER {name}")
-        for table in ("report_requests", "report_events", "report_votes"):
+        for table in ("report_totals", "report_waits", "report_buckets"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 6")
     conn.close()

@@ -124,8 +124,8 @@ def quoted_list(values: Iterable[str]) -> str:
 
 def per_request(dialect: Dialect, windowed: bool) -> str:
     """`WITH per AS (…), r AS (…)`: the fold of `report.build` per request, computed from the whole trail
-    (`r`: request_id, tool, first_at, filed_at, status, verdict, decided, wait, expired, escalated), for
-    the requests whose first record is at or after the window's start when `windowed`."""
+    (`r`: request_id, first_seq, tool, first_at, filed_at, status, verdict, decided, wait, expired,
+    escalated), for the requests whose first record is at or after the window's start when `windowed`."""
     json_ = _Json(dialect)
     since = ":since" if dialect == "sqlite" else "$1"
     moving = sorted({*STATUS_AFTER, *DECISIONS})
@@ -146,7 +146,7 @@ WITH per AS MATERIALIZED (
     GROUP BY request_id
 ),
 r AS MATERIALIZED (
-    SELECT per.request_id,
+    SELECT per.request_id, per.first_seq,
         COALESCE({json_.text("f.details", "tool")}, {_quote(UNKNOWN_TOOL)}) AS tool,
         f.at AS first_at,
         CASE WHEN f.event = 'filed' THEN f.at END AS filed_at,

@@ -10,7 +10,7 @@ import anyio.to_thread
 
 from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, Checkpoint
-from hitl_mcp.store import sqlite_audit
+from hitl_mcp.store import sqlite_audit, sqlite_report
 from hitl_mcp.store.archive import (
     DECISION_FIELDS,
     EVENT,
@@ -146,6 +146,7 @@ class SQLiteArchive:
             conn.execute("DELETE FROM outbox WHERE audit_seq > ? AND audit_seq <= ?", bounds)
             conn.execute(f"DELETE FROM requests WHERE id IN ({ARCHIVED_IDS})", bounds)
             conn.execute("DELETE FROM audit WHERE seq > ? AND seq <= ?", bounds)
+            sqlite_report.prune(conn)
             conn.execute(
                 f"INSERT INTO archives ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (

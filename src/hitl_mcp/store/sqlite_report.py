@@ -1,24 +1,37 @@
 """The report's running totals in a SQLite store, kept by triggers on the audit trail.
 
-`hitl_mcp.report.build` folds the trail record by record; these triggers run the same fold as each record
-is written, inside the transaction that writes it, into three small tables (SCHEMA in sqlite_schema.py):
-`report_requests` (per request: tool, first record's time, status now, verdict, time to first decision,
-flags), `report_events` (per request, how many records of each event) and `report_votes` (per request,
-each approver's approve and reject records, confirmations aside). A report then reads about one row per
-request instead of every record: SQLite scans a quarter of a million audit records in more time than a
-report may take, and the fold is cheap at write time. Records leave the trail only by `hitl db archive`,
-which takes whole requests: the delete trigger takes their rows away with them.
+`hitl_mcp.report.build` folds the trail record by record; these triggers keep the same figures as each
+record is written, inside the transaction that writes it, as counts per hour of filing (the hour of a
+request's first record) rather than rows per request: `report_totals` (requests per tool and status, per
+verdict, expired, escalated; approvers' decisions; records per event), `report_waits` (how many requests
+waited each time to their first decision, in the order the percentiles walk) and `report_buckets` (the
+first and last seq of the requests first recorded in each hour). A store holds a few dozen such rows an
+hour whatever its traffic, where one row per request and per event cost more bytes than the request's own
+audit records' index (schema 7).
 
-At every upgrade of a store (schema 7 brought these tables) they are filled afresh from the whole trail by
-the aggregate statement PostgreSQL runs at read time (report_sql.py), which computes the same fold.
+A request's fold is read from its own records through the trail's `audit_request` index: a trigger folds
+the request's records without the one written (or deleted) and with it, and adds the difference. So an
+archive, which deletes whole requests in any order, takes their totals away exactly, and a status that a
+record moves comes off one count as it goes onto another.
+
+A report without a window adds the counts up. A window starting at `since` adds up the hours after since's
+hour, and folds the requests first recorded in since's own hour, at or after since, from their records
+(found between that hour's first and last seq): at most an hour of the trail.
+
+At every upgrade of a store the totals are filled afresh from the whole trail by the aggregate statement
+PostgreSQL runs at read time (report_sql.py), which computes the same fold.
 """
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from hitl_mcp.report import DECISIONS, NOTICES, STATUS_AFTER, UNKNOWN_TOOL
+from hitl_mcp.audit import AuditRecord
+from hitl_mcp.report import DECISIONS, NOTICES, STATUS_AFTER, UNKNOWN_TOOL, Tally
 from hitl_mcp.store.report_sql import (
     PERCENTILES,
     ReportRows,
@@ -31,80 +44,183 @@ from hitl_mcp.store.report_sql import (
     rows_of,
 )
 
-_NEW_STATUS = (
-    f"CASE WHEN NEW.event = 'approved' THEN COALESCE({json_text('sqlite', 'NEW.details', 'status')}, "
-    "'approved') ELSE CASE NEW.event "
-    + " ".join(f"WHEN {quote(event)} THEN {quote(status)}" for event, status in STATUS_AFTER.items())
-    + " END END"
-)
+BUCKET_SECONDS = 3600
+_NOTICES = quoted_list(sorted(NOTICES))
 _MOVES = quoted_list(sorted({*STATUS_AFTER, *DECISIONS}))
 _DECISIONS = quoted_list(DECISIONS)
-_NOTICES = quoted_list(sorted(NOTICES))
+_COLUMNS = "seq, event, actor, at, details"
 
-TRIGGERS = (
-    f"""
+
+def _bucket(at: str) -> str:
+    # Times are seconds since the epoch, positive: truncation is the floor, the same in SQL and here.
+    return f"CAST(({at}) / {BUCKET_SECONDS} AS INTEGER)"
+
+
+def _approved_status(details: str) -> str:
+    return f"COALESCE({json_text('sqlite', details, 'status')}, 'approved')"
+
+
+def _status(alias: str) -> str:
+    mapped = " ".join(f"WHEN {quote(event)} THEN {quote(status)}" for event, status in STATUS_AFTER.items())
+    return (
+        f"CASE WHEN {alias}.event = 'approved' THEN {_approved_status(alias + '.details')} "
+        f"ELSE CASE {alias}.event {mapped} END END"
+    )
+
+
+def _fold(src: str) -> str:
+    """One row (none for no records): the fold of the records `src` selects, all of one request."""
+    return f"""
+SELECT {_bucket("f.at")} AS bucket, f.seq AS first_seq,
+    COALESCE({json_text("sqlite", "f.details", "tool")}, {quote(UNKNOWN_TOOL)}) AS tool,
+    COALESCE((SELECT {_status("m")} FROM ({src}) AS m WHERE m.event IN {_MOVES}
+        ORDER BY m.seq DESC LIMIT 1), 'pending') AS status,
+    CASE WHEN EXISTS (SELECT 1 FROM ({src}) AS s WHERE s.event = 'rejected') THEN 'rejected'
+        WHEN EXISTS (SELECT 1 FROM ({src}) AS s WHERE s.event = 'approved'
+            AND {_approved_status("s.details")} <> 'pending') THEN 'approved' END AS verdict,
+    CASE WHEN f.event = 'filed' THEN (SELECT d.at FROM ({src}) AS d WHERE d.event IN {_DECISIONS}
+        ORDER BY d.seq LIMIT 1) - f.at END AS wait,
+    EXISTS (SELECT 1 FROM ({src}) AS s WHERE s.event = 'expired') AS expired,
+    EXISTS (SELECT 1 FROM ({src}) AS s WHERE s.event = 'escalated') AS escalated
+FROM (SELECT seq, event, at, details FROM ({src}) AS s0 ORDER BY seq LIMIT 1) AS f
+LIMIT 1"""
+
+
+def _first_bucket(src: str) -> str:
+    return f"(SELECT {_bucket('at')} FROM ({src}) AS s1 ORDER BY seq LIMIT 1)"
+
+
+def _request_totals(src: str, sign: int) -> str:
+    """The (kind, bucket, a, b, n) rows the request `src` selects adds to `report_totals`, times `sign`."""
+    return f"""
+SELECT k.kind AS kind, r.bucket AS bucket,
+    CASE k.kind WHEN 'o' THEN r.tool WHEN 'v' THEN r.verdict ELSE '' END AS a,
+    CASE k.kind WHEN 'o' THEN r.status ELSE '' END AS b, {sign} AS n
+FROM ({_fold(src)}) AS r,
+    (SELECT 'o' AS kind UNION ALL SELECT 'v' UNION ALL SELECT 'x' UNION ALL SELECT 'y') AS k
+WHERE k.kind = 'o' OR (k.kind = 'v' AND r.verdict IS NOT NULL) OR (k.kind = 'x' AND r.expired)
+    OR (k.kind = 'y' AND r.escalated)"""
+
+
+def _record_totals(src: str, sign: int, bucket: str) -> str:
+    """The rows the records `src` selects add per event and per approver's decision, in `bucket`."""
+    return f"""
+SELECT 'e', {bucket}, event, '', {sign} * count(*) FROM ({src}) AS s2 GROUP BY event
+UNION ALL
+SELECT 'a', {bucket}, actor, event, {sign} * count(*) FROM ({src}) AS s3
+WHERE event IN {_DECISIONS} AND {json_truthy("sqlite", "details", "confirmation")} = 0
+GROUP BY actor, event"""
+
+
+def _apply(before: str, after: str, records: str) -> tuple[str, ...]:
+    """Statements that move the totals from the fold of `before` to that of `after` (one request's
+    records without and with the record written or deleted); `records` gives the per-record counts."""
+    return (
+        f"""
+INSERT INTO report_totals (kind, bucket, a, b, n)
+SELECT kind, bucket, a, b, sum(n) FROM (
+    {_request_totals(before, -1)}
+    UNION ALL
+    {_request_totals(after, 1)}
+    UNION ALL
+    {records}
+) AS t
+WHERE bucket IS NOT NULL
+GROUP BY kind, bucket, a, b HAVING sum(n) <> 0
+ON CONFLICT (kind, bucket, a, b) DO UPDATE SET n = n + excluded.n""",
+        f"""
+INSERT INTO report_waits (wait, bucket, n)
+SELECT wait, bucket, sum(n) FROM (
+    SELECT wait, bucket, -1 AS n FROM ({_fold(before)}) AS r WHERE wait IS NOT NULL
+    UNION ALL
+    SELECT wait, bucket, 1 FROM ({_fold(after)}) AS r WHERE wait IS NOT NULL
+) AS t
+GROUP BY wait, bucket HAVING sum(n) <> 0
+ON CONFLICT (wait, bucket) DO UPDATE SET n = n + excluded.n""",
+        f"""
+INSERT INTO report_buckets (bucket, first_seq, last_seq)
+SELECT bucket, first_seq, first_seq FROM ({_fold(after)}) AS r WHERE true
+ON CONFLICT (bucket) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq),
+    last_seq = max(last_seq, excluded.last_seq)""",
+    )
+
+
+def _written() -> str:
+    after = f"SELECT {_COLUMNS} FROM audit WHERE request_id = NEW.request_id AND event NOT IN {_NOTICES}"
+    before = f"{after} AND seq <> NEW.seq"
+    bucket_before, bucket_after = _first_bucket(before), _first_bucket(after)
+    # A record appended after its request's first adds only its own event and vote. One written before
+    # the first (never by hitl, which appends) moves the request's other records to its own hour.
+    records = f"""
+SELECT 'e', {bucket_after}, NEW.event, '', 1
+UNION ALL
+SELECT 'a', {bucket_after}, NEW.actor, NEW.event, 1
+WHERE NEW.event IN {_DECISIONS} AND {json_truthy("sqlite", "NEW.details", "confirmation")} = 0
+UNION ALL
+SELECT * FROM ({_record_totals(before, -1, bucket_before)}) WHERE {bucket_before} <> {bucket_after}
+UNION ALL
+SELECT * FROM ({_record_totals(before, 1, bucket_after)}) WHERE {bucket_before} <> {bucket_after}"""
+    body = ";\n".join(_apply(before, after, records))
+    return f"""
 CREATE TRIGGER IF NOT EXISTS report_fold AFTER INSERT ON audit
 WHEN NEW.event NOT IN {_NOTICES}
 BEGIN
-    INSERT INTO report_requests (request_id, tool, first_at, filed_at, status)
-    VALUES (
-        NEW.request_id,
-        COALESCE({json_text("sqlite", "NEW.details", "tool")}, {quote(UNKNOWN_TOOL)}),
-        NEW.at,
-        CASE WHEN NEW.event = 'filed' THEN NEW.at END,
-        'pending'
-    )
-    ON CONFLICT (request_id) DO NOTHING;
-    UPDATE report_requests SET
-        status = CASE WHEN NEW.event IN {_MOVES} THEN {_NEW_STATUS} ELSE status END,
-        verdict = CASE
-            WHEN NEW.event = 'rejected' THEN 'rejected'
-            WHEN NEW.event = 'approved' AND verdict IS NULL AND {_NEW_STATUS} <> 'pending' THEN 'approved'
-            ELSE verdict END,
-        wait = CASE WHEN NEW.event IN {_DECISIONS} AND decided = 0 AND filed_at IS NOT NULL
-            THEN NEW.at - filed_at ELSE wait END,
-        decided = CASE WHEN NEW.event IN {_DECISIONS} THEN 1 ELSE decided END,
-        expired = CASE WHEN NEW.event = 'expired' THEN 1 ELSE expired END,
-        escalated = CASE WHEN NEW.event = 'escalated' THEN 1 ELSE escalated END
-    WHERE request_id = NEW.request_id;
-    INSERT INTO report_events (request_id, event, n) VALUES (NEW.request_id, NEW.event, 1)
-    ON CONFLICT (request_id, event) DO UPDATE SET n = n + 1;
-    INSERT INTO report_votes (request_id, actor, event, n)
-    SELECT NEW.request_id, NEW.actor, NEW.event, 1
-    WHERE NEW.event IN {_DECISIONS} AND {json_truthy("sqlite", "NEW.details", "confirmation")} = 0
-    ON CONFLICT (request_id, actor, event) DO UPDATE SET n = n + 1;
-END
-""",
-    """
+{body};
+END"""
+
+
+def _deleted() -> str:
+    after = f"SELECT {_COLUMNS} FROM audit WHERE request_id = OLD.request_id AND event NOT IN {_NOTICES}"
+    before = f"{after} UNION ALL SELECT OLD.seq, OLD.event, OLD.actor, OLD.at, OLD.details"
+    records = f"""
+SELECT * FROM ({_record_totals(before, -1, _first_bucket(before))})
+UNION ALL
+SELECT * FROM ({_record_totals(after, 1, _first_bucket(after))})"""
+    body = ";\n".join(_apply(before, after, records))
+    return f"""
 CREATE TRIGGER IF NOT EXISTS report_unfold AFTER DELETE ON audit
+WHEN OLD.event NOT IN {_NOTICES}
 BEGIN
-    DELETE FROM report_requests WHERE request_id = OLD.request_id;
-    DELETE FROM report_events WHERE request_id = OLD.request_id;
-    DELETE FROM report_votes WHERE request_id = OLD.request_id;
-END
-""",
-)
+{body};
+END"""
+
+
+TRIGGERS = (_written(), _deleted())
 
 # The trail is the truth: whatever totals a store holds are replaced by the fold of its whole trail.
 _BACKFILL = (
-    "DELETE FROM report_requests",
-    "DELETE FROM report_events",
-    "DELETE FROM report_votes",
+    "DELETE FROM report_totals",
+    "DELETE FROM report_waits",
+    "DELETE FROM report_buckets",
     f"""
-INSERT INTO report_requests (request_id, tool, first_at, filed_at, status, verdict, decided, wait, expired,
-    escalated)
+INSERT INTO report_totals (kind, bucket, a, b, n)
+{per_request("sqlite", windowed=False)},
+b AS MATERIALIZED (SELECT request_id, {_bucket("first_at")} AS bucket FROM r)
+SELECT 'o', bucket, tool, status, count(*) FROM r JOIN b USING (request_id) GROUP BY bucket, tool, status
+UNION ALL
+SELECT 'v', bucket, verdict, '', count(*) FROM r JOIN b USING (request_id) WHERE verdict IS NOT NULL
+    GROUP BY bucket, verdict
+UNION ALL
+SELECT 'x', bucket, '', '', count(*) FROM r JOIN b USING (request_id) WHERE expired = 1 GROUP BY bucket
+UNION ALL
+SELECT 'y', bucket, '', '', count(*) FROM r JOIN b USING (request_id) WHERE escalated = 1 GROUP BY bucket
+UNION ALL
+SELECT 'e', bucket, event, '', count(*) FROM audit JOIN b USING (request_id)
+    WHERE event NOT IN {_NOTICES} GROUP BY bucket, event
+UNION ALL
+SELECT 'a', bucket, actor, event, count(*) FROM audit JOIN b USING (request_id)
+    WHERE event IN {_DECISIONS} AND {json_truthy("sqlite", "details", "confirmation")} = 0
+    GROUP BY bucket, actor, event
+""",
+    f"""
+INSERT INTO report_waits (wait, bucket, n)
 {per_request("sqlite", windowed=False)}
-SELECT request_id, tool, first_at, filed_at, status, verdict, decided, wait, expired, escalated FROM r
+SELECT wait, {_bucket("first_at")}, count(*) FROM r WHERE wait IS NOT NULL GROUP BY 1, 2
 """,
     f"""
-INSERT INTO report_events (request_id, event, n)
-SELECT request_id, event, count(*) FROM audit WHERE event NOT IN {_NOTICES} GROUP BY request_id, event
-""",
-    f"""
-INSERT INTO report_votes (request_id, actor, event, n)
-SELECT request_id, actor, event, count(*) FROM audit
-WHERE event IN {_DECISIONS} AND {json_truthy("sqlite", "details", "confirmation")} = 0
-GROUP BY request_id, actor, event
+INSERT INTO report_buckets (bucket, first_seq, last_seq)
+{per_request("sqlite", windowed=False)}
+SELECT {_bucket("first_at")}, min(first_seq), max(first_seq) FROM r GROUP BY 1
 """,
 )
 
@@ -127,51 +243,100 @@ def install(conn: sqlite3.Connection, *, backfill: bool) -> None:
             conn.execute(statement)
 
 
+def prune(conn: sqlite3.Connection) -> None:
+    """Drop the totals that came to zero (an archive subtracts whole hours of them)."""
+    conn.execute("DELETE FROM report_totals WHERE n = 0")
+    conn.execute("DELETE FROM report_waits WHERE n = 0")
+
+
 def read(conn: sqlite3.Connection, since: float | None) -> ReportRows:
-    """The report's figures from the running totals, in the read transaction `conn` is in. Each query is
-    an index walk or a scan of one narrow row per request: no sort of the whole trail."""
-    params = {"since": since}
-    window = "" if since is None else " WHERE first_at >= :since"
-    rows: list[tuple[Any, ...]] = [
-        ("o", tool, status, count, None)
-        for tool, status, count in conn.execute(
-            f"SELECT tool, status, count(*) FROM report_requests{window} GROUP BY tool, status", params
-        )
-    ]
-    approved, rejected, expired, escalated, timed = conn.execute(
-        "SELECT count(CASE WHEN verdict = 'approved' THEN 1 END), count(CASE WHEN verdict = 'rejected' "
-        "THEN 1 END), COALESCE(sum(expired), 0), COALESCE(sum(escalated), 0), count(wait) "
-        f"FROM report_requests{window}",
-        params,
-    ).fetchone()
-    rows += [("v", "approved", None, approved, None), ("v", "rejected", None, rejected, None)]
-    rows += [("x", None, None, expired, None), ("y", None, None, escalated, None)]
-    rows.append(("z", None, None, timed, None))
-    in_window = "" if since is None else " AND first_at >= :since"
-    for p in PERCENTILES if timed else ():
-        rank = nearest_rank(p, timed)
-        # The partial index on wait walks to the rank: the waits are never sorted here.
-        (wait,) = conn.execute(
-            f"SELECT wait FROM report_requests WHERE wait IS NOT NULL{in_window} ORDER BY wait "
-            "LIMIT 1 OFFSET :offset",
-            {**params, "offset": rank - 1},
-        ).fetchone()
-        rows.append(("p", None, None, rank, wait))
-    requests = ""
+    """The report's figures from the running totals, in the read transaction `conn` is in: sums over a few
+    rows an hour, a walk of the waits in order, and for a window, a fold of its first hour's requests."""
+    hours, params = "", {"since": since}
+    partial = Tally(None)
     if since is not None:
-        requests = " WHERE request_id IN (SELECT request_id FROM report_requests WHERE first_at >= :since)"
+        (start,) = conn.execute(f"SELECT {_bucket(':since')}", params).fetchone()
+        hours, params = " AND bucket > :start", {"since": since, "start": start}
+        partial = _fold_hour(conn, since, start)
+    sums: dict[str, Counter[tuple[str, str]]] = {}
+    for kind, a, b, n in conn.execute(
+        f"SELECT kind, a, b, sum(n) FROM report_totals WHERE n <> 0{hours} GROUP BY kind, a, b", params
+    ):
+        sums.setdefault(kind, Counter())[(a, b)] += n
+    for state in partial.progress.values():
+        sums.setdefault("o", Counter())[(state.tool, state.status)] += 1
+        if state.verdict is not None:
+            sums.setdefault("v", Counter())[(state.verdict, "")] += 1
+        sums.setdefault("x", Counter())[("", "")] += state.expired
+        sums.setdefault("y", Counter())[("", "")] += state.escalated
+    for actor, events in partial.approvers.items():
+        for event, n in events.items():
+            sums.setdefault("a", Counter())[(actor, event)] += n
+    for event, n in partial.events.items():
+        sums.setdefault("e", Counter())[(event, "")] += n
+    kinds = {kind: sums.get(kind, Counter()) for kind in "ovxyae"}
+
+    rows: list[tuple[Any, ...]] = [
+        ("o", tool, status, n, None) for (tool, status), n in kinds["o"].items() if n
+    ]
+    verdicts = kinds["v"]
+    rows += [("v", v, None, verdicts[(v, "")], None) for v in ("approved", "rejected")]
+    rows += [("x", None, None, kinds["x"][("", "")], None), ("y", None, None, kinds["y"][("", "")], None)]
+    waits = conn.execute(
+        f"SELECT wait, n FROM report_waits WHERE n <> 0{hours} ORDER BY wait", params
+    ).fetchall()
+    extra = sorted(partial.waits)
+    timed = sum(n for _, n in waits) + len(extra)
+    rows.append(("z", None, None, timed, None))
+    if timed:
+        rows += [("p", None, None, rank, wait) for rank, wait in _ranked(waits, extra, timed)]
+    rows += [("a", actor, event, n, None) for (actor, event), n in kinds["a"].items() if n]
+    notices_window = "" if since is None else " AND at >= :since"
     rows += [
-        ("a", actor, event, count, None)
-        for actor, event, count in conn.execute(
-            f"SELECT actor, event, sum(n) FROM report_votes{requests} GROUP BY actor, event", params
+        ("e", event, None, n, None)
+        for event, n in conn.execute(
+            f"SELECT event, count(*) FROM audit WHERE event IN {_NOTICES}{notices_window} GROUP BY event",
+            params,
         )
     ]
-    notices_window = "" if since is None else " AND at >= :since"
-    events = conn.execute(
-        f"SELECT event, sum(n) FROM report_events{requests} GROUP BY event "
-        f"UNION ALL SELECT event, count(*) FROM audit WHERE event IN {_NOTICES}{notices_window} "
-        "GROUP BY event",
-        params,
-    ).fetchall()
-    rows += [("e", event, None, count, None) for event, count in events]
+    rows += [("e", event, None, n, None) for (event, _), n in kinds["e"].items() if n]
     return rows_of(rows)
+
+
+def _ranked(waits: list[tuple[float, int]], extra: list[float], timed: int) -> Iterator[tuple[int, float]]:
+    """The nearest-rank percentiles' (rank, wait) over the counted waits merged with `extra`."""
+    wanted = sorted({nearest_rank(p, timed) for p in PERCENTILES})
+    seen = 0
+    merged: Iterable[tuple[float, int]] = heapq.merge(waits, ((wait, 1) for wait in extra))
+    for wait, n in merged:
+        seen += n
+        while wanted and wanted[0] <= seen:
+            yield wanted.pop(0), wait
+        if not wanted:
+            return
+
+
+def _fold_hour(conn: sqlite3.Connection, since: float, start: int) -> Tally:
+    """`report.build`'s tally of the requests first recorded in since's hour, at or after since."""
+    tally = Tally(None)
+    span = conn.execute(
+        "SELECT first_seq, last_seq FROM report_buckets WHERE bucket = ?", (start,)
+    ).fetchone()
+    if span is None:
+        return tally
+    records = conn.execute(
+        f"""
+SELECT seq, request_id, event, actor, at, details FROM audit
+WHERE event NOT IN {_NOTICES} AND request_id IN (
+    SELECT r.request_id FROM audit AS r
+    WHERE r.seq BETWEEN :first AND :last AND r.event NOT IN {_NOTICES} AND r.at >= :since
+        AND {_bucket("r.at")} = :start
+        AND NOT EXISTS (SELECT 1 FROM audit AS e WHERE e.request_id = r.request_id AND e.seq < r.seq
+            AND e.event NOT IN {_NOTICES})
+)
+ORDER BY seq""",
+        {"first": span[0], "last": span[1], "since": since, "start": start},
+    )
+    for seq, request_id, event, actor, at, details in records:
+        tally.add(AuditRecord(seq, request_id, event, actor, at, details, "", ""))
+    return tally

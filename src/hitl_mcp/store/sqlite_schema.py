@@ -15,7 +15,7 @@ from pathlib import Path
 from hitl_mcp.errors import ConfigError, StoreUnavailable
 from hitl_mcp.store import sqlite_report
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # "hitl" in ASCII: marks a file as a hitl store, so a command never writes its tables into another
 # program's database.
 APPLICATION_ID = 0x6869746C
@@ -174,35 +174,30 @@ CREATE TABLE IF NOT EXISTS archives (
     records INTEGER NOT NULL
 );
 -- The report's running totals, kept by the triggers of hitl_mcp.store.sqlite_report as audit records are
--- written: per request, its fold (report_requests), its records per event, its approvers' decisions.
-CREATE TABLE IF NOT EXISTS report_requests (
-    request_id TEXT PRIMARY KEY,
-    tool TEXT NOT NULL,
-    first_at REAL NOT NULL,
-    filed_at REAL,
-    status TEXT NOT NULL,
-    verdict TEXT,
-    decided INTEGER NOT NULL DEFAULT 0,
-    wait REAL,
-    expired INTEGER NOT NULL DEFAULT 0,
-    escalated INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
--- What the report reads: outcomes per tool walk one index, the percentiles walk the waits in order.
-CREATE INDEX IF NOT EXISTS report_requests_outcome ON report_requests (tool, status);
-CREATE INDEX IF NOT EXISTS report_requests_wait ON report_requests (wait) WHERE wait IS NOT NULL;
-CREATE TABLE IF NOT EXISTS report_events (
-    request_id TEXT NOT NULL,
-    event TEXT NOT NULL,
+-- written: counts per hour of filing (`bucket`), never a row per request. report_totals holds, by `kind`,
+-- requests per tool and status (o: a tool, b status), per verdict (v: a verdict), expired (x), escalated
+-- (y), approvers' decisions (a: a actor, b event) and records per event (e: a event). report_waits counts
+-- the requests of an hour by their time to first decision, in the order the percentiles walk them.
+-- report_buckets spans each hour's first records by seq, where a window's first hour is folded from.
+CREATE TABLE IF NOT EXISTS report_totals (
+    kind TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
     n INTEGER NOT NULL,
-    PRIMARY KEY (request_id, event)
+    PRIMARY KEY (kind, bucket, a, b)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS report_votes (
-    request_id TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    event TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS report_waits (
+    wait REAL NOT NULL,
+    bucket INTEGER NOT NULL,
     n INTEGER NOT NULL,
-    PRIMARY KEY (request_id, actor, event)
+    PRIMARY KEY (wait, bucket)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS report_buckets (
+    bucket INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+);
 -- Standing approvals (hitl_mcp.grants). `uses_left` is spent by the insert of each call a grant covers,
 -- in that call's transaction. `approvers` and `needs` are JSON: who approved it, with their roles, and the
 -- levels of every rule its scope can reach.
@@ -248,6 +243,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     6: (),
     # The report's running totals: new tables and triggers, filled once from the trail (sqlite_report).
     7: (),
+    # The running totals as counts per hour instead of rows per request: the tables of 7 go, SCHEMA makes
+    # the new ones and sqlite_report refills them from the trail, with this version's triggers and index.
+    8: (
+        "DROP TRIGGER IF EXISTS report_fold",
+        "DROP TRIGGER IF EXISTS report_unfold",
+        "DROP TABLE IF EXISTS report_requests",
+        "DROP TABLE IF EXISTS report_events",
+        "DROP TABLE IF EXISTS report_votes",
+    ),
 }
 
 
