@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import anyio
 
-from hitl_mcp import decisions, logs, policy, tracing
+from hitl_mcp import decisions, logs, policy, queue_rows, tracing
 from hitl_mcp.actions import Action, Execution, find
 from hitl_mcp.actions.base import describe_target
 from hitl_mcp.config import Settings
@@ -65,7 +65,7 @@ ID_BYTES = 10
 ID_PATTERN = re.compile(rf"^[0-9a-f]{{1,{ID_BYTES * 2}}}$")
 UNDECIDED = frozenset({Status.PENDING, Status.APPROVED, Status.EXECUTING})
 OPEN_STATUSES = (Status.PENDING,)
-MAX_PAGE = 200
+MAX_PAGE = queue_rows.MAX_PAGE
 # Cursors are row numbers this server handed out; anything else (or anything SQLite's integers can't hold)
 # is refused before it reaches SQL.
 CURSOR_PATTERN = re.compile(r"[0-9]{1,18}")

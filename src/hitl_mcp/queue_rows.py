@@ -18,6 +18,9 @@ from typing import Any
 from hitl_mcp.levels import NEEDS_DECISION, Approver, StoredLevel, describe, progress
 from hitl_mcp.status import Status
 
+# The most rows one page of requests holds, whoever asks (the gate refuses a larger limit).
+MAX_PAGE = 200
+
 # What a queue line needs of a row, in `summary_line`'s order: `summary` is the fifth.
 SUMMARY_COLUMNS = (
     "seq, id, tool, arguments, summary, status, requested_by, created_at, expires_at, policy, level, "

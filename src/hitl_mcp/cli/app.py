@@ -17,7 +17,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "requests",
     "db": "db",
     "grants": "grants",
-    "list": "requests",
+    "list": "list_command",
     "login": "login",
     "logout": "login",
     "mcp-config": "mcp_config",

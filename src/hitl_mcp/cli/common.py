@@ -7,9 +7,7 @@ and previews, and a control or bidi character printed raw could make the approve
 from __future__ import annotations
 
 import getpass
-import itertools
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +19,11 @@ import click
 
 from hitl_mcp import display
 from hitl_mcp.cli.calls import Calls
+
+# Re-exported: the commands take them from here; `units` holds them for `hitl list`'s quick path.
+from hitl_mcp.cli.units import duration as duration
+from hitl_mcp.cli.units import time_left as time_left
+from hitl_mcp.cli.where import through_server as through_server
 from hitl_mcp.config import Settings, check_principal, load_settings
 from hitl_mcp.errors import HitlError, InvalidArguments, NotAllowed
 from hitl_mcp.gate import Gate, open_gate
@@ -44,11 +47,6 @@ def with_gate(settings: Settings, work: Callable[[Gate], Awaitable[T]], *, reado
             return await work(gate)
 
     return anyio.run(run)
-
-
-def through_server() -> bool:
-    """Whether the CLI acts through a server's API (HITL_SERVER) rather than on a store."""
-    return bool(os.environ.get("HITL_SERVER", "").strip())
 
 
 def with_calls(
@@ -250,32 +248,9 @@ def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     return display.table(header, rows)
 
 
-_UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
-
-
-def duration(seconds: float) -> str:
-    """The largest whole unit: an age (`3m`, `2d`)."""
-    seconds = max(0, int(seconds))
-    unit, size = next(((unit, size) for unit, size in _UNITS if seconds >= size), _UNITS[-1])
-    return f"{seconds // size}{unit}"
-
-
 def counted(n: int, noun: str) -> str:
     """`1 request`, `2 requests`, `31,245 audit records`: `noun` is the plural, ending in s."""
     return f"{n:,} {noun[:-1] if n == 1 else noun}"
-
-
-def time_left(seconds: float) -> str:
-    """Time left, with a second unit while the first is small: a grant made for 2h reads `1h 59m`, not
-    `1h`, and a request about to expire is not shown with half its time gone."""
-    seconds = max(0, int(seconds))
-    for (unit, size), (finer, finer_size) in itertools.pairwise(_UNITS):
-        if seconds >= size:
-            count, rest = divmod(seconds, size)
-            if count < 10 and rest >= finer_size:
-                return f"{count}{unit} {rest // finer_size}{finer}"
-            return f"{count}{unit}"
-    return f"{seconds}s"
 
 
 def expires_in(request: Request | RequestSummary, now: float) -> str:

@@ -1,68 +1,39 @@
 """`hitl list`'s pages: requests and calls denied at filing, read a store page at a time and printed as
 they arrive, so a listing of any length never sits in memory.
 
+What a listing lists, and its table, are `list_view`'s, shared with the quick path.
+
 A cursor says where a page ended: digits continue the requests, `d` and digits the denied calls (which
 `--all` lists after the requests, and `--status denied` alone)."""
 
 from __future__ import annotations
 
 import json
-import re
+import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import click
 
-from hitl_mcp import display
+from hitl_mcp.cli import settings_stamp
 from hitl_mcp.cli.calls import Calls
-from hitl_mcp.cli.common import duration, time_left
+from hitl_mcp.cli.common import load, refusals, through_server, with_gate, with_server
+from hitl_mcp.cli.list_view import (
+    DENIED,
+    SUMMARY_WIDTH,
+    Listing,
+    TablePrinter,
+    cut,
+    next_page,
+    nothing,
+    request_row,
+)
+from hitl_mcp.cli.units import duration
 from hitl_mcp.gate import MAX_PAGE
 from hitl_mcp.models import Request, Status, utc
-from hitl_mcp.store import Denial
-
-DENIED = "denied"
-CURSOR = re.compile(r"(d?)([0-9]{1,18})")
-NOT_PLAIN = re.compile(r"[^\x20-\x7e]")
-HEADER = ("ID", "AGE", "TOOL", "STATUS", "SUMMARY", "REQUESTED BY", "WAITS ON", "EXPIRES IN")
-SUMMARY_WIDTH = 60
-# When rows follow the first store page, columns are at least this wide: later rows are cut to the widths
-# the first page set, and these fit the usual tool names, statuses and principals whole.
-STREAMED_FLOORS = (10, 4, 20, 19, 60, 12, 28, 10)
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What one `hitl list` lists: request statuses (None: all; omitted when `requests` is False), and
-    whether the calls denied at filing follow."""
-
-    requests: bool
-    statuses: tuple[Status, ...] | None
-    denials: bool
-    needs_a_person: bool = False
-
-    @classmethod
-    def of(cls, status: str | None, all_statuses: bool) -> Listing:
-        if all_statuses:
-            return cls(requests=True, statuses=None, denials=True)
-        if status == DENIED:
-            return cls(requests=False, statuses=None, denials=True)
-        if status is not None:
-            return cls(requests=True, statuses=(Status(status),), denials=False)
-        # What needs a person: pending requests, and executing ones whose outcome is unknown.
-        return cls(
-            requests=True, statuses=(Status.PENDING, Status.EXECUTING), denials=False, needs_a_person=True
-        )
-
-    def start(self, cursor: str | None) -> tuple[bool, str | None]:
-        """Whether listing starts among the denied calls, and the store cursor there."""
-        if cursor is None:
-            return not self.requests, None
-        found = CURSOR.fullmatch(cursor)
-        if found is None or (found[1] == "d" and not self.denials) or (found[1] == "" and not self.requests):
-            raise click.BadParameter("not a cursor this listing printed", param_hint="--cursor")
-        return found[1] == "d", found[2]
+from hitl_mcp.store import Denial, sqlite_schema
 
 
 @dataclass(frozen=True)
@@ -149,28 +120,12 @@ def row(item: dict[str, Any] | Denial, now: float) -> tuple[str, ...]:
             age,
             item.tool,
             DENIED,
-            _cut(item.policy, SUMMARY_WIDTH),
+            cut(item.policy, SUMMARY_WIDTH),
             item.requested_by,
             "-",
             "-",
         )
-    status = Status(item["status"])
-    if item.get("outcome_unknown"):
-        label = f"{status.value} (outcome unknown)"
-    else:
-        label = f"{status.value} (escalated)" if item["escalated"] else status.value
-    left = datetime.fromisoformat(item["expires_at"]).timestamp() - now
-    expires = "-" if status.is_final else (time_left(left) if left > 0 else "overdue")
-    return (
-        item["request_id"][:10],
-        duration(now - datetime.fromisoformat(item["created_at"]).timestamp()),
-        item["tool"],
-        label,
-        _cut(item["summary"], SUMMARY_WIDTH),
-        item["requested_by"],
-        item["waits_on"] if status is Status.PENDING and item["waits_on"] else "-",
-        expires,
-    )
+    return request_row(item, now)
 
 
 def record(item: Request | Denial) -> str:
@@ -192,49 +147,6 @@ def denial(item: Denial) -> dict[str, Any]:
     }
 
 
-def _cut(text: str, columns: int, pad: bool = False) -> str:
-    """`display.cut` (then padded to `columns` with `pad`), without its walk unit by unit for the many
-    cells that already fit: a listing of 100,000 rows spent most of its time there."""
-    shown = display.visible(text)
-    width = _width(shown)
-    if width > columns:
-        shown = display.cut(text, columns)
-        width = _width(shown)
-    return shown + " " * (columns - width) if pad else shown
-
-
-def _width(shown: str) -> int:
-    """`display.width`, looking one by one only at the characters that are not printable ASCII."""
-    odd = NOT_PLAIN.findall(shown)
-    return len(shown) - len(odd) + sum(display.char_width(char) for char in odd)
-
-
-class TablePrinter:
-    """Prints rows as they come under one header: columns as wide as the first rows need (wider, up to
-    `STREAMED_FLOORS`, when more rows will follow), later cells cut with "…" to fit them."""
-
-    def __init__(self) -> None:
-        self.widths: list[int] | None = None
-        self.printed = 0
-
-    def print(self, rows: Sequence[tuple[str, ...]], *, more_follow: bool) -> None:
-        if not rows:
-            return
-        if self.widths is None:
-            grid = [[display.visible(cell) for cell in line] for line in (HEADER, *rows)]
-            self.widths = [max(_width(line[i]) for line in grid) for i in range(len(HEADER))]
-            if more_follow:
-                self.widths = [max(w, floor) for w, floor in zip(self.widths, STREAMED_FLOORS, strict=True)]
-            click.echo(self._line(HEADER))
-        click.echo("\n".join(self._line(line) for line in rows))
-        self.printed += len(rows)
-
-    def _line(self, cells: Sequence[str]) -> str:
-        assert self.widths is not None
-        padded = [_cut(cell, w, pad=True) for cell, w in zip(cells, self.widths, strict=True)]
-        return display.COLUMN_GAP.join(padded).rstrip()
-
-
 class JsonArrayPrinter:
     """A JSON array written element by element: valid JSON at the end, never held whole."""
 
@@ -248,3 +160,60 @@ class JsonArrayPrinter:
 
     def close(self) -> None:
         click.echo("[]" if self.printed == 0 else "\n]")
+
+
+@refusals
+def run(
+    status: str | None,
+    all_statuses: bool,
+    tool: str | None,
+    limit: int,
+    cursor: str | None,
+    all_pages: bool,
+    as_json: bool,
+) -> None:
+    """`hitl list` read through the gate: on the configured store, or through the server HITL_SERVER
+    names. A listing on an SQLite store leaves `settings_stamp` what the next one needs to skip this."""
+    spec = Listing.of(status, all_statuses)
+
+    async def show(gate: Calls) -> str | None:
+        table, array = TablePrinter(), JsonArrayPrinter()
+        now, after = time.time(), cursor
+        async for chunk in chunks(gate, spec, tool, cursor, None if all_pages else limit, records=as_json):
+            after = chunk.cursor
+            if as_json:
+                array.print([record(item) for item in chunk.items])
+            else:
+                rows = [row(item, now) for item in chunk.items]
+                table.print(
+                    rows, more_follow=after is not None and (all_pages or table.printed + len(rows) < limit)
+                )
+        if as_json:
+            array.close()
+        elif table.printed == 0:
+            click.echo(nothing(status, all_statuses, cursor))
+        if after is None:
+            return None
+        more = await remaining(gate, spec, tool, after)
+        return f"{more:,} more: {next_page(status, all_statuses, tool, limit, after)}" if more else None
+
+    if through_server():
+        more_line = with_server(show)
+    else:
+        # Taken before the settings are read: the stamp must vouch for what this load read, not for a
+        # config changed meanwhile.
+        digest = settings_stamp.fingerprint(os.environ)
+        settings = load()
+        more_line = with_gate(settings, show, readonly=True)
+        if digest is not None and settings.store.url is None:
+            settings_stamp.remember(
+                digest,
+                settings_stamp.Remembered(
+                    db_path=str(settings.db_path),
+                    busy_timeout=settings.gate.busy_timeout_seconds,
+                    schema_version=sqlite_schema.SCHEMA_VERSION,
+                    application_id=sqlite_schema.APPLICATION_ID,
+                ),
+            )
+    if more_line is not None:
+        click.echo(more_line, err=True)

@@ -1,18 +1,15 @@
-"""Commands on requests: list, show, approve, reject, cancel."""
+"""Commands on requests: show, approve, reject, cancel (`hitl list` is `list_command`'s)."""
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
-import time
 from typing import Any, Literal
 
 import click
 
 from hitl_mcp import json_input
 from hitl_mcp.actions.base import describe_target
-from hitl_mcp.cli import listing
 from hitl_mcp.cli.app import main
 from hitl_mcp.cli.calls import Calls
 from hitl_mcp.cli.common import (
@@ -29,99 +26,7 @@ from hitl_mcp.models import Request, Status
 
 # Another process that claimed the request is running it; say how it ended rather than "executing".
 OUTCOME_WAIT_SECONDS = 30.0
-LIST_PAGE = 100
-LIST_MAX = 10_000
 OUTCOME_GRACE_SECONDS = 2.0
-
-
-@main.command("list")
-@click.option(
-    "--status",
-    "status",
-    type=click.Choice([s.value for s in Status] + [listing.DENIED]),
-    help="Only requests in this status (default: pending), or `denied`: calls the policy refused at filing.",
-)
-@click.option("--all", "all_statuses", is_flag=True, help="Requests in every status, then denied calls.")
-@click.option("--tool", help="Only requests for this gated tool.")
-@click.option(
-    "--limit",
-    default=LIST_PAGE,
-    show_default=True,
-    type=click.IntRange(1, LIST_MAX),
-    help=f"Rows in this page (at most {LIST_MAX:,}).",
-)
-@click.option("--cursor", help="Continue where an earlier page ended, as its last line on stderr says.")
-@click.option(
-    "--all-pages", is_flag=True, help="Every page to the end, each printed as it is read (never held)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of full records.")
-@refusals
-def list_requests(
-    status: str | None,
-    all_statuses: bool,
-    tool: str | None,
-    limit: int,
-    cursor: str | None,
-    all_pages: bool,
-    as_json: bool,
-) -> None:
-    """List requests, oldest first: by default what needs a person — pending requests, and executing
-    ones whose outcome is unknown — or those of one --status, or --all.
-
-    A page has --limit rows; when more remain, the last line (on stderr) says how many and the command
-    for the next page (`--cursor C`). --all-pages prints them all, a page at a time. Denied calls were
-    never requests: each is the audit record of a call the policy refused, listed by --status denied and
-    after the requests by --all, as `hitl report` counts them."""
-    if status and all_statuses:
-        raise click.UsageError("give --status or --all, not both")
-    spec = listing.Listing.of(status, all_statuses)
-    spec.start(cursor)  # a bad cursor is refused before the store is opened
-
-    async def show(gate: Calls) -> str | None:
-        table, array = listing.TablePrinter(), listing.JsonArrayPrinter()
-        now, after = time.time(), cursor
-        async for chunk in listing.chunks(
-            gate, spec, tool, cursor, None if all_pages else limit, records=as_json
-        ):
-            after = chunk.cursor
-            if as_json:
-                array.print([listing.record(item) for item in chunk.items])
-            else:
-                rows = [listing.row(item, now) for item in chunk.items]
-                table.print(
-                    rows, more_follow=after is not None and (all_pages or table.printed + len(rows) < limit)
-                )
-        if as_json:
-            array.close()
-        elif table.printed == 0:
-            click.echo(_nothing(status, all_statuses, cursor))
-        if after is None:
-            return None
-        more = await listing.remaining(gate, spec, tool, after)
-        return f"{more:,} more: {_next_page(status, all_statuses, tool, limit, after)}" if more else None
-
-    more_line = with_calls(None, show, readonly=True)
-    if more_line is not None:
-        click.echo(more_line, err=True)
-
-
-def _nothing(status: str | None, all_statuses: bool, cursor: str | None) -> str:
-    if cursor is not None:
-        return "No more requests."
-    return "No requests." if all_statuses or status else "Nothing is waiting for a decision."
-
-
-def _next_page(status: str | None, all_statuses: bool, tool: str | None, limit: int, cursor: str) -> str:
-    words = ["hitl", "list"]
-    if status:
-        words += ["--status", status]
-    if all_statuses:
-        words.append("--all")
-    if tool:
-        words += ["--tool", shlex.quote(tool)]
-    if limit != LIST_PAGE:
-        words += ["--limit", str(limit)]
-    return " ".join([*words, "--cursor", cursor]) + " (or --all-pages for every page)"
 
 
 @main.command()
