@@ -39,7 +39,7 @@ from hitl_mcp.flat_schema import flattened
 from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
 from hitl_mcp.models import Decided, Request, Status, SummaryPage
-from hitl_mcp.notify.worker import deliver_forever
+from hitl_mcp.notify import deliver_forever
 from hitl_mcp.request_state import request_state_security
 from hitl_mcp.sdk_seams import (
     add_legacy_request_handler,
