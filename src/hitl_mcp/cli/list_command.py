@@ -9,7 +9,7 @@ import click
 
 from hitl_mcp.cli import quick_list
 from hitl_mcp.cli.app import main
-from hitl_mcp.cli.list_view import DENIED, LIST_MAX, LIST_PAGE, Listing
+from hitl_mcp.cli.list_view import DENIED, LIST_MAX, LIST_PAGE, ListOptions
 from hitl_mcp.status import Status
 
 
@@ -52,10 +52,11 @@ def list_requests(
     after the requests by --all, as `hitl report` counts them."""
     if status and all_statuses:
         raise click.UsageError("give --status or --all, not both")
-    Listing.of(status, all_statuses).start(cursor)  # a bad cursor is refused before the store is opened
-    if quick_list.answer(status, all_statuses, tool, limit, cursor, all_pages, as_json):
+    options = ListOptions(status, all_statuses, tool, limit, cursor, all_pages, as_json)
+    options.listing.start(cursor)  # a bad cursor is refused before the store is opened
+    if quick_list.answer(options):
         return
     # Imported here: the full path loads the settings, the gate and the store (pydantic and all).
     from hitl_mcp.cli import listing
 
-    listing.run(status, all_statuses, tool, limit, cursor, all_pages, as_json)
+    listing.run(options)

@@ -32,6 +32,23 @@ STREAMED_FLOORS = (10, 4, 20, 19, 60, 12, 28, 10)
 
 
 @dataclass(frozen=True)
+class ListOptions:
+    """`hitl list`'s options as given."""
+
+    status: str | None
+    all_statuses: bool
+    tool: str | None
+    limit: int
+    cursor: str | None
+    all_pages: bool
+    as_json: bool
+
+    @property
+    def listing(self) -> Listing:
+        return Listing.of(self.status, self.all_statuses)
+
+
+@dataclass(frozen=True)
 class Listing:
     """What one `hitl list` lists: request statuses (None: all; omitted when `requests` is False), and
     whether the calls denied at filing follow."""
@@ -85,24 +102,24 @@ def request_row(item: dict[str, Any], now: float) -> tuple[str, ...]:
     )
 
 
-def nothing(status: str | None, all_statuses: bool, cursor: str | None) -> str:
+def nothing(options: ListOptions) -> str:
     """What an empty page says."""
-    if cursor is not None:
+    if options.cursor is not None:
         return "No more requests."
-    return "No requests." if all_statuses or status else "Nothing is waiting for a decision."
+    return "No requests." if options.all_statuses or options.status else "Nothing is waiting for a decision."
 
 
-def next_page(status: str | None, all_statuses: bool, tool: str | None, limit: int, cursor: str) -> str:
+def next_page(options: ListOptions, cursor: str) -> str:
     """The command that prints the page after `cursor`."""
     words = ["hitl", "list"]
-    if status:
-        words += ["--status", status]
-    if all_statuses:
+    if options.status:
+        words += ["--status", options.status]
+    if options.all_statuses:
         words.append("--all")
-    if tool:
-        words += ["--tool", shlex.quote(tool)]
-    if limit != LIST_PAGE:
-        words += ["--limit", str(limit)]
+    if options.tool:
+        words += ["--tool", shlex.quote(options.tool)]
+    if options.limit != LIST_PAGE:
+        words += ["--limit", str(options.limit)]
     return " ".join([*words, "--cursor", cursor]) + " (or --all-pages for every page)"
 
 

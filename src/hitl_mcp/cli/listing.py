@@ -24,6 +24,7 @@ from hitl_mcp.cli.list_view import (
     DENIED,
     SUMMARY_WIDTH,
     Listing,
+    ListOptions,
     TablePrinter,
     cut,
     next_page,
@@ -163,39 +164,31 @@ class JsonArrayPrinter:
 
 
 @refusals
-def run(
-    status: str | None,
-    all_statuses: bool,
-    tool: str | None,
-    limit: int,
-    cursor: str | None,
-    all_pages: bool,
-    as_json: bool,
-) -> None:
+def run(options: ListOptions) -> None:
     """`hitl list` read through the gate: on the configured store, or through the server HITL_SERVER
     names. A listing on an SQLite store leaves `settings_stamp` what the next one needs to skip this."""
-    spec = Listing.of(status, all_statuses)
+    spec, limit = options.listing, options.limit
 
     async def show(gate: Calls) -> str | None:
         table, array = TablePrinter(), JsonArrayPrinter()
-        now, after = time.time(), cursor
-        async for chunk in chunks(gate, spec, tool, cursor, None if all_pages else limit, records=as_json):
+        now, after = time.time(), options.cursor
+        upto = None if options.all_pages else limit
+        async for chunk in chunks(gate, spec, options.tool, options.cursor, upto, records=options.as_json):
             after = chunk.cursor
-            if as_json:
+            if options.as_json:
                 array.print([record(item) for item in chunk.items])
             else:
                 rows = [row(item, now) for item in chunk.items]
-                table.print(
-                    rows, more_follow=after is not None and (all_pages or table.printed + len(rows) < limit)
-                )
-        if as_json:
+                more_follow = after is not None and (options.all_pages or table.printed + len(rows) < limit)
+                table.print(rows, more_follow=more_follow)
+        if options.as_json:
             array.close()
         elif table.printed == 0:
-            click.echo(nothing(status, all_statuses, cursor))
+            click.echo(nothing(options))
         if after is None:
             return None
-        more = await remaining(gate, spec, tool, after)
-        return f"{more:,} more: {next_page(status, all_statuses, tool, limit, after)}" if more else None
+        more = await remaining(gate, spec, options.tool, after)
+        return f"{more:,} more: {next_page(options, after)}" if more else None
 
     if through_server():
         more_line = with_server(show)

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from hitl_mcp.cli import settings_stamp
-from hitl_mcp.cli.list_view import DENIED, Listing, TablePrinter, next_page, nothing, request_row
+from hitl_mcp.cli.list_view import DENIED, Listing, ListOptions, TablePrinter, next_page, nothing, request_row
 from hitl_mcp.cli.where import through_server
 from hitl_mcp.queue_rows import MAX_PAGE, count_after, open_reader, summary_page
 from hitl_mcp.status import Status
@@ -37,28 +37,20 @@ class Page:
     """How many requests follow the page (0 when it is the last)."""
 
 
-def answer(
-    status: str | None,
-    all_statuses: bool,
-    tool: str | None,
-    limit: int,
-    cursor: str | None,
-    all_pages: bool,
-    as_json: bool,
-) -> bool:
+def answer(options: ListOptions) -> bool:
     """Print the page as the full path would and say True, or print nothing and say False."""
-    if as_json or all_pages or all_statuses or tool is not None or status == DENIED or limit > MAX_PAGE:
+    if options.as_json or options.all_pages or options.all_statuses or options.tool is not None:
         return False
-    if through_server():
+    if options.status == DENIED or options.limit > MAX_PAGE or through_server():
         return False
     digest = settings_stamp.fingerprint(os.environ)
     known = None if digest is None else settings_stamp.recall(digest)
     if known is None:
         return False
-    spec = Listing.of(status, all_statuses)
-    _, at = spec.start(cursor)
+    spec = options.listing
+    _, at = spec.start(options.cursor)
     try:
-        page = _read(known, spec, limit, at)
+        page = _read(known, spec, options.limit, at)
     except (sqlite3.Error, OSError):
         return False
     if page is None:
@@ -67,10 +59,9 @@ def answer(
     if page.lines:
         TablePrinter().print([request_row(line, now) for line in page.lines], more_follow=False)
     else:
-        click.echo(nothing(status, all_statuses, cursor))
+        click.echo(nothing(options))
     if page.cursor is not None and page.more:
-        following = next_page(status, all_statuses, tool, limit, page.cursor)
-        click.echo(f"{page.more:,} more: {following}", err=True)
+        click.echo(f"{page.more:,} more: {next_page(options, page.cursor)}", err=True)
     return True
 
 

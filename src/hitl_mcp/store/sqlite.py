@@ -23,7 +23,7 @@ from hitl_mcp.audit import COLUMNS as AUDIT_COLUMNS
 from hitl_mcp.audit import GENESIS, AuditRecord
 from hitl_mcp.errors import ConfigError, Effect, HitlError, NotFound, NotPending, StoreUnavailable
 from hitl_mcp.grants import GRANTED
-from hitl_mcp.models import AuditEvent, Decision, Request, Status, utc
+from hitl_mcp.models import AuditEvent, Request, Status, utc
 from hitl_mcp.notify.outbox import ClaimedDelivery, Delivery, OutboxState, OutboxSummary
 from hitl_mcp.notify.routing import Routing
 from hitl_mcp.notify.settings import Notifier
@@ -123,20 +123,6 @@ def _claim(conn: sqlite3.Connection, request_id: str, claim: ClaimFor, now: floa
     if row is not None:
         _audit(conn, request_id, "claimed", claim.worker, now)
     return row
-
-
-def _page_rows(
-    conn: sqlite3.Connection,
-    columns: str,
-    statuses: Sequence[Status] | None,
-    tool: str | None,
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[Any], dict[str, list[Decision]], str | None]:
-    """A page's rows of `columns` (seq and id first), oldest first after `cursor`, their decisions, and
-    the next page's cursor."""
-    rows, next_cursor = queue_rows.page_rows(conn, columns, statuses, tool, limit, cursor)
-    return rows, decisions_of(conn, [row[1] for row in rows]), next_cursor
 
 
 def _denied_where(tool: str | None, cursor: str | None) -> tuple[str, list[Any]]:
@@ -606,7 +592,8 @@ class SQLiteStore(
         self, statuses: Sequence[Status] | None, tool: str | None, limit: int, cursor: str | None
     ) -> Page:
         def page(conn: sqlite3.Connection) -> Page:
-            rows, decisions, next_cursor = _page_rows(conn, REQUEST_COLUMNS, statuses, tool, limit, cursor)
+            rows, next_cursor = queue_rows.page_rows(conn, REQUEST_COLUMNS, statuses, tool, limit, cursor)
+            decisions = decisions_of(conn, [row[1] for row in rows])
             return Page([request_of(row, decisions.get(row[1], [])) for row in rows], next_cursor)
 
         return await self._run(page)

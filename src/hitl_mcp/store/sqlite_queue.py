@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 from hitl_mcp.models import Status
+from hitl_mcp.queue_rows import page_where
 from hitl_mcp.store import Page
 from hitl_mcp.store.queue import WaitingGroup, like_pattern
 from hitl_mcp.store.sqlite_rows import REQUEST_COLUMNS, decisions_of, request_of
@@ -34,18 +34,12 @@ def search(
     cursor: str | None,
     conn: sqlite3.Connection,
 ) -> Page:
-    clauses = ["seq > ?", "(summary LIKE ? ESCAPE '\\' OR arguments LIKE ? ESCAPE '\\')"]
+    where, params = page_where(statuses, tool, cursor)
     pattern = like_pattern(text)
-    params: list[Any] = [int(cursor) if cursor else 0, pattern, pattern]
-    if statuses is not None:
-        clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
-        params.extend(status.value for status in statuses)
-    if tool is not None:
-        clauses.append("tool = ?")
-        params.append(tool)
     rows = conn.execute(
-        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?",
-        [*params, limit + 1],
+        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {where} "
+        "AND (summary LIKE ? ESCAPE '\\' OR arguments LIKE ? ESCAPE '\\') ORDER BY seq LIMIT ?",
+        [*params, pattern, pattern, limit + 1],
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
