@@ -238,3 +238,37 @@ async def test_a_handshake_era_handler_leaves_the_newer_generation_its_own() -> 
 
 class Echoed(Result):
     model_config = ConfigDict(extra="allow")
+
+
+def test_the_low_level_server_runs_on_given_streams_and_stamps_its_info() -> None:
+    lowlevel = private(MCPServer("surface"), "_lowlevel_server", "serve_streams")
+    assert parameters(lowlevel.run)[:3] == ["read_stream", "write_stream", "initialization_options"], moved(
+        "Server.run(read_stream, write_stream, initialization_options)", "serve_streams"
+    )
+    stamp = private(lowlevel, "server_info_stamp", "server_info_stamp")
+    assert isinstance(stamp, dict) and stamp.get("name") == "surface", moved(
+        "Server.server_info_stamp (a dict naming the server)", "server_info_stamp"
+    )
+
+
+async def test_streams_of_our_own_are_served_as_stdio_is() -> None:
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.shared.message import SessionMessage
+
+    app: MCPServer[Any] = MCPServer("surface")
+
+    @app.tool()
+    def ping() -> str:
+        return "pong"
+
+    to_server, server_reads = anyio.create_memory_object_stream[SessionMessage | Exception](1)
+    server_writes, from_server = anyio.create_memory_object_stream[SessionMessage](1)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(sdk_seams.serve_streams, app, server_reads, server_writes)
+        async with ClientSession(from_server, to_server) as client:
+            await client.initialize()
+            result = await client.call_tool("ping", {})
+        tasks.cancel_scope.cancel()
+    assert result.content[0].model_dump()["text"] == "pong"
+    assert sdk_seams.server_info_stamp(app)["name"] == "surface"

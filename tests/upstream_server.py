@@ -18,6 +18,8 @@ crashes: `effects(path)` reads them back. Tools:
 - `sleep(seconds)` — answers after that long (readOnlyHint)
 - `crash()` — the process exits at once, without answering
 - `stats()` — structured content `{count, deletes}`: write_note and delete_note lines so far (readOnlyHint)
+- `read_request()` — the JSON-RPC id of the request that called it, as text (readOnlyHint): whose session
+  sent it (the SDK numbers its requests; hitl's lane for passed calls names them `hitl-pass-N`)
 
 It prints `upstream_server: serving (pid N)` on stderr once it serves, and serves stdio unless `--http`.
 """
@@ -161,6 +163,11 @@ def build(options: argparse.Namespace) -> MCPServer:
     async def crash() -> str:
         """Exit the process at once, without answering."""
         os._exit(CRASH_STATUS)
+
+    @app.tool(annotations=READ_ONLY)
+    async def read_request(ctx: Context) -> str:
+        """The JSON-RPC id of this request."""
+        return str(ctx.request_id)
 
     @app.tool(annotations=READ_ONLY)
     async def stats() -> Stats:

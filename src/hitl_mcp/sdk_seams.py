@@ -181,3 +181,25 @@ def connection_of(session: ServerSession) -> Connection:
 
     `ServerSession` exposes the connection's properties one by one but not the connection itself."""
     return session._connection
+
+
+async def serve_streams(
+    app: MCPServer[Any],
+    read_stream: ReadStream[SessionMessage | Exception],
+    write_stream: WriteStream[SessionMessage],
+) -> None:
+    """Serve one connection over a transport of hitl's own (`hitl_mcp.stdio_server`), as
+    `MCPServer.run_stdio_async` serves the SDK's stdio transport: the lifespan, then the dual-era loop.
+
+    MCPServer runs stdio only over the SDK's `stdio_server()`, and offers no public way to serve streams it
+    did not make; its low-level server's `run` does exactly that, and MCPServer keeps it in
+    `_lowlevel_server`."""
+    lowlevel = app._lowlevel_server
+    await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+def server_info_stamp(app: MCPServer[Any]) -> dict[str, Any]:
+    """The `serverInfo` `_meta` stamp the SDK puts on a 2026-07-28 result that carries none (spec #3002):
+    an answer hitl writes itself, without the SDK's result pipeline, gets the same one. The low-level
+    server computes it (`server_info_stamp`), and MCPServer keeps that server in `_lowlevel_server`."""
+    return dict(app._lowlevel_server.server_info_stamp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from hitl_mcp.sdk_seams import (
     connection_of,
     lifespan_state,
     registered_tool,
+    serve_streams,
+    server_info_stamp,
 )
 from hitl_mcp.tasks.extension import TasksExtension, noted
 from hitl_mcp.tasks.legacy import LegacyTasks
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from hitl_mcp.gateway import Gateway
+    from hitl_mcp.stdio_server import Lane
     from hitl_mcp.upstream.state import UpstreamState
     from hitl_mcp.upstream.supervisor import Upstreams
     from hitl_mcp.web.health import Operations
@@ -194,11 +198,40 @@ def build_server(
     legacy_tasks.install(app)  # after any 2026-07-28 extension: tasks/get and tasks/cancel serve both
     if settings.upstreams:
         gateway = _gateway(app, settings, bus)
+        if acting_as is not None:
+            _lanes[app] = _fast_pass(app, gateway, acting_as)
     # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
     add_legacy_request_handler(app, "logging/setLevel", SetLevelRequestParams, logs.set_level)
     app.middleware.append(_strict_arguments(app, gateway))
     app.middleware.append(tasks_extension.listen)
     return app
+
+
+# A server's lane for passed calls, while it is served over stdio (`run_stdio`).
+_lanes: weakref.WeakKeyDictionary[MCPServer[ServerState], Lane] = weakref.WeakKeyDictionary()
+
+
+def _fast_pass(app: MCPServer[ServerState], gateway: Gateway, principal: str) -> Lane:
+    from hitl_mcp.gateway.fast_pass import FastPass
+
+    return FastPass(gateway.tools, principal, server_info_stamp(app))
+
+
+def run_stdio(app: MCPServer[ServerState]) -> None:
+    """Serve `app` over this process's stdin and stdout until the client closes stdin: on hitl's own stdio
+    transport where the event loop can wait on them (passed gateway calls take its fast lane), else on
+    the SDK's."""
+    from hitl_mcp.stdio_server import can_serve, stdio_streams
+
+    if not can_serve():
+        app.run()
+        return
+
+    async def serve() -> None:
+        async with stdio_streams(_lanes.get(app)) as (read_stream, write_stream):
+            await serve_streams(app, read_stream, write_stream)
+
+    anyio.run(serve, backend_options=_event_loop())
 
 
 def _one_line_logs_by_default() -> None:

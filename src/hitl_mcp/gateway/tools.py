@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from mcp.server.connection import Connection
@@ -33,6 +34,7 @@ from hitl_mcp.sdk_seams import put_tool, registered_tools
 from hitl_mcp.upstream.settings import PreviewCall
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A gated call may answer with a question for the person at the client (`approval = "confirm"`).
 Handler = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult | InputRequiredResult]]
@@ -86,6 +88,12 @@ class UpstreamView(UpstreamCalls, Protocol):
     def exposed(self) -> Sequence[Exposed]:
         """Every tool of every ready upstream, as the rules expose it."""
 
+    def raw_version(self, upstream: str) -> str | None:
+        """The protocol version `call_raw` answers in for `upstream` now; None when it cannot."""
+
+    async def call_raw(self, upstream: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """As `call`, past the SDK's client session; the result in its wire form."""
+
 
 FileHandler = Callable[
     [str, dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult | InputRequiredResult]
@@ -112,6 +120,8 @@ class GatewayTools:
         self.bus = bus
         self.gate: Gate | None = None
         self.names: set[str] = set()
+        self.passed: dict[str, Exposed] = {}
+        """hitl's tools that forward at once, by name (what `fast_pass` may answer)."""
         self._signature: dict[str, str] = {}
         # Connections of clients on the older protocol that listed tools: told of changes directly (newer
         # clients hear through subscriptions/listen). Forgotten when a message cannot reach them.
@@ -152,6 +162,7 @@ class GatewayTools:
                 )
                 actions[name] = action_type(self.view)
         self.names = set(wanted)
+        self.passed = {name: exposed for name, exposed in wanted.items() if not exposed.gated}
         self._signature = signature
         gate.actions_changed()
         return True
@@ -203,6 +214,10 @@ class GatewayTools:
         self, exposed: Exposed, arguments: dict[str, Any], ctx: Context[Any, Any]
     ) -> CallToolResult:
         principal = self.principal_of(ctx)  # before anything is forwarded: no call without a principal
+        self.check_passes(exposed)
+        return await self.pass_through(exposed, arguments, principal, partial(self._call, exposed, arguments))
+
+    def check_passes(self, exposed: Exposed) -> None:
         upstream, tool = exposed.upstream, exposed.tool.name
         if self.view.live(upstream, tool) and not self.view.passes(upstream, tool):
             # Re-listed as gated a moment ago, before this tool was registered again as a gated one.
@@ -210,6 +225,16 @@ class GatewayTools:
                 f"{exposed.name} is gated now (its upstream changed it); call it again to file a request. "
                 "Nothing was sent."
             )
+
+    async def pass_through(
+        self,
+        exposed: Exposed,
+        arguments: dict[str, Any],
+        principal: str,
+        call: Callable[[], Awaitable[tuple[T, str | None]]],
+    ) -> T:
+        """`call` the upstream and write the pass's audit record at the same time: the answer waits for the
+        longer of the two, not their sum, and never comes without its record."""
         gate = self.gate
         assert gate is not None
         pass_id: str | None = None
@@ -222,10 +247,9 @@ class GatewayTools:
             except HitlError as error:
                 unrecorded = error
 
-        # The record and the call at once: the answer waits for the longer of the two, not their sum.
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(record)
-            result, failure = await self._call(exposed, arguments)
+            result, failure = await call()
         if pass_id is not None and failure is not None:
             try:
                 await gate.record_pass_outcome(pass_id, exposed.name, principal, failure)
@@ -249,11 +273,25 @@ class GatewayTools:
         try:
             result = await self.view.call(exposed.upstream, exposed.tool.name, arguments)
         except Exception as error:
-            return CallToolResult(
-                is_error=True,
-                content=[TextContent(type="text", text=f"{exposed.upstream} did not answer: {error}")],
-            ), f"failed: {type(error).__name__}: {error}"
+            return _not_answered(exposed, error), failed(error)
         return result, "answered with an error" if result.is_error else None
+
+
+def failed(error: Exception) -> str:
+    """A pass's outcome when its call raised: what the `pass-outcome` record says."""
+    return f"failed: {type(error).__name__}: {error}"
+
+
+def _not_answered(exposed: Exposed, error: Exception) -> CallToolResult:
+    return CallToolResult(
+        is_error=True,
+        content=[TextContent(type="text", text=f"{exposed.upstream} did not answer: {error}")],
+    )
+
+
+def not_answered(exposed: Exposed, error: Exception) -> dict[str, Any]:
+    """`_call`'s answer for a call that raised, in its wire form."""
+    return _not_answered(exposed, error).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def _signature(exposed: Exposed) -> str:

@@ -49,3 +49,9 @@ class SupervisedUpstreams:
         self, upstream: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
     ) -> CallToolResult:
         return await self.upstreams.call(upstream, tool, arguments, timeout=timeout)
+
+    def raw_version(self, upstream: str) -> str | None:
+        return self.upstreams.raw_version(upstream)
+
+    async def call_raw(self, upstream: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return await self.upstreams.call_raw(upstream, tool, arguments)

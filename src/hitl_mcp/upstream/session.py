@@ -31,6 +31,7 @@ from hitl_mcp.upstream.delivery import (
     Delivery,
     LostAfterSend,
     NotSent,
+    Stage,
     current_delivery,
 )
 from hitl_mcp.upstream.http import HttpTransport
@@ -47,6 +48,10 @@ CLIENT_INFO = types.Implementation(name="hitl-mcp", version=__version__)
 # parse, a 202): on HTTP such an error may not be the upstream's answer, so its outcome is unknown.
 HTTP_TRANSPORT_CODES = frozenset(
     {types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT, types.PARSE_ERROR, types.INVALID_REQUEST}
+)
+INPUT_ASKED = (
+    "{upstream}'s {tool} asked for input (elicitation or sampling), which hitl cannot give; "
+    "it did not complete"
 )
 _CALL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
     types.CallToolResult | types.InputRequiredResult
@@ -67,6 +72,7 @@ class Session:
         self.lost_reason = ""
         self.changed = anyio.Event()
         self.on_listed: Callable[[Session], None] = lambda session: None
+        self._raw_calls = 0
 
     @property
     def server(self) -> str | None:
@@ -130,14 +136,69 @@ class Session:
                 except Exception as error:  # the session broke under the call
                     raise self._lost_or_not_sent(delivery, tool, describe(error)) from None
                 if isinstance(answer, types.InputRequiredResult):
-                    return _error_result(
-                        f"{self.upstream.name}'s {tool} asked for input (elicitation or sampling), which "
-                        "hitl cannot give; it did not complete"
-                    )
+                    return _error_result(INPUT_ASKED.format(upstream=self.upstream.name, tool=tool))
                 return answer
             raise self._lost_or_not_sent(delivery, tool, f"no answer within {timeout:g} s")
         finally:
             current_delivery.reset(reset)
+
+    @property
+    def answers_raw(self) -> str | None:
+        """The protocol version `call_raw` answers in: a stdio session's, while alive; else None."""
+        if isinstance(self.transport, StdioTransport) and self.alive:
+            return self.protocol_version
+        return None
+
+    async def call_raw(self, tool: str, arguments: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """As `call`, past the SDK's session (stdio only, see `answers_raw`): the request written as the SDK
+        writes it, and the upstream's result returned as it came, once checked to be a tool's result. An
+        answer `call` would turn into an `isError` result comes as one here too, in its wire form."""
+        transport = self.transport
+        assert isinstance(transport, StdioTransport)
+        delivery = Delivery()
+        transport.open_calls.add(delivery)
+        self._raw_calls += 1
+        request_id = f"hitl-pass-{self._raw_calls}"
+        request = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        try:
+            with anyio.move_on_after(timeout):
+                try:
+                    answer = await transport.exchange(request, delivery)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    raise self._lost_or_not_sent(delivery, tool, "its session is closing") from None
+                if answer is None:
+                    await transport.wait_exited(EXIT_STATUS_SECONDS)  # how it ended says more than "closed"
+                    reason = self.lost_reason or describe_transport(transport)
+                    raise self._lost_or_not_sent(delivery, tool, reason)
+                return self._raw_result(answer, tool)
+        except anyio.get_cancelled_exc_class():
+            await _abandon(transport, delivery, request_id, "the caller cancelled it")
+            raise
+        await _abandon(transport, delivery, request_id, f"no answer within {timeout:g} s")
+        raise self._lost_or_not_sent(delivery, tool, f"no answer within {timeout:g} s")
+
+    def _raw_result(self, answer: dict[str, Any], tool: str) -> dict[str, Any]:
+        error = answer.get("error")
+        if isinstance(error, dict):
+            code, message = error.get("code"), error.get("message")
+            return _wire(_error_result(f"{self.upstream.name} answered {tool} with error {code}: {message}"))
+        result = answer.get("result")
+        if isinstance(result, dict) and result.get("resultType") == "input_required":
+            return _wire(_error_result(INPUT_ASKED.format(upstream=self.upstream.name, tool=tool)))
+        try:
+            types.CallToolResult.model_validate(result, by_name=False)
+        except ValidationError as invalid:
+            problem = invalid.errors(include_url=False)[0]["msg"]
+            return _wire(
+                _error_result(f"{self.upstream.name} answered {tool} with no valid result: {problem}")
+            )
+        assert isinstance(result, dict)
+        return result
 
     async def _judge(self, error: MCPError, delivery: Delivery, tool: str) -> types.CallToolResult:
         status = delivery.http_status
@@ -264,3 +325,16 @@ async def open_session(
 
 def _error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(is_error=True, content=[types.TextContent(type="text", text=text)])
+
+
+async def _abandon(transport: StdioTransport, delivery: Delivery, request_id: str, reason: str) -> None:
+    """As the SDK's session does for a call it gives up on: a request that went out is cancelled, so the
+    upstream may stop working on it."""
+    if delivery.stage is Stage.SENDING:
+        cancel = {"requestId": request_id, "reason": reason}
+        with anyio.CancelScope(shield=True):
+            await transport.notify({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancel})
+
+
+def _wire(result: types.CallToolResult) -> dict[str, Any]:
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)

@@ -15,13 +15,14 @@ nothing it started outlives the session.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import subprocess
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import anyio.abc
@@ -55,7 +56,12 @@ LAST_WORDS_SECONDS = 10.0
 """A line on stderr this recent when the child ends is likely why, and is shown with the reason."""
 
 Log = Callable[[str], None]
-Outgoing = tuple[SessionMessage, Delivery | None]
+Outgoing = tuple[SessionMessage | bytes, Delivery | None]
+ENVELOPE_KEYS = (
+    types.PROTOCOL_VERSION_META_KEY,
+    types.CLIENT_INFO_META_KEY,
+    types.CLIENT_CAPABILITIES_META_KEY,
+)
 
 
 class StartFailed(Exception):
@@ -83,6 +89,10 @@ class StdioTransport:
         self._awaiting: weakref.WeakValueDictionary[types.RequestId, Delivery] = weakref.WeakValueDictionary()
         self._tasks: anyio.abc.TaskGroup | None = None
         self._writer_done = anyio.Event()
+        self._exchanges: dict[str, _Answer] = {}
+        self.envelope: dict[str, Any] = {}
+        """The `_meta` envelope of the SDK's latest request (2026-07-28: its protocol version, client info
+        and capabilities; empty on the older protocol), which `exchange` writes on its requests too."""
 
     @property
     def pid(self) -> int | None:
@@ -139,6 +149,48 @@ class StdioTransport:
                 await anyio.sleep(EXIT_POLL_SECONDS)
         return self.process is None or self.process.returncode is not None
 
+    async def exchange(self, request: dict[str, Any], delivery: Delivery) -> dict[str, Any] | None:
+        """Write `request` to the child past the SDK's session, with the SDK's envelope in its `_meta`, and
+        return the child's answer as it came: the gateway's passed calls (`hitl_mcp.gateway.fast_pass`).
+        Its `id` must be a string the SDK's ids (integers) never are. None when the child ended first.
+
+        `delivery` is kept as for the SDK's calls: the writer asks it before writing, so a call that gives
+        up on an unwritten request withdraws it."""
+        request_id = request["id"]
+        assert isinstance(request_id, str)
+        if self.envelope:
+            params = request.setdefault("params", {})
+            params["_meta"] = {**params.get("_meta", {}), **self.envelope}
+        answer = self._exchanges[request_id] = _Answer()
+        delivery.request_id = request_id
+        delivery.stage = Stage.GUARDED
+        try:
+            line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+            try:
+                await self._outgoing.send((line, delivery))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                delivery.stage = Stage.KEPT  # no writer took it
+                raise
+            if self.ended.is_set():
+                return None
+            await answer.arrived.wait()
+            return answer.message
+        finally:
+            self._exchanges.pop(request_id, None)
+
+    async def notify(self, notification: dict[str, Any]) -> None:
+        """Write a notification past the SDK's session (a passed call's courtesy cancel), enveloped."""
+        if self.envelope:
+            params = notification.setdefault("params", {})
+            params["_meta"] = {**params.get("_meta", {}), **self.envelope}
+        line = json.dumps(notification, separators=(",", ":")).encode() + b"\n"
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._outgoing.send((line, None))
+
+    def _end_exchanges(self) -> None:
+        for answer in self._exchanges.values():
+            answer.arrived.set()
+
     async def _spawn(self) -> anyio.abc.Process:
         upstream = self.upstream
         assert upstream.command is not None
@@ -184,11 +236,14 @@ class StdioTransport:
             self._incoming.close()  # cancelled with the session (a start that took too long): not its end
             raise
         self.ended.set()
+        self._end_exchanges()
         # The dispatcher sees the end, and answers whoever still waits with CONNECTION_CLOSED.
         self._incoming.close()
 
     async def _deliver(self, line: bytes) -> None:
         if not line.strip():
+            return
+        if self._exchanges and self._answers_exchange(line):
             return
         try:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
@@ -204,6 +259,20 @@ class StdioTransport:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._incoming.send(SessionMessage(message))
 
+    def _answers_exchange(self, line: bytes) -> bool:
+        """Whether `line` answers one of `exchange`'s requests (handed over if so), before the SDK parses."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return False
+        request_id = message.get("id") if isinstance(message, dict) else None
+        answer = self._exchanges.get(request_id) if isinstance(request_id, str) else None
+        if answer is None or "method" in message:
+            return False
+        answer.message = message
+        answer.arrived.set()
+        return True
+
     async def _write_stdin(self, outgoing: MemoryObjectReceiveStream[Outgoing]) -> None:
         assert self.process is not None and self.process.stdin is not None
         try:
@@ -211,9 +280,15 @@ class StdioTransport:
                 async for message, delivery in outgoing:
                     if delivery is not None and not delivery.start_sending():
                         continue  # its call gave up on it before it could leave
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                    if isinstance(message, bytes):
+                        data = message
+                    else:
+                        self._note_envelope(message)
+                        data = (
+                            message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                        ).encode()
                     try:
-                        await self.process.stdin.send(data.encode())
+                        await self.process.stdin.send(data)
                     except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                         # The write failed before the line's last byte, its newline, was in the pipe
                         # (asyncio reports a lost pipe only while bytes of it are still unwritten), and
@@ -222,10 +297,18 @@ class StdioTransport:
                             delivery.unsent()
                         self.problem = self.problem or "closed its stdin"
                         self.ended.set()
+                        self._end_exchanges()
                         self._incoming.close()
                         return
         finally:
             self._writer_done.set()
+
+    def _note_envelope(self, message: SessionMessage) -> None:
+        request = message.message
+        if isinstance(request, types.JSONRPCRequest) and isinstance(request.params, dict):
+            meta = request.params.get("_meta")
+            if isinstance(meta, dict):
+                self.envelope = {key: meta[key] for key in ENVELOPE_KEYS if key in meta}
 
     async def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -272,6 +355,12 @@ class StdioTransport:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 await close_quietly(stream)
+
+
+class _Answer:
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+        self.message: dict[str, Any] | None = None
 
 
 class _Stdin:

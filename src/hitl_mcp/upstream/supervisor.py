@@ -145,6 +145,26 @@ class Upstreams:
             tool, arguments, settings.call_timeout_seconds if timeout is None else timeout
         )
 
+    def raw_version(self, upstream: str) -> str | None:
+        """The protocol version `call_raw` would answer in for `upstream` now; None when it cannot."""
+        session = self._sessions.get(upstream)
+        state = self._states.get(upstream)
+        if session is None or state is None or state.status is not Status.READY:
+            return None
+        return session.answers_raw
+
+    async def call_raw(self, upstream: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """As `call`, past the SDK's session (`Session.call_raw`), within its `call_timeout_seconds`; the
+        result in its wire form. Only for an upstream `raw_version` names a version for."""
+        session = self._sessions.get(upstream)
+        if (
+            session is None
+            or session.answers_raw is None
+            or self._states[upstream].status is not Status.READY
+        ):
+            raise NotSent(f"{upstream} is not ready (its session just ended); {tool} was not sent")
+        return await session.call_raw(tool, arguments, self._settings[upstream].call_timeout_seconds)
+
     async def run(self) -> None:
         """Keep every upstream's session alive until cancelled; then close them all."""
         try:

@@ -1,0 +1,169 @@
+"""Passed calls answered beneath the SDK, for `hitl serve` over stdio: the gateway's cheapest path.
+
+A `Lane` of `hitl_mcp.stdio_server`. It takes a 2026-07-28 `tools/call` of a passed tool whose upstream is a
+stdio server speaking that same version, and forwards it as JSON — parsed once on the way in, written once
+on the way out — through `Upstreams.call_raw`, with the pass's audit record committed alongside exactly as
+on the SDK's path (`GatewayTools.pass_through`: the answer waits for both and never comes without its
+record). The upstream's result goes back as it came, checked to be a tool's result, with the stamp the SDK
+would add (`serverInfo` where it carries none).
+
+Everything else goes to the SDK as before — other methods; a client of the handshake era; a call asking
+for log messages, a task or anything beyond a name and arguments; a tool the gateway would refuse, make
+wait or file; an upstream on HTTP or another version; a process with a tracer provider (the SDK's server
+span) — so a client sees the same either way, at a different cost (`gateway_pass_ratio` in `make bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from functools import partial
+from typing import Any, TypeGuard
+
+import anyio
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    LOG_LEVEL_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    SERVER_INFO_META_KEY,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
+
+from hitl_mcp.gateway.tools import Exposed, GatewayTools, failed, not_answered
+
+logger = logging.getLogger(__name__)
+
+RequestId = int | str
+PLAIN_CALL = frozenset({"name", "arguments", "_meta"})
+
+
+class FastPass:
+    """The lane: `__call__` takes a line from stdin, or leaves it to the SDK by answering None."""
+
+    def __init__(self, tools: GatewayTools, principal: str, server_info: dict[str, Any]) -> None:
+        self.tools = tools
+        self.principal = principal
+        self.server_info = server_info
+        self.handshake = False
+        """The client began with `initialize`: it speaks the older protocol, which the SDK serves."""
+        self.calls: dict[RequestId, anyio.CancelScope] = {}
+
+    def __call__(self, line: bytes) -> Awaitable[bytes | None] | None:
+        if b'"tools/call"' in line:
+            return None if self.handshake else self._call(line)
+        if self.calls and b'"notifications/cancelled"' in line:
+            return self._cancel(line)
+        if not self.handshake and b'"initialize"' in line:
+            message = _parsed(line)
+            self.handshake = message is not None and message.get("method") == "initialize"
+        return None
+
+    def _call(self, line: bytes) -> Awaitable[bytes | None] | None:
+        message = _parsed(line)
+        if message is None or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
+            return None
+        request_id, params = message.get("id"), message.get("params")
+        if not _is_id(request_id) or not isinstance(params, dict) or not PLAIN_CALL.issuperset(params):
+            return None
+        name, arguments, meta = params.get("name"), params.get("arguments") or {}, params.get("_meta")
+        exposed = self.tools.passed.get(name) if isinstance(name, str) else None
+        if exposed is None or not isinstance(arguments, dict) or not isinstance(meta, dict):
+            return None
+        version = meta.get(PROTOCOL_VERSION_META_KEY)
+        if (
+            version not in MODERN_PROTOCOL_VERSIONS
+            or not isinstance(meta.get(CLIENT_CAPABILITIES_META_KEY), dict)
+            or LOG_LEVEL_META_KEY in meta
+            or request_id in self.calls
+            or not self._forwards(exposed, version)
+        ):
+            return None
+        return self._pass(request_id, exposed, arguments, version)
+
+    def _forwards(self, exposed: Exposed, version: str) -> bool:
+        view, upstream, tool = self.tools.view, exposed.upstream, exposed.tool.name
+        return (
+            self.tools.gate is not None
+            and view.raw_version(upstream) == version
+            and view.live(upstream, tool)
+            and view.passes(upstream, tool)
+            # An installed tracer provider expects the SDK's span for every call.
+            and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        )
+
+    async def _pass(
+        self, request_id: RequestId, exposed: Exposed, arguments: dict[str, Any], version: str
+    ) -> bytes | None:
+        with anyio.CancelScope() as scope:
+            self.calls[request_id] = scope
+            try:
+                result = await self.tools.pass_through(
+                    exposed, arguments, self.principal, partial(self._forward, exposed, arguments)
+                )
+            except ToolError as error:
+                result = _error(f"Error executing tool {exposed.name}: {error}")
+            except Exception:
+                logger.exception("the passed call %s failed", exposed.name)
+                result = _error(f"Error executing tool {exposed.name}")
+            finally:
+                del self.calls[request_id]
+        if scope.cancelled_caught:
+            return None  # cancelled by the client, which then expects no answer
+        return self._answer(request_id, result, version)
+
+    async def _forward(
+        self, exposed: Exposed, arguments: dict[str, Any]
+    ) -> tuple[dict[str, Any], str | None]:
+        try:
+            result = await self.tools.view.call_raw(exposed.upstream, exposed.tool.name, arguments)
+        except Exception as error:
+            return not_answered(exposed, error), failed(error)
+        return result, "answered with an error" if result.get("isError") is True else None
+
+    def _answer(self, request_id: RequestId, result: dict[str, Any], version: str) -> bytes:
+        # What the SDK adds to a 2026-07-28 result: its type, and the server's stamp where none is.
+        result.setdefault("resultType", "complete")
+        meta = result.get("_meta")
+        if meta is None:
+            result["_meta"] = {SERVER_INFO_META_KEY: self.server_info}
+        elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+            result["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server_info}
+        return (
+            json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":")).encode()
+            + b"\n"
+        )
+
+    def _cancel(self, line: bytes) -> Awaitable[None] | None:
+        """A `notifications/cancelled` naming one of this lane's calls is taken (its call stops, and no
+        answer is written); any other goes to the SDK."""
+        message = _parsed(line)
+        params = message.get("params") if message is not None else None
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        scope = self.calls.get(request_id) if _is_id(request_id) else None
+        if scope is None:
+            return None
+        scope.cancel()
+        return _nothing()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _parsed(line: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _is_id(value: object) -> TypeGuard[RequestId]:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _error(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": True}
