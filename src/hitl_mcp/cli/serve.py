@@ -27,13 +27,13 @@ logger = logging.getLogger("hitl_mcp.serve")
 
 
 def collector_paused(command: Callable[..., None]) -> Callable[..., None]:
-    """`command` with Python's cyclic garbage collector off until it turns it back on (`gc.enable()`, just
-    before it serves) or ends, however it ends.
+    """`command` with Python's cyclic garbage collector off until it calls `collector_resumed` (just before
+    it serves) or ends, however it ends.
 
-    Starting makes a few hundred thousand objects that live as long as the process (the MCP SDK's and
-    hitl's pydantic models, their schemas, the tools) and next to no garbage, and the collector walked them
-    again and again as they were made: about 100 ms, an eighth of the time `hitl serve` takes to answer
-    its first `tools/list` (bench/cold_start.py)."""
+    Starting makes about 150,000 objects that live as long as the process (the MCP SDK's and hitl's
+    pydantic models, their schemas, the tools) and no garbage, and the collector walked them again and
+    again as they were made: about 100 ms, an eighth of the time `hitl serve` takes to answer its first
+    `tools/list` (bench/cold_start.py)."""
 
     @wraps(command)
     def paused(*args: Any, **kwargs: Any) -> None:
@@ -44,6 +44,14 @@ def collector_paused(command: Callable[..., None]) -> Callable[..., None]:
             gc.enable()
 
     return paused
+
+
+def collector_resumed() -> None:
+    """The collector on again, with what starting made set aside for good (`gc.freeze`): otherwise its
+    first collection would walk all of it at once (tens of ms) just as the first call is being answered,
+    and every full one after it again."""
+    gc.freeze()
+    gc.enable()
 
 
 @main.command()
@@ -90,7 +98,7 @@ def serve(
     file); requests without a known token get 401. With no token anywhere the server binds only a loopback
     address, and every client acts as HITL_PRINCIPAL until the first token is made.
     """
-    from hitl_mcp.server import build_server, run_stdio, serve_http
+    from hitl_mcp.server import build_server, serve_http
 
     settings = load()
     chosen = {"format": log_format, "level": log_level.lower() if log_level else None}
@@ -106,8 +114,8 @@ def serve(
         logger.warning("%s", warning)
     if not use_http:
         app = build_server(settings)
-        gc.enable()  # started: see collector_paused
-        run_stdio(app)
+        collector_resumed()
+        app.run()
         return
 
     from hitl_mcp.auth import server_tokens
@@ -127,7 +135,7 @@ def serve(
         who = f"for the principals {named} and the store's tokens" if named else "for the store's tokens"
     store = settings.store.describe()
     logger.info("serving MCP at http://%s:%s/mcp %s, store %s", host, port, who, store)
-    gc.enable()  # started: see collector_paused
+    collector_resumed()
     serve_http(
         app,
         host=host,
