@@ -104,6 +104,29 @@ def test_a_second_listing_prints_the_same_page_without_pydantic_or_the_models(
     assert second.stderr.startswith("1 more: hitl list --limit 2 --cursor ")
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ((), "Nothing is waiting for a decision."),
+        (("--status", "rejected"), "No requests."),
+        (("--cursor", "999"), "No more requests."),
+    ],
+)
+def test_a_quick_listing_of_nothing_says_what_the_full_one_says(
+    env: dict[str, str], settings: Settings, tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    file_request(settings, "buy_stock", BUY)
+    with sqlite3.connect(settings.db_path) as conn:
+        conn.execute("UPDATE requests SET status = 'approved'")
+    first, _ = listed_with_modules(env, tmp_path / "first.json", *args)
+
+    second, modules = listed_with_modules(env, tmp_path / "second.json", *args)
+
+    assert heavy_modules(modules) == []
+    assert first.stdout == second.stdout == said + "\n"
+    assert second.stderr == ""
+
+
 def test_a_config_changed_after_a_listing_is_checked_again(
     env: dict[str, str], settings: Settings, config_file: Path
 ) -> None:
