@@ -97,6 +97,8 @@ def recall(digest: str) -> Remembered | None:
 def remember(digest: str, found: Remembered) -> None:
     """Keep what a full load found under `digest`; a cache, so a folder that cannot be written to only
     costs the next listing its speed."""
+    if recall(digest) == found:
+        return  # a listing the quick path handed over (an executing request, say) changes nothing here
     import tempfile
 
     path = _stamp_path()
