@@ -118,19 +118,27 @@ async def test_a_call_the_client_gives_up_on_leaves_the_server_serving(
     assert [event for _, event, _ in trail(Path(env["HITL_DB"]))][:1] == ["passed"]
 
 
-async def test_clients_and_upstreams_of_the_older_protocol_are_served_by_the_sdk(
+async def test_a_call_takes_the_lane_only_when_client_and_upstream_speak_the_same_version(
     tmp_path: Path, smtp: SmtpSink, counter: Path
 ) -> None:
-    env = gateway(tmp_path, smtp, counter)
-    async with over_stdio(env, mode="legacy") as client:
-        legacy_client = text(await client.call_tool("notes__read_request", {}))
-    legacy_env = gateway(tmp_path / "legacy", smtp, counter, "--legacy")
-    async with over_stdio(legacy_env) as client:
-        legacy_upstream = text(await client.call_tool("notes__read_request", {}))
-        stats = await client.call_tool("notes__stats", {})
+    modern_upstream = gateway(tmp_path, smtp, counter)
+    legacy_upstream = gateway(tmp_path / "legacy", smtp, counter, "--legacy")
+    seen_by: dict[str, str] = {}
+    answers: dict[str, Any] = {}
+    for label, env, mode in [
+        ("older client, newer upstream", modern_upstream, "legacy"),
+        ("newer client, older upstream", legacy_upstream, "auto"),
+        ("older client, older upstream", legacy_upstream, "legacy"),
+    ]:
+        async with over_stdio(env, mode) as client:  # type: ignore[arg-type]
+            seen_by[label] = text(await client.call_tool("notes__read_request", {}))
+            answers[label] = await passed_calls(client)
 
-    assert legacy_client.isdigit() and legacy_upstream.isdigit()
-    assert stats.structured_content == {"count": 0, "deletes": 0}
+    assert seen_by["older client, newer upstream"].isdigit()  # the SDK's session sent it
+    assert seen_by["newer client, older upstream"].isdigit()
+    assert seen_by["older client, older upstream"].startswith("hitl-pass-")  # the lane's
+    first, *others = answers.values()
+    assert first[0]["structured"] == {"count": 0, "deletes": 0} and all(other == first for other in others)
 
 
 def test_stdin_from_a_file_is_answered_by_the_sdks_transport(

@@ -1,14 +1,15 @@
 """Passed calls answered beneath the SDK, for `hitl serve` over stdio: the gateway's cheapest path.
 
-A `Lane` of `hitl_mcp.stdio_server`. It takes a 2026-07-28 `tools/call` of a passed tool whose upstream is a
-stdio server speaking that same version, and forwards it as JSON — parsed once on the way in, written once
-on the way out — through `Upstreams.call_raw`, with the pass's audit record committed alongside exactly as
-on the SDK's path (`GatewayTools.pass_through`: the answer waits for both and never comes without its
-record). The upstream's result goes back as it came, checked to be a tool's result, with the stamp the SDK
-would add (`serverInfo` where it carries none).
+A `Lane` of `hitl_mcp.stdio_server`. It takes a `tools/call` of a passed tool whose upstream is a stdio
+server speaking the call's protocol version (a 2026-07-28 call's envelope says it; an older client's is
+what its handshake negotiated, followed as the lines go by), and forwards it as JSON — parsed once on the
+way in, written once on the way out — through `Upstreams.call_raw`, with the pass's audit record
+committed alongside exactly as on the SDK's path (`GatewayTools.pass_through`: the answer waits for both
+and never comes without its record). The upstream's result goes back as it came, checked to be a tool's
+result, with what the SDK adds to a 2026-07-28 one (`resultType`, and `serverInfo` where none is).
 
-Everything else goes to the SDK as before — other methods; a client of the handshake era; a call asking
-for log messages, a task or anything beyond a name and arguments; a tool the gateway would refuse, make
+Everything else goes to the SDK as before — other methods, the handshake itself; a call asking for log
+messages, a task or anything beyond a name and arguments; a tool the gateway would refuse, make
 wait or file; an upstream on HTTP or another version; a process with a tracer provider (the SDK's server
 span) — so a client sees the same either way, at a different cost (`gateway_pass_ratio` in `make bench`).
 """
@@ -29,7 +30,7 @@ from mcp_types import (
     PROTOCOL_VERSION_META_KEY,
     SERVER_INFO_META_KEY,
 )
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
 
 from hitl_mcp.gateway.tools import Exposed, GatewayTools, failed, not_answered
@@ -48,18 +49,35 @@ class FastPass:
         self.principal = principal
         self.server_info = server_info
         self.handshake = False
-        """The client began with `initialize`: it speaks the older protocol, which the SDK serves."""
+        """The client began with `initialize`: its calls are in the version negotiated then."""
+        self._offered: str | None = None
+        self.negotiated: str | None = None
+        """The handshake's version, once the client said it is initialized (until then the SDK answers)."""
         self.calls: dict[RequestId, anyio.CancelScope] = {}
 
     def __call__(self, line: bytes) -> Awaitable[bytes | None] | None:
         if b'"tools/call"' in line:
-            return None if self.handshake else self._call(line)
+            return self._call(line)
         if self.calls and b'"notifications/cancelled"' in line:
             return self._cancel(line)
-        if not self.handshake and b'"initialize"' in line:
-            message = _parsed(line)
-            self.handshake = message is not None and message.get("method") == "initialize"
+        if b'"initialize' in line or b'"notifications/initialized"' in line:
+            self._follow_handshake(line)
         return None
+
+    def _follow_handshake(self, line: bytes) -> None:
+        """Note the version the SDK negotiates (its rule: the client's if it is one of the handshake
+        versions, else the latest) and when the client is initialized; the SDK still answers both."""
+        message = _parsed(line)
+        method = message.get("method") if message is not None else None
+        if method == "initialize" and message is not None:
+            params = message.get("params")
+            requested = params.get("protocolVersion") if isinstance(params, dict) else None
+            self.handshake, self.negotiated = True, None
+            self._offered = (
+                requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+            )
+        elif method == "notifications/initialized" and self.handshake:
+            self.negotiated = self._offered
 
     def _call(self, line: bytes) -> Awaitable[bytes | None] | None:
         message = _parsed(line)
@@ -70,18 +88,29 @@ class FastPass:
             return None
         name, arguments, meta = params.get("name"), params.get("arguments") or {}, params.get("_meta")
         exposed = self.tools.passed.get(name) if isinstance(name, str) else None
-        if exposed is None or not isinstance(arguments, dict) or not isinstance(meta, dict):
+        if exposed is None or not isinstance(arguments, dict) or request_id in self.calls:
             return None
-        version = meta.get(PROTOCOL_VERSION_META_KEY)
-        if (
-            version not in MODERN_PROTOCOL_VERSIONS
-            or not isinstance(meta.get(CLIENT_CAPABILITIES_META_KEY), dict)
-            or LOG_LEVEL_META_KEY in meta
-            or request_id in self.calls
-            or not self._forwards(exposed, version)
-        ):
+        version = self._version(meta)
+        if version is None or not self._forwards(exposed, version):
             return None
         return self._pass(request_id, exposed, arguments, version)
+
+    def _version(self, meta: object) -> str | None:
+        """The protocol version a call is in, when the lane may take it: a 2026-07-28 call carries it in
+        its envelope; an older client's is the handshake's. None leaves the call to the SDK."""
+        if self.handshake:
+            if meta is not None and (not isinstance(meta, dict) or PROTOCOL_VERSION_META_KEY in meta):
+                return None
+            return self.negotiated
+        if not isinstance(meta, dict) or LOG_LEVEL_META_KEY in meta:
+            return None
+        version = meta.get(PROTOCOL_VERSION_META_KEY)
+        if version not in MODERN_PROTOCOL_VERSIONS or not isinstance(
+            meta.get(CLIENT_CAPABILITIES_META_KEY), dict
+        ):
+            return None
+        assert isinstance(version, str)
+        return version
 
     def _forwards(self, exposed: Exposed, version: str) -> bool:
         view, upstream, tool = self.tools.view, exposed.upstream, exposed.tool.name
@@ -124,13 +153,14 @@ class FastPass:
         return result, "answered with an error" if result.get("isError") is True else None
 
     def _answer(self, request_id: RequestId, result: dict[str, Any], version: str) -> bytes:
-        # What the SDK adds to a 2026-07-28 result: its type, and the server's stamp where none is.
-        result.setdefault("resultType", "complete")
-        meta = result.get("_meta")
-        if meta is None:
-            result["_meta"] = {SERVER_INFO_META_KEY: self.server_info}
-        elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-            result["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server_info}
+        if version in MODERN_PROTOCOL_VERSIONS:
+            # What the SDK adds to a 2026-07-28 result: its type, and the server's stamp where none is.
+            result.setdefault("resultType", "complete")
+            meta = result.get("_meta")
+            if meta is None:
+                result["_meta"] = {SERVER_INFO_META_KEY: self.server_info}
+            elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+                result["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server_info}
         return (
             json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":")).encode()
             + b"\n"

@@ -305,10 +305,12 @@ class StdioTransport:
 
     def _note_envelope(self, message: SessionMessage) -> None:
         request = message.message
-        if isinstance(request, types.JSONRPCRequest) and isinstance(request.params, dict):
-            meta = request.params.get("_meta")
-            if isinstance(meta, dict):
-                self.envelope = {key: meta[key] for key in ENVELOPE_KEYS if key in meta}
+        if isinstance(request, types.JSONRPCRequest):
+            # The latest request says it: a session that fell back to the handshake after a 2026-07-28
+            # probe carries no envelope any more.
+            meta = (request.params or {}).get("_meta")
+            meta = meta if isinstance(meta, dict) else {}
+            self.envelope = {key: meta[key] for key in ENVELOPE_KEYS if key in meta}
 
     async def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
