@@ -14,6 +14,7 @@ import asyncpg
 
 from hitl_mcp.audit import AuditRecord
 from hitl_mcp.report import build, from_store
+from hitl_mcp.store import sqlite_report
 from hitl_mcp.store.postgres import PostgresStore
 from hitl_mcp.store.sqlite import SQLiteStore
 
@@ -151,7 +152,7 @@ async def test_a_store_from_before_the_running_totals_gets_them_filled_at_its_up
     # As a schema 6 store was: no triggers, no totals.
     conn = sqlite3.connect(path)
     with conn:
-        for name in ("report_fold", "report_unfold"):
+        for name in sqlite_report.TRIGGER_NAMES:
             conn.execute(f"DROP TRIGGER {name}")
         for table in ("report_totals", "report_waits", "report_buckets"):
             conn.execute(f"DROP TABLE {table}")

@@ -137,7 +137,7 @@ async def test_a_schema_7_store_upgrades_to_the_same_report(tmp_path: Path) -> N
     # The store as schema 7 made it: its per-request tables and triggers, filled as the records went in.
     conn = sqlite3.connect(path)
     with conn:
-        for name in ("report_fold", "report_unfold"):
+        for name in sqlite_report.TRIGGER_NAMES:
             conn.execute(f"DROP TRIGGER {name}")
         for table in ("report_totals", "report_waits", "report_buckets"):
             conn.execute(f"DROP TABLE {table}")
@@ -189,3 +189,14 @@ async def test_the_totals_take_a_few_rows_an_hour_not_rows_per_request(tmp_path:
     # distinct wait is one short row of the waits' table.
     assert size["report_totals"] + size["report_buckets"] <= 2 * 4096
     assert size["report_waits"] / 2000 < 32
+
+
+async def test_records_copied_in_any_order_count_as_the_trail_in_seq_order(tmp_path: Path) -> None:
+    # hitl appends; a trail copied or repaired may not arrive in seq order, and still counts as the trail.
+    path = tmp_path / "hitl.db"
+    records = over_hours(34)
+    await _new_store(path)
+    shuffled = list(records)
+    random.Random(34).shuffle(shuffled)
+    _insert(path, shuffled)
+    await _agrees(path, records, hour_windows(records))
