@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hitl_mcp.audit import AuditRecord
 from hitl_mcp.report import build, from_store
 from hitl_mcp.store import sqlite_report
@@ -98,12 +100,15 @@ async def test_requests_deleted_in_any_order_take_exactly_their_counts(tmp_path:
     await _agrees(path, kept, hour_windows(kept))
 
 
-async def test_an_archived_prefix_leaves_the_rest_counted_and_no_zero_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("newest_first", [True, False])
+async def test_an_archived_prefix_leaves_the_rest_counted_and_no_zero_rows(
+    tmp_path: Path, newest_first: bool
+) -> None:
     path = tmp_path / "hitl.db"
     records = over_hours(32)[:-1]  # without the late record of the first request, which holds all back
     await _new_store(path)
     _insert(path, records)
-    # `hitl db archive` deletes a prefix of the trail holding whole requests, in one statement.
+    # `hitl db archive` deletes a prefix of the trail holding whole requests.
     last: dict[str, int] = {}
     for record in records:
         last[record.request_id] = record.seq
@@ -120,7 +125,10 @@ async def test_an_archived_prefix_leaves_the_rest_counted_and_no_zero_rows(tmp_p
     assert cut
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
-    conn.execute("DELETE FROM audit WHERE seq <= ?", (cut,))
+    if newest_first:  # as `hitl db archive` deletes (sqlite_archive)
+        conn.executemany("DELETE FROM audit WHERE seq = ?", [(seq,) for seq in range(cut, 0, -1)])
+    else:
+        conn.execute("DELETE FROM audit WHERE seq <= ?", (cut,))
     sqlite_report.prune(conn)
     conn.execute("COMMIT")
     conn.close()

@@ -145,7 +145,12 @@ class SQLiteArchive:
                 conn.execute(f"DELETE FROM {table} WHERE request_id IN ({ARCHIVED_IDS})", bounds)
             conn.execute("DELETE FROM outbox WHERE audit_seq > ? AND audit_seq <= ?", bounds)
             conn.execute(f"DELETE FROM requests WHERE id IN ({ARCHIVED_IDS})", bounds)
-            conn.execute("DELETE FROM audit WHERE seq > ? AND seq <= ?", bounds)
+            # Newest first: each record then leaves as the last of its request, the cheap way for the
+            # report's triggers (sqlite_report) to take it off the totals.
+            seqs = conn.execute(
+                "SELECT seq FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq DESC", bounds
+            ).fetchall()
+            conn.executemany("DELETE FROM audit WHERE seq = ?", seqs)
             sqlite_report.prune(conn)
             conn.execute(
                 f"INSERT INTO archives ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -161,31 +161,33 @@ ON CONFLICT (bucket) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq
     )
 
 
-def _appended() -> str:
-    """The trigger for a record written after every other record of its request, as hitl writes them:
-    the fold of the request's earlier records, moved on by the new one."""
+def _last(row: str, sign: int) -> str:
+    """The statements for the record `row` (NEW or OLD) that comes after every other record of its
+    request, as hitl writes them and as an archive deletes them last first: the fold of the request's
+    earlier records, moved on by that record, added (`sign` 1) or taken away (-1)."""
     earlier = (
-        f"SELECT {_COLUMNS} FROM audit WHERE request_id = NEW.request_id AND seq < NEW.seq "
+        f"SELECT {_COLUMNS} FROM audit WHERE request_id = {row}.request_id AND seq < {row}.seq "
         f"AND {_not_among('event', NOTICES)}"
     )
-    moves = _among("NEW.event", MOVES)
-    decision = _among("NEW.event", DECISIONS)
-    confirmed = json_truthy("sqlite", "NEW.details", "confirmation")
+    moves = _among(f"{row}.event", MOVES)
+    decision = _among(f"{row}.event", DECISIONS)
+    confirmed = json_truthy("sqlite", f"{row}.details", "confirmation")
     # One row, whether or not the request had records before (then `status` is NULL).
     state = f"""
-SELECT COALESCE(p.bucket, {_bucket("NEW.at")}) AS bucket,
-    COALESCE(p.tool, {json_text("sqlite", "NEW.details", "tool")}, {quote(UNKNOWN_TOOL)}) AS tool,
+SELECT COALESCE(p.bucket, {_bucket(f"{row}.at")}) AS bucket,
+    COALESCE(p.tool, {json_text("sqlite", f"{row}.details", "tool")}, {quote(UNKNOWN_TOOL)}) AS tool,
     p.status AS status,
-    CASE WHEN {moves} THEN {_status("NEW")} ELSE COALESCE(p.status, 'pending') END AS new_status,
+    CASE WHEN {moves} THEN {_status(row)} ELSE COALESCE(p.status, 'pending') END AS new_status,
     p.verdict AS verdict,
-    CASE WHEN NEW.event = 'rejected' THEN 'rejected'
-        WHEN p.verdict IS NULL AND NEW.event = 'approved' AND {_approved_status("NEW.details")} <> 'pending'
-        THEN 'approved' ELSE p.verdict END AS new_verdict,
+    CASE WHEN {row}.event = 'rejected' THEN 'rejected'
+        WHEN p.verdict IS NULL AND {row}.event = 'approved'
+            AND {_approved_status(f"{row}.details")} <> 'pending' THEN 'approved'
+        ELSE p.verdict END AS new_verdict,
     COALESCE(p.expired, 0) AS expired, COALESCE(p.escalated, 0) AS escalated
 FROM (SELECT 1) AS one LEFT JOIN ({_fold(earlier)}) AS p ON 1"""
     kinds = " UNION ALL ".join(
-        f"SELECT '{kind}' AS kind, {sign} AS sign"
-        for kind, sign in (("o", -1), ("o", 1), ("v", -1), ("v", 1), ("x", 1), ("y", 1), ("e", 1), ("a", 1))
+        f"SELECT '{kind}' AS kind, {step} AS sign"
+        for kind, step in (("o", -1), ("o", 1), ("v", -1), ("v", 1), ("x", 1), ("y", 1), ("e", 1), ("a", 1))
     )
     totals = f"""
 INSERT INTO report_totals (kind, bucket, a, b, n)
@@ -193,15 +195,15 @@ SELECT kind, bucket, a, b, sum(n) FROM (
     SELECT k.kind AS kind, r.bucket AS bucket,
         CASE k.kind WHEN 'o' THEN r.tool
             WHEN 'v' THEN CASE WHEN k.sign < 0 THEN r.verdict ELSE r.new_verdict END
-            WHEN 'e' THEN NEW.event WHEN 'a' THEN NEW.actor ELSE '' END AS a,
+            WHEN 'e' THEN {row}.event WHEN 'a' THEN {row}.actor ELSE '' END AS a,
         CASE k.kind WHEN 'o' THEN CASE WHEN k.sign < 0 THEN r.status ELSE r.new_status END
-            WHEN 'a' THEN NEW.event ELSE '' END AS b,
-        k.sign AS n
+            WHEN 'a' THEN {row}.event ELSE '' END AS b,
+        k.sign * {sign} AS n
     FROM ({state}) AS r, ({kinds}) AS k
     WHERE (k.kind = 'o' AND (k.sign > 0 OR r.status IS NOT NULL))
         OR (k.kind = 'v' AND CASE WHEN k.sign < 0 THEN r.verdict ELSE r.new_verdict END IS NOT NULL)
-        OR (k.kind = 'x' AND NEW.event = 'expired' AND NOT r.expired)
-        OR (k.kind = 'y' AND NEW.event = 'escalated' AND NOT r.escalated)
+        OR (k.kind = 'x' AND {row}.event = 'expired' AND NOT r.expired)
+        OR (k.kind = 'y' AND {row}.event = 'escalated' AND NOT r.escalated)
         OR k.kind = 'e'
         OR (k.kind = 'a' AND {decision} AND {confirmed} = 0)
 ) AS t
@@ -210,21 +212,33 @@ ON CONFLICT (kind, bucket, a, b) DO UPDATE SET n = n + excluded.n"""
     # A request's first decision gives its wait, when its first record was its filing.
     waits = f"""
 INSERT INTO report_waits (wait, bucket, n)
-SELECT NEW.at - p.filed_at, p.bucket, 1 FROM ({_fold(earlier)}) AS p
+SELECT {row}.at - p.filed_at, p.bucket, {sign} FROM ({_fold(earlier)}) AS p
 WHERE {decision} AND NOT p.decided AND p.filed_at IS NOT NULL
-ON CONFLICT (wait, bucket) DO UPDATE SET n = n + 1"""
+ON CONFLICT (wait, bucket) DO UPDATE SET n = n + excluded.n"""
     buckets = f"""
 INSERT INTO report_buckets (bucket, first_seq, last_seq)
-SELECT {_bucket("NEW.at")}, NEW.seq, NEW.seq WHERE NOT EXISTS ({earlier})
+SELECT {_bucket(f"{row}.at")}, {row}.seq, {row}.seq WHERE NOT EXISTS ({earlier})
 ON CONFLICT (bucket) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq),
     last_seq = max(last_seq, excluded.last_seq)"""
+    # An hour's span of first seqs only ever grows: a wider span is read, never a wrong one.
+    return ";\n".join((totals, waits, buckets) if sign > 0 else (totals, waits))
+
+
+def _appended() -> str:
     return f"""
 CREATE TRIGGER IF NOT EXISTS report_fold AFTER INSERT ON audit
 WHEN {_not_among("NEW.event", NOTICES)} AND NOT EXISTS ({_later("NEW")})
 BEGIN
-{totals};
-{waits};
-{buckets};
+{_last("NEW", 1)};
+END"""
+
+
+def _deleted_last() -> str:
+    return f"""
+CREATE TRIGGER IF NOT EXISTS report_unfold_last BEFORE DELETE ON audit
+WHEN {_not_among("OLD.event", NOTICES)} AND NOT EXISTS ({_later("OLD")})
+BEGIN
+{_last("OLD", -1)};
 END"""
 
 
@@ -269,14 +283,14 @@ SELECT * FROM ({_record_totals(after, 1, _first_bucket(after))})"""
     body = ";\n".join(_apply(before, after, records))
     return f"""
 CREATE TRIGGER IF NOT EXISTS report_unfold BEFORE DELETE ON audit
-WHEN {_not_among("OLD.event", NOTICES)}
+WHEN {_not_among("OLD.event", NOTICES)} AND EXISTS ({_later("OLD")})
 BEGIN
 {body};
 END"""
 
 
-TRIGGERS = (_appended(), _inserted_before(), _deleted())
-TRIGGER_NAMES = ("report_fold", "report_refold", "report_unfold")
+TRIGGERS = (_appended(), _inserted_before(), _deleted_last(), _deleted())
+TRIGGER_NAMES = ("report_fold", "report_refold", "report_unfold_last", "report_unfold")
 
 # The trail is the truth: whatever totals a store holds are replaced by the fold of its whole trail.
 _BACKFILL = (
