@@ -195,7 +195,8 @@ async def test_the_totals_take_a_few_rows_an_hour_not_rows_per_request(tmp_path:
     size = dict(_rows(path, "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
     # Schema 7 kept about 380 bytes a request here; the counts of an hour fit in a page or two, and each
     # distinct wait is one short row of the waits' table.
-    assert size["report_totals"] + size["report_buckets"] <= 2 * 4096
+    ((page,),) = _rows(path, "PRAGMA page_size")
+    assert size["report_totals"] + size["report_buckets"] <= 2 * page
     assert size["report_waits"] / 2000 < 32
 
 
