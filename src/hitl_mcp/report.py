@@ -173,7 +173,7 @@ class Report:
 
 def build(records: Iterable[AuditRecord], since: float | None = None) -> Report:
     """The report over `records` in seq order, for requests filed at or after `since` (all when None)."""
-    tally = Tally(since)
+    tally = _Tally(since)
     for record in records:
         tally.add(record)
     return tally.report()
@@ -181,7 +181,7 @@ def build(records: Iterable[AuditRecord], since: float | None = None) -> Report:
 
 async def build_stream(records: AsyncIterable[AuditRecord], since: float | None = None) -> Report:
     """`build` over records streamed from a store."""
-    tally = Tally(since)
+    tally = _Tally(since)
     async for record in records:
         tally.add(record)
     return tally.report()
@@ -215,7 +215,7 @@ async def from_store(store: Store, since: float | None = None) -> Report:
     )
 
 
-class Tally:
+class _Tally:
     """One pass over the trail in seq order: what each request in the window has come to."""
 
     def __init__(self, since: float | None) -> None:

@@ -122,10 +122,11 @@ def quoted_list(values: Iterable[str]) -> str:
     return _in(values)
 
 
-def per_request(dialect: Dialect, windowed: bool) -> str:
+def per_request(dialect: Dialect, windowed: bool, within: str = "1 = 1") -> str:
     """`WITH per AS (…), r AS (…)`: the fold of `report.build` per request, computed from the whole trail
     (`r`: request_id, first_seq, tool, first_at, filed_at, status, verdict, decided, wait, expired,
-    escalated), for the requests whose first record is at or after the window's start when `windowed`."""
+    escalated), for the requests whose first record is at or after the window's start when `windowed`,
+    among the records `within` selects (a condition on `audit`'s columns)."""
     json_ = _Json(dialect)
     since = ":since" if dialect == "sqlite" else "$1"
     moving = sorted({*STATUS_AFTER, *DECISIONS})
@@ -142,7 +143,7 @@ WITH per AS MATERIALIZED (
         max(CASE WHEN event = 'approved' AND {approved_status} <> 'pending' THEN 1 ELSE 0 END) AS approved,
         max({flag.format("'expired'")}) AS expired,
         max({flag.format("'escalated'")}) AS escalated
-    FROM audit WHERE event NOT IN {_in(sorted(NOTICES))}
+    FROM audit WHERE event NOT IN {_in(sorted(NOTICES))} AND {within}
     GROUP BY request_id
 ),
 r AS MATERIALIZED (

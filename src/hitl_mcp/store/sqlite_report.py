@@ -30,8 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from hitl_mcp.audit import AuditRecord
-from hitl_mcp.report import DECISIONS, NOTICES, STATUS_AFTER, UNKNOWN_TOOL, Tally
+from hitl_mcp.report import DECISIONS, NOTICES, STATUS_AFTER, UNKNOWN_TOOL
 from hitl_mcp.store.report_sql import (
     PERCENTILES,
     ReportRows,
@@ -358,44 +357,36 @@ def read(conn: sqlite3.Connection, since: float | None) -> ReportRows:
     """The report's figures from the running totals, in the read transaction `conn` is in: sums over a few
     rows an hour, a walk of the waits in order, and for a window, a fold of its first hour's requests."""
     hours, params = "", {"since": since}
-    partial = Tally(None)
+    sums: dict[str, Counter[tuple[str, str]]] = {kind: Counter() for kind in "ovxyae"}
+    extra: list[float] = []
     if since is not None:
         (start,) = conn.execute(f"SELECT {_bucket(':since')}", params).fetchone()
         hours, params = " AND bucket > :start", {"since": since, "start": start}
-        partial = _fold_hour(conn, since, start)
-    sums: dict[str, Counter[tuple[str, str]]] = {}
+        for kind, a, b, n, wait in _fold_hour(conn, since, start):
+            if kind == "w":
+                extra.append(wait)
+            else:
+                sums[kind][(a, b)] += n
     for kind, a, b, n in conn.execute(
         f"SELECT kind, a, b, sum(n) FROM report_totals WHERE n <> 0{hours} GROUP BY kind, a, b", params
     ):
-        sums.setdefault(kind, Counter())[(a, b)] += n
-    for state in partial.progress.values():
-        sums.setdefault("o", Counter())[(state.tool, state.status)] += 1
-        if state.verdict is not None:
-            sums.setdefault("v", Counter())[(state.verdict, "")] += 1
-        sums.setdefault("x", Counter())[("", "")] += state.expired
-        sums.setdefault("y", Counter())[("", "")] += state.escalated
-    for actor, events in partial.approvers.items():
-        for event, n in events.items():
-            sums.setdefault("a", Counter())[(actor, event)] += n
-    for event, n in partial.events.items():
-        sums.setdefault("e", Counter())[(event, "")] += n
-    kinds = {kind: sums.get(kind, Counter()) for kind in "ovxyae"}
+        sums[kind][(a, b)] += n
 
     rows: list[tuple[Any, ...]] = [
-        ("o", tool, status, n, None) for (tool, status), n in kinds["o"].items() if n
+        ("o", tool, status, n, None) for (tool, status), n in sums["o"].items() if n
     ]
-    verdicts = kinds["v"]
+    verdicts = sums["v"]
     rows += [("v", v, None, verdicts[(v, "")], None) for v in ("approved", "rejected")]
-    rows += [("x", None, None, kinds["x"][("", "")], None), ("y", None, None, kinds["y"][("", "")], None)]
+    rows += [("x", None, None, sums["x"][("", "")], None), ("y", None, None, sums["y"][("", "")], None)]
     waits = conn.execute(
         f"SELECT wait, n FROM report_waits WHERE n <> 0{hours} ORDER BY wait", params
     ).fetchall()
-    extra = sorted(partial.waits)
+    extra.sort()
     timed = sum(n for _, n in waits) + len(extra)
     rows.append(("z", None, None, timed, None))
     if timed:
         rows += [("p", None, None, rank, wait) for rank, wait in _ranked(waits, extra, timed)]
-    rows += [("a", actor, event, n, None) for (actor, event), n in kinds["a"].items() if n]
+    rows += [("a", actor, event, n, None) for (actor, event), n in sums["a"].items() if n]
     notices_window = "" if since is None else " AND at >= :since"
     rows += [
         ("e", event, None, n, None)
@@ -404,7 +395,7 @@ def read(conn: sqlite3.Connection, since: float | None) -> ReportRows:
             params,
         )
     ]
-    rows += [("e", event, None, n, None) for (event, _), n in kinds["e"].items() if n]
+    rows += [("e", event, None, n, None) for (event, _), n in sums["e"].items() if n]
     return rows_of(rows)
 
 
@@ -421,27 +412,45 @@ def _ranked(waits: list[tuple[float, int]], extra: list[float], timed: int) -> I
             return
 
 
-def _fold_hour(conn: sqlite3.Connection, since: float, start: int) -> Tally:
-    """`report.build`'s tally of the requests first recorded in since's hour, at or after since."""
-    tally = Tally(None)
+# The requests first recorded in since's hour at or after since: their first records lie between the
+# hour's first and last first seq (report_buckets).
+_IN_FIRST_HOUR = f"""request_id IN (
+    SELECT h.request_id FROM audit AS h
+    WHERE h.seq BETWEEN :first AND :last AND h.event NOT IN {_NOTICES} AND h.at >= :since
+        AND {_bucket("h.at")} = :start
+        AND NOT EXISTS (SELECT 1 FROM audit AS e WHERE e.request_id = h.request_id AND e.seq < h.seq
+            AND {_not_among("e.event", NOTICES)})
+)"""
+
+# The same rows as the totals (kind, a, b, n) and each wait ('w', …, wait), for those requests alone.
+_FIRST_HOUR = f"""
+{per_request("sqlite", windowed=False, within=_IN_FIRST_HOUR)}
+SELECT 'o', tool, status, count(*), NULL FROM r GROUP BY tool, status
+UNION ALL
+SELECT 'v', verdict, '', count(*), NULL FROM r WHERE verdict IS NOT NULL GROUP BY verdict
+UNION ALL
+SELECT 'x', '', '', count(*), NULL FROM r WHERE expired = 1
+UNION ALL
+SELECT 'y', '', '', count(*), NULL FROM r WHERE escalated = 1
+UNION ALL
+SELECT 'w', '', '', 1, wait FROM r WHERE wait IS NOT NULL
+UNION ALL
+SELECT 'e', event, '', count(*), NULL FROM audit
+    WHERE event NOT IN {_NOTICES} AND request_id IN (SELECT request_id FROM r) GROUP BY event
+UNION ALL
+SELECT 'a', actor, event, count(*), NULL FROM audit
+    WHERE event IN {_DECISIONS} AND {json_truthy("sqlite", "details", "confirmation")} = 0
+        AND request_id IN (SELECT request_id FROM r)
+    GROUP BY actor, event
+"""
+
+
+def _fold_hour(conn: sqlite3.Connection, since: float, start: int) -> list[tuple[Any, ...]]:
+    """The fold of the requests first recorded in since's hour, at or after since, from the trail."""
     span = conn.execute(
         "SELECT first_seq, last_seq FROM report_buckets WHERE bucket = ?", (start,)
     ).fetchone()
     if span is None:
-        return tally
-    records = conn.execute(
-        f"""
-SELECT seq, request_id, event, actor, at, details FROM audit
-WHERE event NOT IN {_NOTICES} AND request_id IN (
-    SELECT r.request_id FROM audit AS r
-    WHERE r.seq BETWEEN :first AND :last AND r.event NOT IN {_NOTICES} AND r.at >= :since
-        AND {_bucket("r.at")} = :start
-        AND NOT EXISTS (SELECT 1 FROM audit AS e WHERE e.request_id = r.request_id AND e.seq < r.seq
-            AND {_not_among("e.event", NOTICES)})
-)
-ORDER BY seq""",
-        {"first": span[0], "last": span[1], "since": since, "start": start},
-    )
-    for seq, request_id, event, actor, at, details in records:
-        tally.add(AuditRecord(seq, request_id, event, actor, at, details, "", ""))
-    return tally
+        return []
+    bounds = {"first": span[0], "last": span[1], "since": since, "start": start}
+    return conn.execute(_FIRST_HOUR, bounds).fetchall()
