@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from hitl_mcp.config import load_settings
+from tests.cli_in_process import hitl
 from tests.environment import process_env
 from tests.smtp_sink import SmtpSink
 from tests.test_auth import serving
-from tests.test_cli import hitl
 from tests.test_targets import BUY, file_as_agent, orders, site
 
 EMAIL = {"to": "erin@example.org", "subject": "Hi", "body": "Hello"}

@@ -20,9 +20,10 @@ import pytest
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import open_gate
 from hitl_mcp.store.archive import backend
+from tests.cli_in_process import hitl
 from tests.clock import Clock
 from tests.environment import process_env
-from tests.test_cli import BUY, HITL, hitl
+from tests.test_cli import BUY, HITL
 
 DAY = 86_400.0
 NOW = time.time()

@@ -25,7 +25,8 @@ from hitl_mcp.audit import GENESIS, AuditRecord, record_hash, verify
 from hitl_mcp.config import Settings
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.store.sqlite import SQLiteStore
-from tests.test_cli import BUY, file_request, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import BUY, file_request
 
 Row = tuple[Any, ...]
 

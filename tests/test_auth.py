@@ -23,7 +23,8 @@ from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.server import build_server
 from hitl_mcp.tokens import token_sha256
-from tests.test_cli import BUY, HITL, free_port, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import BUY, HITL, free_port
 from tests.test_server import ok, text
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}

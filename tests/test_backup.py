@@ -16,7 +16,8 @@ import anyio
 import pytest
 
 from hitl_mcp.store import backup as backups
-from tests.test_cli import HITL, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import HITL
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,9 @@ import anyio
 from hitl_mcp.config import Settings
 from hitl_mcp.gate import open_gate
 from hitl_mcp.models import Status
+from tests.cli_in_process import hitl
 from tests.smtp_sink import SmtpSink
-from tests.test_cli import BUY, file_request, hitl
+from tests.test_cli import BUY, file_request
 from tests.test_retry import EMAIL, approve_in_process
 
 

@@ -13,7 +13,7 @@ import pytest
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import NotAllowed
 from hitl_mcp.gate import open_gate
-from tests.test_cli import hitl
+from tests.cli_in_process import hitl
 
 DENY_BIG = """
 [policy.buy_stock]

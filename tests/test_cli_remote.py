@@ -16,9 +16,10 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.errors import HitlError
+from tests.cli_in_process import hitl
 from tests.inbox import Served, Site, csrf_of, make_site, serve
 from tests.terminal import Terminal
-from tests.test_cli import HITL, file_request, free_port, hitl
+from tests.test_cli import HITL, file_request, free_port
 
 SMALL_BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}  # one trader
 LARGE_BUY = {"symbol": "MSFT", "quantity": 100, "price": 150.0}  # a trader, then a risk manager

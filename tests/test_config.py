@@ -12,7 +12,8 @@ import pytest
 from hitl_mcp.config import Settings, check_principal, load_settings
 from hitl_mcp.errors import ConfigError
 from hitl_mcp.gate import open_gate
-from tests.test_cli import BUY, HITL, file_request, hitl, statuses
+from tests.cli_in_process import hitl
+from tests.test_cli import BUY, HITL, file_request, statuses
 
 TRADERS_POLICY = """
 [principals.Alice]

@@ -27,9 +27,9 @@ from hitl_mcp.errors import ConfigError, NotAllowed
 from hitl_mcp.gate import open_gate
 from hitl_mcp.ledger import Ledger
 from hitl_mcp.server import build_server
+from tests.cli_in_process import hitl
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
-from tests.test_cli import hitl
 from tests.test_server import ok, text
 
 SMALL = {"symbol": "GOOGL", "quantity": 5, "price": 100.0}  # $500: the confirm rule

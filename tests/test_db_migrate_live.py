@@ -13,8 +13,9 @@ import anyio
 import asyncpg
 
 from hitl_mcp.config import Settings
+from tests.cli_in_process import hitl
 from tests.test_auth import serving
-from tests.test_cli import BUY, file_request, hitl
+from tests.test_cli import BUY, file_request
 from tests.test_store_faults import one_line
 
 # A second process on the store, filing requests one after another until its stdin closes: a live server's

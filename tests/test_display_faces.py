@@ -18,9 +18,10 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import open_gate
+from tests.cli_in_process import hitl
 from tests.smtp_sink import SmtpSink
 from tests.terminal import Terminal
-from tests.test_cli import HITL, file_request, hitl
+from tests.test_cli import HITL, file_request
 from tests.test_notify import Receiver, delivering
 
 RLO = "\u202e"

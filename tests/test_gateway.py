@@ -19,9 +19,9 @@ from mcp import Client
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import arguments_digest
 from hitl_mcp.server import build_server
+from tests.cli_in_process import hitl
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
-from tests.test_cli import hitl
 from tests.test_server import ok, text
 from tests.upstream_server import effects
 

@@ -29,8 +29,8 @@ from hitl_mcp.sdk_seams import registered_tool
 from hitl_mcp.server import build_server
 from hitl_mcp.upstream.settings import GatewaySettings
 from hitl_mcp.upstream.supervisor import Upstreams
+from tests.cli_in_process import hitl
 from tests.smtp_sink import SmtpSink
-from tests.test_cli import hitl
 from tests.test_gateway import session, until_listed
 from tests.test_notify import Receiver, entry
 from tests.test_report import Trail

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from hitl_mcp.config import Settings
+from tests.cli_in_process import hitl
 from tests.inbox import Served, Site, make_site, serve
 from tests.test_auth import connect
-from tests.test_cli import file_request, hitl
+from tests.test_cli import file_request
 from tests.test_server import ok, text
 
 GOOGL = {"symbol": "GOOGL", "quantity": 5, "price": 150.0}

@@ -21,12 +21,12 @@ from hitl_mcp.errors import NotPending
 from hitl_mcp.gate import Gate, open_gate
 from hitl_mcp.models import Request, Status
 from hitl_mcp.server import build_server
+from tests.cli_in_process import hitl
 from tests.environment import process_env
 from tests.inbox import make_site, serve, until
 from tests.postgres_cluster import Cluster, started_cluster
 from tests.smtp_sink import SmtpSink
 from tests.test_auth import ACCEPT, INITIALIZE
-from tests.test_cli import hitl
 from tests.test_server import text
 from tests.test_store_faults import locked, one_line, with_busy_timeout
 

@@ -12,7 +12,8 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import open_gate
-from tests.test_cli import HITL, file_request, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import HITL, file_request
 from tests.test_policy import POLICY
 
 

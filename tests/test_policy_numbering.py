@@ -13,7 +13,8 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.policy import Snapshot
-from tests.test_cli import BUY, file_request, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import BUY, file_request
 
 POLICY = """
 [principals.alice]

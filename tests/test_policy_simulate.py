@@ -13,8 +13,8 @@ import pytest
 
 from hitl_mcp.config import load_settings
 from hitl_mcp.gate import open_gate
+from tests.cli_in_process import hitl
 from tests.environment import process_env, write_config
-from tests.test_cli import hitl
 
 PRINCIPALS = '\n[principals.alice]\nroles = ["trader"]\n[principals.bob]\nroles = ["ops"]\n'
 # The policy in force: a buy over $10,000 needs a trader; anything else the default (one approval by anyone).

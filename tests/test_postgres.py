@@ -24,9 +24,10 @@ from hitl_mcp.gate import open_gate
 from hitl_mcp.notify.worker import DeliveryPolicy
 from hitl_mcp.store import postgres_schema, wait_for_change
 from hitl_mcp.store.postgres import PostgresStore
+from tests.cli_in_process import hitl
 from tests.environment import process_env
 from tests.test_audit import FILER
-from tests.test_cli import BUY, file_request, hitl
+from tests.test_cli import BUY, file_request
 from tests.test_notify import BIG_BUY, GOVERNANCE, Receiver, delivering, receiver
 from tests.test_notify import hitl as notify_hitl
 from tests.test_store_contract import new

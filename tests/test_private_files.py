@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from hitl_mcp.config import Settings
-from tests.test_cli import file_request, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import file_request
 
 # Run in a process of its own, so the umask it sets is nobody else's: it opens the store and the ledger,
 # writes to both, and reports every file's mode while the connections (so the -wal and -shm) are open.

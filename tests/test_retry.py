@@ -15,8 +15,9 @@ import anyio
 from hitl_mcp.config import Settings
 from hitl_mcp.gate import open_gate
 from hitl_mcp.models import Status
+from tests.cli_in_process import hitl
 from tests.smtp_sink import SmtpSink
-from tests.test_cli import BUY, file_request, hitl
+from tests.test_cli import BUY, file_request
 
 EMAIL = {"to": "erin@example.org", "subject": "Hi", "body": "Hello"}
 

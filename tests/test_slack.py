@@ -17,10 +17,11 @@ import anyio.lowlevel
 import httpx2
 import pytest
 
+from tests.cli_in_process import hitl
 from tests.environment import process_env, write_config
 from tests.slack_standin import BOT_TOKEN, SIGNING_SECRET, Call, SlackStandIn, press, signed, submission
 from tests.test_auth import connect, serving
-from tests.test_cli import BUY, free_port, hitl, statuses
+from tests.test_cli import BUY, free_port, statuses
 from tests.test_server import ok
 
 CHANNEL = "C0APPROVALS"

@@ -20,7 +20,8 @@ from hitl_mcp.gate import Gate
 from hitl_mcp.server import build_server
 from hitl_mcp.store.sqlite import SQLiteStore
 from hitl_mcp.store.sqlite_schema import SCHEMA_VERSION
-from tests.test_cli import BUY, HITL, file_request, hitl
+from tests.cli_in_process import hitl
+from tests.test_cli import BUY, HITL, file_request
 from tests.test_server import text
 
 # Every reading command a person runs against a store.

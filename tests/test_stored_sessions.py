@@ -13,10 +13,11 @@ from starlette.requests import Request as HttpRequest
 
 from hitl_mcp.store.sqlite import SQLiteStore
 from hitl_mcp.web.auth import SESSION_COOKIE, SignIn
+from tests.cli_in_process import hitl
 from tests.clock import Clock
 from tests.inbox import Site, csrf_of, make_site, serve
 from tests.test_auth import serving
-from tests.test_cli import free_port, hitl
+from tests.test_cli import free_port
 from tests.test_stored_tokens import initialize, made
 from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, browser_or_skip
 

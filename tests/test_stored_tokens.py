@@ -12,9 +12,10 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult
 
+from tests.cli_in_process import hitl
 from tests.inbox import Site, make_site, serve
 from tests.test_auth import ACCEPT, INITIALIZE, connect, filed_by
-from tests.test_cli import BUY, hitl
+from tests.test_cli import BUY
 from tests.test_server import ok, text
 
 SECRET_LINE = re.compile(r"^    (\S+)$", re.MULTILINE)

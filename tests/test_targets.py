@@ -14,11 +14,12 @@ import pytest
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import open_gate
 from hitl_mcp.models import Status
+from tests.cli_in_process import hitl
 from tests.conftest import USERS
 from tests.environment import process_env, write_config
 from tests.smtp_sink import SmtpSink
 from tests.test_auth import serving
-from tests.test_cli import hitl, statuses
+from tests.test_cli import statuses
 
 DELETE = {"table": "users", "condition": "age < 30"}
 BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx2
 
+from tests.cli_in_process import hitl
 from tests.inbox import csrf_of, make_site, serve
-from tests.test_cli import hitl
 from tests.test_stored_sessions import signed_in
 from tests.test_stored_tokens import initialize, made
 

@@ -14,9 +14,9 @@ import pytest
 
 from hitl_mcp.config import Settings, load_settings
 from hitl_mcp.gate import open_gate
+from tests.cli_in_process import hitl
 from tests.inbox import Served, Site, make_site, serve, until
 from tests.test_cli import file_request as filed
-from tests.test_cli import hitl
 from tests.test_store_faults import locked
 
 SMALL_BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}  # $1,500: one trader

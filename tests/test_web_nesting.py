@@ -12,8 +12,9 @@ import pytest
 
 from hitl_mcp.config import load_settings
 from hitl_mcp.json_input import MAX_DEPTH, TooDeep, depth, loads
+from tests.cli_in_process import hitl
 from tests.inbox import Served, Site, csrf_of, make_site, serve
-from tests.test_cli import file_request, hitl
+from tests.test_cli import file_request
 
 BUY = {"symbol": "GOOGL", "quantity": 10, "price": 150.0}
 DEEP_ARRAYS = "[" * 100_000 + "]" * 100_000

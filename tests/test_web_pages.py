@@ -19,8 +19,9 @@ from hitl_mcp.gate import open_gate
 from hitl_mcp.web import forms
 from hitl_mcp.web.previews import preview_view
 from hitl_mcp.web.rendering import environment
+from tests.cli_in_process import hitl
 from tests.inbox import Served, Site, csrf_of, make_site, serve
-from tests.test_cli import file_request, hitl
+from tests.test_cli import file_request
 
 UPSTREAM_PREVIEW = {
     "upstream": "tickets",
