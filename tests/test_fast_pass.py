@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
@@ -196,3 +197,56 @@ def test_stdout_to_the_null_device_is_served_by_the_sdks_transport(tmp_path: Pat
         timeout=60,
     )
     assert done.returncode == 0, done.stderr.decode()
+
+
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+async def test_hostile_lines_are_refused_and_the_server_goes_on(
+    tmp_path: Path, smtp: SmtpSink, counter: Path
+) -> None:
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
+    env = gateway(tmp_path, smtp, counter)
+    process = await anyio.open_process([str(HITL), "serve"], env=env)
+    assert process.stdin is not None and process.stdout is not None
+    lines = BufferedByteReceiveStream(process.stdout)
+
+    async def send(request_id: int, name: str, arguments: str = "{}") -> None:
+        params = f'{{"name": "{name}", "arguments": {arguments}, "_meta": {json.dumps(ENVELOPE)}}}'
+        line = f'{{"jsonrpc": "2.0", "id": {request_id}, "method": "tools/call", "params": {params}}}\n'
+        assert process.stdin is not None
+        await process.stdin.send(line.encode())
+
+    async def answer_to(request_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The answer to `request_id`, and the lines before it."""
+        before: list[dict[str, Any]] = []
+        with anyio.fail_after(30):
+            while (answer := json.loads(await lines.receive_until(b"\n", 1 << 24))).get("id") != request_id:
+                before.append(answer)
+        return answer, before
+
+    try:
+        with anyio.fail_after(60):
+            while True:
+                await send(0, "notes__stats")
+                if not (await answer_to(0))[0].get("result", {}).get("isError", True):
+                    break
+                await anyio.sleep(0.1)  # the upstream is starting
+        await send(1, "notes__stats", '{"a": ' + "[" * 5000 + "]" * 5000 + "}")
+        await send(2, "notes__read_note", '{"path": NaN}')
+        await send(3, "notes__stats")
+        after, before = await answer_to(3)
+    finally:
+        await process.stdin.aclose()
+        with anyio.fail_after(30):
+            await process.wait()
+
+    # Left to the SDK's parser, as before the lane: the nesting refused, no crash on either line.
+    assert not [line for line in before if line.get("id") == 1 and "result" in line]
+    assert after["result"]["structuredContent"] == {"count": 0, "deletes": 0}
+    stats = [event for _, event, details in trail(Path(env["HITL_DB"])) if details["tool"] == "notes__stats"]
+    assert stats == ["passed", "passed"]  # the first that answered, and the last: the deep one never went

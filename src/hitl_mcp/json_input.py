@@ -68,3 +68,18 @@ def loads(text: str | bytes) -> Any:
     is a `ValueError` (`json.JSONDecodeError`, `TooDeep`, or a `UnicodeDecodeError` for bytes)."""
     check_depth(text)
     return json.loads(text)
+
+
+def protocol_line(line: bytes) -> Any:
+    """One JSON-RPC line as strict JSON: NaN and Infinity (which Python's parser takes and a peer's may
+    not) refused, and nesting too deep for Python's parser refused as a `ValueError` like any other bad
+    text, not a `RecursionError`. For the lines hitl reads before the SDK does, which leave whatever this
+    refuses to the SDK's own parser."""
+    try:
+        return json.loads(line, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deeply for this parser") from None
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")

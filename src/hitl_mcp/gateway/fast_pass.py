@@ -34,6 +34,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from opentelemetry import trace
 
 from hitl_mcp.gateway.tools import Exposed, GatewayTools, failed, not_answered
+from hitl_mcp.json_input import protocol_line
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +185,10 @@ async def _nothing() -> None:
 
 
 def _parsed(line: bytes) -> dict[str, Any] | None:
+    """The line as JSON when the lane may read it; None leaves it to the SDK's parser, which refuses what
+    this one would accept and it would not (NaN, Infinity) and says so in its own words."""
     try:
-        message = json.loads(line)
+        message = protocol_line(line)
     except ValueError:
         return None
     return message if isinstance(message, dict) else None

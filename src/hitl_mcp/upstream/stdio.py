@@ -33,6 +33,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from hitl_mcp import display
+from hitl_mcp.json_input import protocol_line
 from hitl_mcp.sdk_seams import TransportStreams
 from hitl_mcp.upstream.delivery import Delivery, Stage, TrackedWriteStream, current_delivery, delivery_of
 from hitl_mcp.upstream.processes import (
@@ -262,9 +263,9 @@ class StdioTransport:
     def _answers_exchange(self, line: bytes) -> bool:
         """Whether `line` answers one of `exchange`'s requests (handed over if so), before the SDK parses."""
         try:
-            message = json.loads(line)
+            message = protocol_line(line)
         except ValueError:
-            return False
+            return False  # the SDK's parser reads it, and refuses it as it always did
         request_id = message.get("id") if isinstance(message, dict) else None
         answer = self._exchanges.get(request_id) if isinstance(request_id, str) else None
         if answer is None or "method" in message:
