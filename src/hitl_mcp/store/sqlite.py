@@ -718,7 +718,12 @@ class SQLiteStore(
         return await self._run(lambda conn: [replay.Filed(*row) for row in conn.execute(sql, params)])
 
     async def report_rows(self, since: float | None = None) -> report_sql.ReportRows:
-        # A connection of its own, like `audit_records`: the report does not hold up the store's other reads.
+        if since is None:
+            # The running totals summed: a fraction of a millisecond, on the store's reader like any read.
+            return await self._run(lambda conn: sqlite_report.read(conn, None))
+
+        # A window folds its first hour from the trail, which a busy hour makes long: on a connection of its
+        # own, like `audit_records`, so it does not hold up the store's other reads.
         def run() -> report_sql.ReportRows:
             conn = self._connect_reader()
             try:
