@@ -249,8 +249,6 @@ rules = [
 def test_policy_check_and_explain_read_the_upstreams_tools(
     gateway_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from tests.test_cli import hitl
-
     config = Path(gateway_env["HITL_CONFIG"])
     config.write_text(
         config.read_text()
