@@ -238,6 +238,23 @@ async def test_list_pending_pages_with_a_cursor_and_filters_by_tool(settings: Se
         assert rest["next_cursor"] is None
 
 
+async def test_a_plain_page_and_one_the_tool_parses_are_the_same_answer(settings: Settings) -> None:
+    # A call with arguments of exactly the declared types is answered beneath the tool machinery
+    # (hitl_mcp.pending_page); one the tool must coerce ("2") or refuse goes through the tool.
+    async with session(settings, "agent") as agent:
+        for _ in range(3):
+            ok(await agent.call_tool("buy_stock", BUY))
+        plain = await agent.call_tool("list_pending", {"tool": "buy_stock", "limit": 2})
+        coerced = await agent.call_tool("list_pending", {"tool": "buy_stock", "limit": "2"})
+        refused = await agent.call_tool("list_pending", {"limit": 0})
+        bad_cursor = await agent.call_tool("list_pending", {"cursor": "12\n"})
+
+    assert plain.model_dump() == coerced.model_dump()
+    assert len(ok(plain)["requests"]) == 2 and ok(plain)["next_cursor"] is not None
+    assert refused.is_error and "limit" in text(refused)
+    assert bad_cursor.is_error and "cursor" in text(bad_cursor)
+
+
 async def test_older_clients_with_the_initialize_handshake_work(settings: Settings) -> None:
     async with Client(build_server(settings, principal="agent"), mode="legacy") as client:
         filed = ok(await client.call_tool("buy_stock", BUY))

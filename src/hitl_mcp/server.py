@@ -41,6 +41,7 @@ from hitl_mcp.gate import MAX_PAGE, Filing, Gate, open_gate
 from hitl_mcp.live import PENDING_URI, REQUEST_URI, ChangeFeed, LegacySubscribers, ListenedBus
 from hitl_mcp.models import Decided, Request, Status, SummaryPage
 from hitl_mcp.notify import deliver_forever
+from hitl_mcp.pending_page import pending_page
 from hitl_mcp.request_state import request_state_security
 from hitl_mcp.sdk_seams import (
     add_legacy_request_handler,
@@ -203,6 +204,7 @@ def build_server(
     # Asking for log messages (clients of 2025-11-25 and before) declares the logging capability.
     add_legacy_request_handler(app, "logging/setLevel", SetLevelRequestParams, logs.set_level)
     app.middleware.append(_strict_arguments(app, gateway))
+    app.middleware.append(pending_page(_gate_of, server_info_stamp(app)))
     app.middleware.append(tasks_extension.listen)
     return app
 
