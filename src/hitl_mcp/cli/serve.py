@@ -98,7 +98,7 @@ def serve(
     file); requests without a known token get 401. With no token anywhere the server binds only a loopback
     address, and every client acts as HITL_PRINCIPAL until the first token is made.
     """
-    from hitl_mcp.server import build_server, serve_http
+    from hitl_mcp.server import build_server, run_stdio, serve_http
 
     settings = load()
     chosen = {"format": log_format, "level": log_level.lower() if log_level else None}
@@ -115,7 +115,7 @@ def serve(
     if not use_http:
         app = build_server(settings)
         collector_resumed()
-        app.run()
+        run_stdio(app)
         return
 
     from hitl_mcp.auth import server_tokens
