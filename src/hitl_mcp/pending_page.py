@@ -60,7 +60,8 @@ def pending_page(
 def _plain(params: Mapping[str, Any]) -> dict[str, Any] | None:
     """The call's arguments when they are exactly of the declared types and bounds; None otherwise (the
     tool then parses them, coercing or refusing as it always has)."""
-    arguments = params.get("arguments") or {}
+    arguments = params.get("arguments", {})
+    arguments = {} if arguments is None else arguments
     meta = params.get("_meta")
     if not PLAIN_CALL.issuperset(params) or not isinstance(arguments, dict):
         return None

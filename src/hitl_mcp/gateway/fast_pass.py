@@ -87,7 +87,8 @@ class FastPass:
         request_id, params = message.get("id"), message.get("params")
         if not _is_id(request_id) or not isinstance(params, dict) or not PLAIN_CALL.issuperset(params):
             return None
-        name, arguments, meta = params.get("name"), params.get("arguments") or {}, params.get("_meta")
+        name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
+        arguments = {} if arguments is None else arguments
         exposed = self.tools.passed.get(name) if isinstance(name, str) else None
         if exposed is None or not isinstance(arguments, dict) or request_id in self.calls:
             return None
