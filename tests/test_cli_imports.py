@@ -195,3 +195,20 @@ def test_help_lists_every_command_and_an_unlisted_name_is_refused(env: dict[str,
         assert f"  {name} " in shown.stdout or f"  {name}\n" in shown.stdout, name
     assert unknown.returncode == 2
     assert "No such command 'frobnicate'" in unknown.stderr
+
+
+def test_a_commands_modules_load_with_the_collector_paused_and_are_frozen_after() -> None:
+    # What importing made lives as long as the process: frozen, the collector never walks it again; and
+    # the collector is on again for the command itself (a `hitl watch` runs for hours).
+    script = (
+        "import gc, click\n"
+        "from hitl_mcp.cli.app import main\n"
+        "before = gc.get_freeze_count()\n"
+        "main.get_command(click.Context(main), 'serve')\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > before + 10_000)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

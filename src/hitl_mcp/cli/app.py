@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -37,8 +40,27 @@ COMMANDS: dict[str, str] = {
 
 def load_all() -> None:
     """Import every module of this package, so every command is registered (help, unknown names)."""
-    for module in pkgutil.iter_modules(importlib.import_module("hitl_mcp.cli").__path__):
-        importlib.import_module(f"hitl_mcp.cli.{module.name}")
+    with importing():
+        for module in pkgutil.iter_modules(importlib.import_module("hitl_mcp.cli").__path__):
+            importlib.import_module(f"hitl_mcp.cli.{module.name}")
+
+
+@contextmanager
+def importing() -> Iterator[None]:
+    """Python's cyclic collector off while a command's modules load, and what they made frozen after.
+
+    Importing makes objects that live as long as the process (classes, pydantic's schemas and validators)
+    and no garbage, and the collector walked them again and again as they were made: `hitl serve` made
+    about 80 collections importing its module before it answered its first `tools/list`. Frozen
+    (`gc.freeze`), they are never walked again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
 
 
 class LazyGroup(click.Group):
@@ -50,7 +72,8 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands:
             module = COMMANDS.get(cmd_name)
             if module is not None:
-                importlib.import_module(f"hitl_mcp.cli.{module}")
+                with importing():
+                    importlib.import_module(f"hitl_mcp.cli.{module}")
             if cmd_name not in self.commands:
                 load_all()
         return super().get_command(ctx, cmd_name)
