@@ -37,7 +37,7 @@ async def over_stdio(env: dict[str, str], mode: Literal["auto", "legacy"] = "aut
 
 
 def gateway(tmp_path: Path, smtp: SmtpSink, counter: Path, *flags: str, settings: str = "") -> dict[str, str]:
-    extra = upstream_table(counter, *flags, settings=settings)
+    extra = upstream_table(counter, "--request-ids", *flags, settings=settings)
     tmp_path.mkdir(exist_ok=True)
     return process_env(tmp_path, write_config(tmp_path / "gateway.toml", smtp_port=smtp.port, extra=extra))
 

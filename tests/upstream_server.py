@@ -18,8 +18,9 @@ crashes: `effects(path)` reads them back. Tools:
 - `sleep(seconds)` — answers after that long (readOnlyHint)
 - `crash()` — the process exits at once, without answering
 - `stats()` — structured content `{count, deletes}`: write_note and delete_note lines so far (readOnlyHint)
-- `read_request()` — the JSON-RPC id of the request that called it, as text (readOnlyHint): whose session
-  sent it (the SDK numbers its requests; hitl's lane for passed calls names them `hitl-pass-N`)
+- `read_request()` — with `--request-ids` only: the JSON-RPC id of the request that called it, as text
+  (readOnlyHint): whose session sent it (the SDK numbers its requests; hitl's lane for passed calls names
+  them `hitl-pass-N`)
 
 It prints `upstream_server: serving (pid N)` on stderr once it serves, and serves stdio unless `--http`.
 """
@@ -164,10 +165,12 @@ def build(options: argparse.Namespace) -> MCPServer:
         """Exit the process at once, without answering."""
         os._exit(CRASH_STATUS)
 
-    @app.tool(annotations=READ_ONLY)
-    async def read_request(ctx: Context) -> str:
-        """The JSON-RPC id of this request."""
-        return str(ctx.request_id)
+    if options.request_ids:
+
+        @app.tool(annotations=READ_ONLY)
+        async def read_request(ctx: Context) -> str:
+            """The JSON-RPC id of this request."""
+            return str(ctx.request_id)
 
     @app.tool(annotations=READ_ONLY)
     async def stats() -> Stats:
@@ -252,6 +255,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--exit-at-start", type=int, metavar="STATUS", help="say why on stderr, exit STATUS")
     parser.add_argument("--legacy", action="store_true", help="stdio on the older protocol only (initialize)")
+    parser.add_argument("--request-ids", action="store_true", help="also the tool read_request")
     parser.add_argument("--pids", metavar="FILE", help="append this process's pid (and its child's) to FILE")
     parser.add_argument(
         "--child", action="store_true", help="start a child that sleeps, in this process group"
