@@ -29,10 +29,29 @@ if os.environ.get("CI") == "true":
 # `pytest -n N --dist loadgroup` (make pytest) the tests of a module that uses one run on one worker, so
 # it starts once rather than once per worker; every other test is scheduled on its own.
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grouping = bool(getattr(config.option, "loadgroup", False))
     for item in items:
         if shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(f"module:{item.nodeid.partition('::')[0]}"))
+            group = f"module:{item.nodeid.partition('::')[0]}"
+            item.add_marker(pytest.mark.xdist_group(group))
+            if grouping:
+                name_group(item, group)
+
+
+def name_group(item: pytest.Item, group: str) -> None:
+    """The `@group` suffix by which xdist's scheduler keeps a group on one worker.
+
+    xdist 3.8 writes it to `item._nodeid`, which pytest 9 no longer reads (a node's id is `_id`): no group
+    reached the scheduler, and each module-scoped fixture (a plug-in venv, a browser, a served site) started
+    again on every worker that drew one of its tests, and again each time a worker came back to its module.
+    """
+    if "@" in item.nodeid.rpartition("]")[2]:
+        return  # a pytest or xdist that names groups itself
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 def shares_a_module_fixture(item: pytest.Item) -> bool:
