@@ -48,10 +48,13 @@ def name_group(item: pytest.Item, group: str) -> None:
     """
     if "@" in item.nodeid.rpartition("]")[2]:
         return  # a pytest or xdist that names groups itself
-    if hasattr(item, "_id"):
+    if not hasattr(item, "_id"):
+        return
+    try:
         from _pytest.nodeid import coerce_node_id
-
-        item._id = coerce_node_id(f"{item.nodeid}@{group}")
+    except ImportError:  # another pytest: its groups are its own affair, the suite only runs slower
+        return
+    item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 def shares_a_module_fixture(item: pytest.Item) -> bool:
