@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import stat
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -43,6 +43,8 @@ JSON-RPC line, or None for no answer) is written back."""
 def can_serve() -> bool:
     """Whether stdin and stdout are each a pipe, a socket or a terminal: what the event loop can wait on.
     Not a regular file, nor another device (`/dev/null`, which uvloop's pipes abort on)."""
+    if sys.platform == "win32":
+        return False  # no pipes on the Windows event loop for a console's handles: the SDK's transport
     try:
         return all(_waitable(fd) for fd in (0, 1))
     except OSError:
@@ -160,6 +162,8 @@ class _Drained(asyncio.Protocol):
 def _claimed(fd: int) -> Iterator[int]:
     """A private duplicate of `fd` that carries the wire, while `fd` itself reads the null device (stdin) or
     writes to stderr (stdout)."""
+    import fcntl  # POSIX only, as `can_serve` is
+
     private = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     elsewhere = os.open(os.devnull, os.O_RDONLY) if fd == 0 else os.dup(2)
     try:
