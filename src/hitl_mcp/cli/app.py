@@ -40,19 +40,21 @@ COMMANDS: dict[str, str] = {
 
 def load_all() -> None:
     """Import every module of this package, so every command is registered (help, unknown names)."""
-    with importing():
+    with long_lived():
         for module in pkgutil.iter_modules(importlib.import_module("hitl_mcp.cli").__path__):
             importlib.import_module(f"hitl_mcp.cli.{module.name}")
 
 
 @contextmanager
-def importing() -> Iterator[None]:
-    """Python's cyclic collector off while a command's modules load, and what they made frozen after.
+def long_lived() -> Iterator[None]:
+    """Python's cyclic collector off while the block makes objects that live as long as the process, and
+    what it made frozen after (`gc.freeze`), so no collection walks them again.
 
-    Importing makes objects that live as long as the process (classes, pydantic's schemas and validators)
-    and no garbage, and the collector walked them again and again as they were made: `hitl serve` made
-    about 80 collections importing its module before it answered its first `tools/list`. Frozen
-    (`gc.freeze`), they are never walked again."""
+    Loading a command's modules (classes, pydantic's schemas and validators) and starting `hitl serve` (its
+    models, tools and store: about 150,000 objects) make such objects and no garbage, and the collector
+    walked them again and again as they were made: `hitl serve` made about 300 collections before it
+    answered its first `tools/list`, 100-180 ms of its start (bench/cold_start.py). Unfrozen, the first
+    collection after the block would walk all of it at once."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -72,7 +74,7 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands:
             module = COMMANDS.get(cmd_name)
             if module is not None:
-                with importing():
+                with long_lived():
                     importlib.import_module(f"hitl_mcp.cli.{module}")
             if cmd_name not in self.commands:
                 load_all()

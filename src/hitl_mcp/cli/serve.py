@@ -2,56 +2,28 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import Callable
 from dataclasses import replace
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, get_args
 
 import anyio
 import click
 
 from hitl_mcp import logs
-from hitl_mcp.cli.app import main
+from hitl_mcp.cli.app import long_lived, main
 from hitl_mcp.cli.common import load, refusals
 from hitl_mcp.config import Settings, with_upstreams
 from hitl_mcp.upstream.desktop import load_mcp_servers
 
 if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
     from hitl_mcp.auth import PrincipalTokens
+    from hitl_mcp.server import ServerState
     from hitl_mcp.web import InboxOff, SignIn
 
 logger = logging.getLogger("hitl_mcp.serve")
-
-
-def collector_paused(command: Callable[..., None]) -> Callable[..., None]:
-    """`command` with Python's cyclic garbage collector off until it calls `collector_resumed` (just before
-    it serves) or ends, however it ends.
-
-    Starting makes about 150,000 objects that live as long as the process (the MCP SDK's and hitl's
-    pydantic models, their schemas, the tools) and no garbage, and the collector walked them again and
-    again as they were made: about 100 ms, an eighth of the time `hitl serve` takes to answer its first
-    `tools/list` (bench/cold_start.py)."""
-
-    @wraps(command)
-    def paused(*args: Any, **kwargs: Any) -> None:
-        gc.disable()
-        try:
-            command(*args, **kwargs)
-        finally:
-            gc.enable()
-
-    return paused
-
-
-def collector_resumed() -> None:
-    """The collector on again, with what starting made set aside for good (`gc.freeze`): otherwise its
-    first collection would walk all of it at once (tens of ms) just as the first call is being answered,
-    and every full one after it again."""
-    gc.freeze()
-    gc.enable()
 
 
 @main.command()
@@ -79,7 +51,6 @@ def collector_resumed() -> None:
     help="The least severe record written on stderr (default: [logging] level, else info).",
 )
 @refusals
-@collector_paused
 def serve(
     use_http: bool,
     host: str,
@@ -98,8 +69,29 @@ def serve(
     file); requests without a known token get 401. With no token anywhere the server binds only a loopback
     address, and every client acts as HITL_PRINCIPAL until the first token is made.
     """
-    from hitl_mcp.server import build_server, run_stdio, serve_http
+    from hitl_mcp.server import run_stdio, serve_http
 
+    with long_lived():
+        settings = _settings(log_format, log_level, upstreams_file)
+        app, tokens = _started(settings, use_http, host, port)
+    if tokens is None:
+        run_stdio(app)
+        return
+    serve_http(
+        app,
+        host=host,
+        port=port,
+        sign_in=inbox_sign_in(settings, tokens, host, port),
+        tokens=tokens,
+        access_log=settings.logging.access_log,
+    )
+
+
+def _settings(
+    log_format: logs.LogFormat | None, log_level: str | None, upstreams_file: Path | None
+) -> Settings:
+    """The settings, with the command line's logging over the file's (logging set up by them) and the
+    desktop file's upstreams added."""
     settings = load()
     chosen = {"format": log_format, "level": log_level.lower() if log_level else None}
     logging_settings = settings.logging.model_copy(update={k: v for k, v in chosen.items() if v is not None})
@@ -107,16 +99,22 @@ def serve(
     logs.setup(logging_settings)
     if upstreams_file is not None:
         settings = with_upstreams(settings, load_mcp_servers(upstreams_file))
+    return settings
+
+
+def _started(
+    settings: Settings, use_http: bool, host: str, port: int
+) -> tuple[MCPServer[ServerState], PrincipalTokens | None]:
+    """The server to serve, and over HTTP the tokens it admits (None: stdio)."""
+    from hitl_mcp.server import build_server
+
     # A store that cannot be used is refused in one line before anything is served.
     stored = anyio.run(check_store, settings)
     # On stderr, which stdio leaves free: a rule that fails on every call should be heard of before one does.
     for warning in settings.warnings:
         logger.warning("%s", warning)
     if not use_http:
-        app = build_server(settings)
-        collector_resumed()
-        run_stdio(app)
-        return
+        return build_server(settings), None
 
     from hitl_mcp.auth import server_tokens
 
@@ -135,15 +133,7 @@ def serve(
         who = f"for the principals {named} and the store's tokens" if named else "for the store's tokens"
     store = settings.store.describe()
     logger.info("serving MCP at http://%s:%s/mcp %s, store %s", host, port, who, store)
-    collector_resumed()
-    serve_http(
-        app,
-        host=host,
-        port=port,
-        sign_in=inbox_sign_in(settings, tokens, host, port),
-        tokens=tokens,
-        access_log=settings.logging.access_log,
-    )
+    return app, tokens
 
 
 def inbox_sign_in(
