@@ -145,6 +145,14 @@ async def _agrees(path: Path, records: list[AuditRecord]) -> None:
         await store.close()
 
 
+def drop_running_totals(conn: sqlite3.Connection) -> None:
+    """The report's running totals (schema 8's triggers and tables) gone, as an older store had none."""
+    for name in sqlite_report.TRIGGER_NAMES:
+        conn.execute(f"DROP TRIGGER {name}")
+    for table in ("report_totals", "report_waits", "report_buckets"):
+        conn.execute(f"DROP TABLE {table}")
+
+
 async def test_a_store_from_before_the_running_totals_gets_them_filled_at_its_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "hitl.db"
     records = varied_trail(22, mangled=True)
@@ -152,10 +160,7 @@ async def test_a_store_from_before_the_running_totals_gets_them_filled_at_its_up
     # As a schema 6 store was: no triggers, no totals.
     conn = sqlite3.connect(path)
     with conn:
-        for name in sqlite_report.TRIGGER_NAMES:
-            conn.execute(f"DROP TRIGGER {name}")
-        for table in ("report_totals", "report_waits", "report_buckets"):
-            conn.execute(f"DROP TABLE {table}")
+        drop_running_totals(conn)
         conn.execute("PRAGMA user_version = 6")
     conn.close()
 

@@ -16,7 +16,7 @@ from hitl_mcp.audit import AuditRecord
 from hitl_mcp.report import build, from_store
 from hitl_mcp.store import sqlite_report
 from hitl_mcp.store.sqlite import SQLiteStore
-from tests.test_report_store import varied_trail, windows
+from tests.test_report_store import drop_running_totals, varied_trail, windows
 
 HOUR = 3600.0
 # 2026-11-30 00:00 UTC, an hour's start, so the windows below fall on hour edges as well as inside hours.
@@ -145,10 +145,7 @@ async def test_a_schema_7_store_upgrades_to_the_same_report(tmp_path: Path) -> N
     # The store as schema 7 made it: its per-request tables and triggers, filled as the records went in.
     conn = sqlite3.connect(path)
     with conn:
-        for name in sqlite_report.TRIGGER_NAMES:
-            conn.execute(f"DROP TRIGGER {name}")
-        for table in ("report_totals", "report_waits", "report_buckets"):
-            conn.execute(f"DROP TABLE {table}")
+        drop_running_totals(conn)
         for statement in SCHEMA_7.read_text(encoding="utf-8").split("\n--;\n"):
             if statement.strip():
                 conn.execute(statement)

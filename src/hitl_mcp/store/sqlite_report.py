@@ -223,21 +223,14 @@ ON CONFLICT (bucket) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq
     return ";\n".join((totals, waits, buckets) if sign > 0 else (totals, waits))
 
 
-def _appended() -> str:
+def _as_last(name: str, timing: str, row: str) -> str:
+    """The trigger for a record written (`NEW`) or deleted (`OLD`) as the last of its request: the fold
+    of its earlier records moved on by it, or back."""
     return f"""
-CREATE TRIGGER IF NOT EXISTS report_fold AFTER INSERT ON audit
-WHEN {_not_among("NEW.event", NOTICES)} AND NOT EXISTS ({_later("NEW")})
+CREATE TRIGGER IF NOT EXISTS {name} {timing} ON audit
+WHEN {_not_among(f"{row}.event", NOTICES)} AND NOT EXISTS ({_later(row)})
 BEGIN
-{_last("NEW", 1)};
-END"""
-
-
-def _deleted_last() -> str:
-    return f"""
-CREATE TRIGGER IF NOT EXISTS report_unfold_last BEFORE DELETE ON audit
-WHEN {_not_among("OLD.event", NOTICES)} AND NOT EXISTS ({_later("OLD")})
-BEGIN
-{_last("OLD", -1)};
+{_last(row, 1 if row == "NEW" else -1)};
 END"""
 
 
@@ -248,48 +241,37 @@ def _later(row: str) -> str:
     )
 
 
-def _inserted_before() -> str:
-    """The trigger for a record written before another of its request (a copied or repaired trail; hitl
-    appends): the request's fold without it and with it."""
-    after = (
-        f"SELECT {_COLUMNS} FROM audit WHERE request_id = NEW.request_id AND {_not_among('event', NOTICES)}"
+def _refold(name: str, timing: str, row: str) -> str:
+    """The trigger for a record written before another of its request (`NEW`: a copied or repaired
+    trail; hitl appends) or deleted before another (`OLD`): the request's fold without the record and with
+    it. A delete runs before the delete, so both are plain index reads of the request's records, as when
+    one is written."""
+    with_row = (
+        f"SELECT {_COLUMNS} FROM audit WHERE request_id = {row}.request_id AND {_not_among('event', NOTICES)}"
     )
-    before = f"{after} AND seq <> NEW.seq"
+    without_row = f"{with_row} AND seq <> {row}.seq"
+    before, after = (without_row, with_row) if row == "NEW" else (with_row, without_row)
     records = f"""
 SELECT * FROM ({_record_totals(before, -1, _first_bucket(before))})
 UNION ALL
 SELECT * FROM ({_record_totals(after, 1, _first_bucket(after))})"""
     body = ";\n".join(_apply(before, after, records))
     return f"""
-CREATE TRIGGER IF NOT EXISTS report_refold AFTER INSERT ON audit
-WHEN {_not_among("NEW.event", NOTICES)} AND EXISTS ({_later("NEW")})
+CREATE TRIGGER IF NOT EXISTS {name} {timing} ON audit
+WHEN {_not_among(f"{row}.event", NOTICES)} AND EXISTS ({_later(row)})
 BEGIN
 {body};
 END"""
 
 
-def _deleted() -> str:
-    # Before the delete, so the request's records with and without the one leaving are plain index
-    # reads, as when one is written.
-    before = (
-        f"SELECT {_COLUMNS} FROM audit WHERE request_id = OLD.request_id AND {_not_among('event', NOTICES)}"
-    )
-    after = f"{before} AND seq <> OLD.seq"
-    records = f"""
-SELECT * FROM ({_record_totals(before, -1, _first_bucket(before))})
-UNION ALL
-SELECT * FROM ({_record_totals(after, 1, _first_bucket(after))})"""
-    body = ";\n".join(_apply(before, after, records))
-    return f"""
-CREATE TRIGGER IF NOT EXISTS report_unfold BEFORE DELETE ON audit
-WHEN {_not_among("OLD.event", NOTICES)} AND EXISTS ({_later("OLD")})
-BEGIN
-{body};
-END"""
-
-
-TRIGGERS = (_appended(), _inserted_before(), _deleted_last(), _deleted())
-TRIGGER_NAMES = ("report_fold", "report_refold", "report_unfold_last", "report_unfold")
+_TRIGGERS = (
+    ("report_fold", "AFTER INSERT", "NEW", _as_last),
+    ("report_refold", "AFTER INSERT", "NEW", _refold),
+    ("report_unfold_last", "BEFORE DELETE", "OLD", _as_last),
+    ("report_unfold", "BEFORE DELETE", "OLD", _refold),
+)
+TRIGGERS = tuple(build(name, timing, row) for name, timing, row, build in _TRIGGERS)
+TRIGGER_NAMES = tuple(name for name, *_ in _TRIGGERS)
 
 # The trail is the truth: whatever totals a store holds are replaced by the fold of its whole trail.
 _BACKFILL = (
