@@ -17,16 +17,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
-from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types import LOG_LEVEL_META_KEY
 from pydantic_core import to_json
 
+from hitl_mcp.direct_answer import as_served, plain_arguments
 from hitl_mcp.errors import HitlError
 from hitl_mcp.gate import MAX_PAGE, Gate
 
 TOOL = "list_pending"
 CURSOR = re.compile(r"[0-9]{1,18}")
-PLAIN_CALL = frozenset({"name", "arguments", "_meta"})
 
 
 def pending_page(
@@ -49,10 +48,7 @@ def pending_page(
             "structuredContent": page,
             "isError": False,
         }
-        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            result["resultType"] = "complete"
-            result["_meta"] = {SERVER_INFO_META_KEY: dict(server_info)}
-        return result
+        return as_served(result, ctx.protocol_version, server_info)
 
     return middleware
 
@@ -60,10 +56,9 @@ def pending_page(
 def _plain(params: Mapping[str, Any]) -> dict[str, Any] | None:
     """The call's arguments when they are exactly of the declared types and bounds; None otherwise (the
     tool then parses them, coercing or refusing as it always has)."""
-    arguments = params.get("arguments", {})
-    arguments = {} if arguments is None else arguments
+    arguments = plain_arguments(params)
     meta = params.get("_meta")
-    if not PLAIN_CALL.issuperset(params) or not isinstance(arguments, dict):
+    if arguments is None:
         return None
     if meta is not None and (not isinstance(meta, dict) or LOG_LEVEL_META_KEY in meta):
         return None

@@ -28,18 +28,17 @@ from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     LOG_LEVEL_META_KEY,
     PROTOCOL_VERSION_META_KEY,
-    SERVER_INFO_META_KEY,
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
 
+from hitl_mcp.direct_answer import as_served, plain_arguments
 from hitl_mcp.gateway.tools import Exposed, GatewayTools, failed, not_answered
 from hitl_mcp.json_input import protocol_line
 
 logger = logging.getLogger(__name__)
 
 RequestId = int | str
-PLAIN_CALL = frozenset({"name", "arguments", "_meta"})
 
 
 class FastPass:
@@ -85,14 +84,13 @@ class FastPass:
         if message is None or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
             return None
         request_id, params = message.get("id"), message.get("params")
-        if not _is_id(request_id) or not isinstance(params, dict) or not PLAIN_CALL.issuperset(params):
+        if not _is_id(request_id) or not isinstance(params, dict) or request_id in self.calls:
             return None
-        name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
-        arguments = {} if arguments is None else arguments
+        name, arguments = params.get("name"), plain_arguments(params)
         exposed = self.tools.passed.get(name) if isinstance(name, str) else None
-        if exposed is None or not isinstance(arguments, dict) or request_id in self.calls:
+        if exposed is None or arguments is None:
             return None
-        version = self._version(meta)
+        version = self._version(params.get("_meta"))
         if version is None or not self._forwards(exposed, version):
             return None
         return self._pass(request_id, exposed, arguments, version)
@@ -155,18 +153,8 @@ class FastPass:
         return result, "answered with an error" if result.get("isError") is True else None
 
     def _answer(self, request_id: RequestId, result: dict[str, Any], version: str) -> bytes:
-        if version in MODERN_PROTOCOL_VERSIONS:
-            # What the SDK adds to a 2026-07-28 result: its type, and the server's stamp where none is.
-            result.setdefault("resultType", "complete")
-            meta = result.get("_meta")
-            if meta is None:
-                result["_meta"] = {SERVER_INFO_META_KEY: self.server_info}
-            elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-                result["_meta"] = {**meta, SERVER_INFO_META_KEY: self.server_info}
-        return (
-            json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":")).encode()
-            + b"\n"
-        )
+        answer = {"jsonrpc": "2.0", "id": request_id, "result": as_served(result, version, self.server_info)}
+        return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
     def _cancel(self, line: bytes) -> Awaitable[None] | None:
         """A `notifications/cancelled` naming one of this lane's calls is taken (its call stops, and no

@@ -72,7 +72,6 @@ class Session:
         self.lost_reason = ""
         self.changed = anyio.Event()
         self.on_listed: Callable[[Session], None] = lambda session: None
-        self._raw_calls = 0
 
     @property
     def server(self) -> str | None:
@@ -157,14 +156,7 @@ class Session:
         assert isinstance(transport, StdioTransport)
         delivery = Delivery()
         transport.open_calls.add(delivery)
-        self._raw_calls += 1
-        request_id = f"hitl-pass-{self._raw_calls}"
-        request = {
-            "jsonrpc": "2.0",
-            "id": request_id,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        }
+        request = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
         try:
             with anyio.move_on_after(timeout):
                 try:
@@ -177,9 +169,9 @@ class Session:
                     raise self._lost_or_not_sent(delivery, tool, reason)
                 return self._raw_result(answer, tool)
         except anyio.get_cancelled_exc_class():
-            await _abandon(transport, delivery, request_id, "the caller cancelled it")
+            await _abandon(transport, delivery, "the caller cancelled it")
             raise
-        await _abandon(transport, delivery, request_id, f"no answer within {timeout:g} s")
+        await _abandon(transport, delivery, f"no answer within {timeout:g} s")
         raise self._lost_or_not_sent(delivery, tool, f"no answer within {timeout:g} s")
 
     def _raw_result(self, answer: dict[str, Any], tool: str) -> dict[str, Any]:
@@ -327,11 +319,11 @@ def _error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(is_error=True, content=[types.TextContent(type="text", text=text)])
 
 
-async def _abandon(transport: StdioTransport, delivery: Delivery, request_id: str, reason: str) -> None:
+async def _abandon(transport: StdioTransport, delivery: Delivery, reason: str) -> None:
     """As the SDK's session does for a call it gives up on: a request that went out is cancelled, so the
     upstream may stop working on it."""
     if delivery.stage is Stage.SENDING:
-        cancel = {"requestId": request_id, "reason": reason}
+        cancel = {"requestId": delivery.request_id, "reason": reason}
         with anyio.CancelScope(shield=True):
             await transport.notify({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancel})
 

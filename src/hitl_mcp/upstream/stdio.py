@@ -58,6 +58,7 @@ LAST_WORDS_SECONDS = 10.0
 
 Log = Callable[[str], None]
 Outgoing = tuple[SessionMessage | bytes, Delivery | None]
+EXCHANGE_ID = "hitl-pass-"
 ENVELOPE_KEYS = (
     types.PROTOCOL_VERSION_META_KEY,
     types.CLIENT_INFO_META_KEY,
@@ -91,6 +92,7 @@ class StdioTransport:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._writer_done = anyio.Event()
         self._exchanges: dict[str, _Answer] = {}
+        self._exchanged = 0
         self.envelope: dict[str, Any] = {}
         """The `_meta` envelope of the SDK's latest request (2026-07-28: its protocol version, client info
         and capabilities; empty on the older protocol), which `exchange` writes on its requests too."""
@@ -151,14 +153,15 @@ class StdioTransport:
         return self.process is None or self.process.returncode is not None
 
     async def exchange(self, request: dict[str, Any], delivery: Delivery) -> dict[str, Any] | None:
-        """Write `request` to the child past the SDK's session, with the SDK's envelope in its `_meta`, and
-        return the child's answer as it came: the gateway's passed calls (`hitl_mcp.gateway.fast_pass`).
-        Its `id` must be a string the SDK's ids (integers) never are. None when the child ended first.
+        """Write `request` to the child past the SDK's session, under an id of its own (`hitl-pass-N`, a
+        string the SDK's integer ids never are; on `delivery.request_id`) and with the SDK's envelope in
+        its `_meta`, and return the child's answer as it came: the gateway's passed calls
+        (`hitl_mcp.gateway.fast_pass`). None when the child ended first.
 
         `delivery` is kept as for the SDK's calls: the writer asks it before writing, so a call that gives
         up on an unwritten request withdraws it."""
-        request_id = request["id"]
-        assert isinstance(request_id, str)
+        self._exchanged += 1
+        request_id = request["id"] = f"{EXCHANGE_ID}{self._exchanged}"
         if self.envelope:
             params = request.setdefault("params", {})
             params["_meta"] = {**params.get("_meta", {}), **self.envelope}
@@ -262,6 +265,8 @@ class StdioTransport:
 
     def _answers_exchange(self, line: bytes) -> bool:
         """Whether `line` answers one of `exchange`'s requests (handed over if so), before the SDK parses."""
+        if EXCHANGE_ID.encode() not in line:
+            return False  # the SDK's alone: not parsed twice
         try:
             message = protocol_line(line)
         except ValueError:
